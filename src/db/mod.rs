@@ -1,0 +1,238 @@
+//! PostgreSQL: the pools, the embedded migrations, the tenant-scoped transaction and the
+//! checks that the server's role really is held by row-level security.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::config::Config;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The NOLOGIN group role that the server's login role is a member of.
+pub const APP_ROLE: &str = "molar_app";
+/// The NOLOGIN role that owns the narrow cross-clinic lookup functions.
+pub const AUTH_ROLE: &str = "molar_auth";
+
+pub type Tx = Transaction<'static, Postgres>;
+
+/// The server's database handles. Tenant data is reached only through [`Db::clinic_tx`].
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+    read: PgPool,
+    waiting: Arc<AtomicI64>,
+}
+
+impl Db {
+    pub fn connect_lazy(config: &Config, url: &str, read_url: Option<&str>) -> anyhow::Result<Db> {
+        let pool = pool_options(config).connect_lazy_with(connect_options(url)?);
+        let read = match read_url {
+            Some(u) => pool_options(config).connect_lazy_with(connect_options(u)?),
+            None => pool.clone(),
+        };
+        Ok(Db {
+            pool,
+            read,
+            waiting: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// Begins a transaction in which row-level security admits exactly one clinic.
+    /// The setting is transaction-local and travels with `BEGIN` in one round trip.
+    pub async fn clinic_tx(&self, clinic_id: Uuid) -> Result<Tx, sqlx::Error> {
+        self.begin_scoped(&self.pool, Some(clinic_id)).await
+    }
+
+    /// The same on the read replica (or the primary when none is configured).
+    pub async fn clinic_read_tx(&self, clinic_id: Uuid) -> Result<Tx, sqlx::Error> {
+        self.begin_scoped(&self.read, Some(clinic_id)).await
+    }
+
+    /// A transaction with no clinic: row-level security shows nothing. Used for the
+    /// `SECURITY DEFINER` lookups that cross clinics by design (login, refresh).
+    pub async fn unscoped_tx(&self) -> Result<Tx, sqlx::Error> {
+        self.begin_scoped(&self.pool, None).await
+    }
+
+    async fn begin_scoped(&self, pool: &PgPool, clinic: Option<Uuid>) -> Result<Tx, sqlx::Error> {
+        // A Uuid formats as 36 hex digits and dashes only, so it is safe inside the literal.
+        let sql = match clinic {
+            Some(id) => format!("BEGIN; SELECT set_config('app.clinic_id', '{id}', true)"),
+            None => "BEGIN".to_owned(),
+        };
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let tx = pool.begin_with(sql).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        tx
+    }
+
+    /// For health checks and pool statistics only; never for tenant data.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn waiting(&self) -> i64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+        self.read.close().await;
+    }
+}
+
+fn pool_options(config: &Config) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(config.db_pool_size)
+        .min_connections(0)
+        .acquire_timeout(config.db_pool_timeout)
+        .max_lifetime(Some(config.db_pool_recycle))
+        .idle_timeout(Some(std::time::Duration::from_secs(600)))
+        .test_before_acquire(false)
+}
+
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url)
+        .map(|o| o.application_name("molar"))
+        .map_err(|_| anyhow::anyhow!("the database URL is not a valid PostgreSQL URL"))
+}
+
+/// Applies the embedded migrations as the owning role.
+pub async fn migrate(url: &secrecy::SecretString) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect_with(connect_options(url.expose_secret())?)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the migration database: {e}"))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    pool.close().await;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct MigrationStatus {
+    pub embedded: usize,
+    pub applied: usize,
+    pub pending: Vec<i64>,
+    pub modified: Vec<i64>,
+    /// Applied versions this binary does not know (a newer release migrated first).
+    pub ahead: Vec<i64>,
+}
+
+impl MigrationStatus {
+    pub fn ok(&self) -> bool {
+        self.pending.is_empty() && self.modified.is_empty()
+    }
+}
+
+/// Compares the applied migrations with those embedded in this binary.
+pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, sqlx::Error> {
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    let applied: BTreeMap<i64, Vec<u8>> = rows.into_iter().collect();
+    let mut status = MigrationStatus {
+        embedded: 0,
+        applied: applied.len(),
+        pending: vec![],
+        modified: vec![],
+        ahead: vec![],
+    };
+    for m in MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()) {
+        status.embedded += 1;
+        match applied.get(&m.version) {
+            None => status.pending.push(m.version),
+            Some(sum) if sum.as_slice() != &*m.checksum => status.modified.push(m.version),
+            Some(_) => {}
+        }
+    }
+    status.ahead = applied
+        .keys()
+        .filter(|v| !MIGRATOR.iter().any(|m| m.version == **v))
+        .copied()
+        .collect();
+    Ok(status)
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct RoleCheck {
+    pub role: String,
+    pub superuser: bool,
+    pub bypass_rls: bool,
+    pub member_of_app_role: bool,
+    pub owns_tables: bool,
+    pub member_of_auth_role: bool,
+}
+
+impl RoleCheck {
+    /// The reasons this role must not serve requests; empty when it is safe.
+    pub fn failures(&self) -> Vec<&'static str> {
+        let mut f = vec![];
+        if self.superuser {
+            f.push("the server's database role is a superuser");
+        }
+        if self.bypass_rls {
+            f.push("the server's database role has BYPASSRLS");
+        }
+        if self.owns_tables {
+            f.push("the server's database role owns tables (or is a member of their owner)");
+        }
+        if self.member_of_auth_role {
+            f.push("the server's database role is a member of molar_auth");
+        }
+        if !self.member_of_app_role {
+            f.push("the server's database role is not a member of molar_app");
+        }
+        f
+    }
+}
+
+/// Inspects the catalogue for the role the server is connected as.
+pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
+    let row: (String, bool, bool, bool, bool, bool) = sqlx::query_as(
+        r#"
+        SELECT r.rolname::text,
+               r.rolsuper,
+               r.rolbypassrls,
+               CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'molar_app')
+                    THEN pg_has_role(current_user, 'molar_app', 'MEMBER') ELSE false END,
+               EXISTS (
+                   SELECT 1 FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                     AND n.nspname NOT LIKE 'pg\_toast%'
+                     AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                     AND pg_has_role(current_user, c.relowner, 'MEMBER')
+               ),
+               CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'molar_auth')
+                    THEN pg_has_role(current_user, 'molar_auth', 'MEMBER') ELSE false END
+        FROM pg_roles r WHERE r.rolname = current_user
+        "#,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(RoleCheck {
+        role: row.0,
+        superuser: row.1,
+        bypass_rls: row.2,
+        member_of_app_role: row.3,
+        owns_tables: row.4,
+        member_of_auth_role: row.5,
+    })
+}

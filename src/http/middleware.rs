@@ -1,0 +1,140 @@
+//! Cross-cutting request handling: request ids, problem+json for every error the
+//! framework or a layer produces, and per-route metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{problem_response, problem_type, Problem, PROBLEM_JSON, REQUEST_ID};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// An incoming request id is kept when it is short and plain; otherwise a new one is made.
+fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| s.to_owned())
+}
+
+/// Accepts or generates `X-Request-Id`, makes it visible to handlers and logs, echoes it.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    req.headers_mut().insert(X_REQUEST_ID.clone(), value.clone());
+    let mut res = REQUEST_ID.scope(id, next.run(req)).await;
+    res.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    res
+}
+
+/// Rewrites any error response that is not already problem+json (framework rejections,
+/// 404/405 from the router, 413 from the body limit, the timeout) into one.
+pub async fn problem_fallback(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if status.as_u16() < 400 {
+        return res;
+    }
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(PROBLEM_JSON));
+    if is_problem {
+        return res;
+    }
+    let (slug, detail) = match status {
+        StatusCode::NOT_FOUND => ("not-found", "no resource at this path"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "this path does not accept this method; see the Allow header",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload-too-large",
+            "the request body is larger than this server accepts",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported-media-type",
+            "the request body must be JSON with Content-Type: application/json",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => (
+            "service-unavailable",
+            "the request could not be completed in time; retry shortly",
+        ),
+        StatusCode::BAD_REQUEST => ("bad-request", "the request is malformed"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("validation-error", "the request has invalid fields"),
+        s if s.is_server_error() => (
+            "internal-error",
+            "an internal error occurred; quote the request id when reporting it",
+        ),
+        _ => ("error", "the request could not be served"),
+    };
+    let problem = Problem {
+        type_: problem_type(slug),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        request_id: crate::error::current_request_id(),
+        errors: None,
+        extra: None,
+    };
+    let (mut parts, _) = res.into_parts();
+    let fresh = problem_response(status, &problem);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_JSON),
+    );
+    let (_, body) = fresh.into_parts();
+    Response::from_parts(parts, body)
+}
+
+/// Counts requests and records latency by method, matched route and status.
+pub async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// The 404 for paths no route serves.
+pub async fn not_found() -> Response {
+    crate::error::AppError::NotFound("no resource at this path".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sanitised() {
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_static("abc-123_x.y:z")).as_deref(),
+            Some("abc-123_x.y:z")
+        );
+        assert!(acceptable_request_id(&HeaderValue::from_static("has space")).is_none());
+        assert!(acceptable_request_id(&HeaderValue::from_static("<script>")).is_none());
+        let long = "a".repeat(129);
+        assert!(acceptable_request_id(&HeaderValue::from_str(&long).expect("ascii")).is_none());
+    }
+}

@@ -1,0 +1,177 @@
+//! The HTTP surface: every area's routes merged under `/api/v2`, the OpenAPI document
+//! built from the same annotations, and the middleware stack around them.
+
+pub mod client;
+pub mod extract;
+pub mod middleware;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::openapi::{self, ApiDoc};
+use crate::state::AppState;
+use crate::{health, routes};
+
+/// The API routes and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v2", health::router().merge(routes::router()))
+        .split_for_parts()
+}
+
+/// The full application: API, docs, metrics and middleware.
+pub fn app(state: AppState) -> Router {
+    let (api, doc) = api();
+    let doc_json: Arc<str> = doc.to_json().unwrap_or_else(|_| "{}".into()).into();
+    let config = state.config.clone();
+
+    let mut router = api
+        .route(
+            "/api/v2/openapi.json",
+            get(move || {
+                let body = doc_json.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                        body.to_string(),
+                    )
+                }
+            }),
+        )
+        .route("/api/v2/docs", get(openapi::docs_page))
+        .route("/api/v2/docs/swagger-ui-bundle.js", get(openapi::docs_js))
+        .route("/api/v2/docs/swagger-ui.css", get(openapi::docs_css))
+        .route("/api/v2/docs/init.js", get(openapi::docs_init));
+    if config.metrics_port.is_none() {
+        router = router.route("/metrics", get(health::metrics));
+    }
+
+    let cors = cors_layer(&config.allowed_origins);
+    let hsts = (config.hsts_max_age > 0).then(|| {
+        let value = format!("max-age={}; includeSubDomains", config.hsts_max_age);
+        SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=0")),
+        )
+    });
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            let request_id = req
+                .headers()
+                .get(&middleware::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|m| m.as_str())
+                .unwrap_or("unmatched");
+            tracing::info_span!("request", method = %req.method(), route, request_id)
+        })
+        .on_response(DefaultOnResponse::new().level(Level::INFO));
+
+    // Router::layer wraps what is already there, so the last layer added runs first.
+    let mut router = router
+        .fallback(middleware::not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn(middleware::problem_fallback))
+        .layer(axum::middleware::from_fn(middleware::record_metrics));
+    if let Some(hsts) = hsts {
+        router = router.layer(hsts);
+    }
+    let security = ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ));
+    router
+        .layer(security)
+        .layer(CompressionLayer::new())
+        .layer(cors)
+        .layer(trace)
+        .layer(axum::middleware::from_fn(middleware::request_id))
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let base = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            HeaderName::from_static("idempotency-key"),
+            middleware::X_REQUEST_ID.clone(),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::RETRY_AFTER,
+            middleware::X_REQUEST_ID.clone(),
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        return base.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    base.allow_origin(AllowOrigin::list(list))
+}
+
+/// A router serving only `/metrics`, for a private `METRICS_PORT`.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|axum::extract::State(s): axum::extract::State<AppState>| async move {
+                health::render_metrics(&s).into_response()
+            }),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,51 @@
+//! What every handler can reach: configuration, database, Redis, metrics and the
+//! draining flag that readiness reports during shutdown.
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::redis_store::Redis;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub db: Db,
+    pub redis: Option<Redis>,
+    pub metrics: PrometheusHandle,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Config, db: Db, redis: Option<Redis>, metrics: PrometheusHandle) -> Self {
+        AppState(Arc::new(Inner {
+            config,
+            db,
+            redis,
+            metrics,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
