@@ -235,13 +235,15 @@ impl Config {
     pub fn from_map(vars: HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = vars.get("MOLAR_CONFIG_FILE").filter(|f| !f.is_empty()) {
-            builder = builder.add_source(
-                config::File::new(file, config::FileFormat::Toml).required(true),
-            );
+            builder = builder
+                .add_source(config::File::new(file, config::FileFormat::Toml).required(true));
         }
         let env: config::Map<String, String> = vars
             .into_iter()
-            .filter(|(k, _)| k.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()))
+            .filter(|(k, _)| {
+                k.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+            })
             .collect();
         builder = builder.add_source(config::Environment::default().source(Some(env)));
         let raw: Raw = builder
@@ -348,7 +350,9 @@ impl Config {
             )),
             redis_url: secret(&raw.redis_url),
             require_redis: p.flag(&raw.require_redis, "REQUIRE_REDIS", production),
-            redis_key_prefix: p.text(&raw.redis_key_prefix).unwrap_or_else(|| "molar:".into()),
+            redis_key_prefix: p
+                .text(&raw.redis_key_prefix)
+                .unwrap_or_else(|| "molar:".into()),
             redis_timeout: Duration::from_millis(p.num(
                 &raw.redis_timeout_ms,
                 "REDIS_TIMEOUT_MS",
@@ -371,7 +375,9 @@ impl Config {
                 .map(SecretString::from)
                 .collect(),
             jwt_issuer: p.text(&raw.jwt_issuer).unwrap_or_else(|| "molar".into()),
-            jwt_audience: p.text(&raw.jwt_audience).unwrap_or_else(|| "molar-api".into()),
+            jwt_audience: p
+                .text(&raw.jwt_audience)
+                .unwrap_or_else(|| "molar-api".into()),
             access_token_expire_minutes: p.num(
                 &raw.access_token_expire_minutes,
                 "ACCESS_TOKEN_EXPIRE_MINUTES",
@@ -444,7 +450,11 @@ impl Config {
             ),
             trusted_proxies,
             allowed_origins: p.list(&raw.allowed_origins),
-            allow_clinic_signup: p.flag(&raw.allow_clinic_signup, "ALLOW_CLINIC_SIGNUP", !production),
+            allow_clinic_signup: p.flag(
+                &raw.allow_clinic_signup,
+                "ALLOW_CLINIC_SIGNUP",
+                !production,
+            ),
             metrics_token: secret(&raw.metrics_token),
             metrics_port,
             appointment_max_minutes: p.num(
@@ -481,9 +491,8 @@ impl Config {
             .iter()
             .any(|o| o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
         {
-            p.problems.push(
-                "ALLOWED_ORIGINS must list origins such as https://app.example.com".into(),
-            );
+            p.problems
+                .push("ALLOWED_ORIGINS must list origins such as https://app.example.com".into());
         }
         if p.problems.is_empty() {
             Ok(config)
@@ -512,7 +521,9 @@ impl Config {
             }
         }
         if self.allowed_origins.iter().any(|o| o == "*") {
-            problems.push("ALLOWED_ORIGINS=* is not allowed in production; list the front-end origins".into());
+            problems.push(
+                "ALLOWED_ORIGINS=* is not allowed in production; list the front-end origins".into(),
+            );
         }
         if self.require_redis && self.redis_url.is_none() {
             problems.push("REDIS_URL is required when REQUIRE_REDIS=true".into());
@@ -590,7 +601,10 @@ mod tests {
         assert!(!err.contains("tooshort"), "the secret must not be echoed");
 
         let mut default = base.to_vec();
-        default.push(("SECRET_KEY", "molar-development-secret-key-not-for-production-use"));
+        default.push((
+            "SECRET_KEY",
+            "molar-development-secret-key-not-for-production-use",
+        ));
         let err = Config::from_map(map(&default)).unwrap_err().to_string();
         assert!(err.contains("known default"), "{err}");
 
@@ -627,8 +641,8 @@ mod tests {
 
     #[test]
     fn trusted_proxies_parse_as_cidr_or_address() {
-        let c = Config::from_map(map(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]))
-            .expect("valid");
+        let c =
+            Config::from_map(map(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")])).expect("valid");
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(Config::from_map(map(&[("TRUSTED_PROXIES", "nonsense")])).is_err());
     }

@@ -127,7 +127,9 @@ impl AppError {
             AppError::Unauthorized(d) => ("unauthorized", d.clone(), None, None),
             AppError::Forbidden(d) => ("forbidden", d.clone(), None, None),
             AppError::NotFound(d) => ("not-found", d.clone(), None, None),
-            AppError::Conflict { detail, extra } => ("conflict", detail.clone(), None, extra.clone()),
+            AppError::Conflict { detail, extra } => {
+                ("conflict", detail.clone(), None, extra.clone())
+            }
             AppError::PreconditionFailed => (
                 "precondition-failed",
                 "If-Match does not match the current version of the resource".into(),
@@ -225,7 +227,7 @@ impl IntoResponse for AppError {
         let status = self.status();
         if status.is_server_error() {
             match &self {
-                AppError::Database(e) if db_unavailable(&e) => {
+                AppError::Database(e) if db_unavailable(e) => {
                     tracing::warn!(error = %e, "database unavailable")
                 }
                 AppError::Unavailable(d) => tracing::warn!(detail = %d, "dependency unavailable"),

@@ -183,7 +183,11 @@ pub async fn run_startup_checks(state: &AppState) -> StartupCheck {
 
     let started = Instant::now();
     let db_up = matches!(
-        tokio::time::timeout(limit, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool)).await,
+        tokio::time::timeout(
+            limit,
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool)
+        )
+        .await,
         Ok(Ok(_))
     );
     checks.insert(

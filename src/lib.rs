@@ -54,7 +54,9 @@ impl Server {
             None => bail!("DATABASE_URL is required outside development"),
         };
         if config.secret_key.is_none() && !config.is_production() {
-            tracing::warn!("SECRET_KEY is not set: using a random key, so tokens end with this process");
+            tracing::warn!(
+                "SECRET_KEY is not set: using a random key, so tokens end with this process"
+            );
             config.secret_key = Some(SecretString::from(random_hex(32)));
         }
         let read_url = config
@@ -64,7 +66,11 @@ impl Server {
         let db = Db::connect_lazy(&config, database_url.expose_secret(), read_url.as_deref())?;
 
         let redis = match &config.redis_url {
-            Some(url) => Some(Redis::new(url, &config.redis_key_prefix, config.redis_timeout)?),
+            Some(url) => Some(Redis::new(
+                url,
+                &config.redis_key_prefix,
+                config.redis_timeout,
+            )?),
             None => {
                 tracing::warn!(
                     "REDIS_URL is not set: cache and rate limits are in-process, \
@@ -159,7 +165,11 @@ async fn check_role(config: &Config, db: &Db) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 if config.is_production() {
-                    bail!("unsafe database role `{}`: {}", check.role, failures.join("; "));
+                    bail!(
+                        "unsafe database role `{}`: {}",
+                        check.role,
+                        failures.join("; ")
+                    );
                 }
                 tracing::error!(role = %check.role, problems = %failures.join("; "),
                     "the database role would not be held by row-level security");

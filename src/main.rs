@@ -7,7 +7,11 @@ use molar::config::{Config, Environment};
 use molar::Server;
 
 #[derive(Parser)]
-#[command(name = "molar", version, about = "Multi-tenant dental clinic management backend")]
+#[command(
+    name = "molar",
+    version,
+    about = "Multi-tenant dental clinic management backend"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,7 +40,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("molar: cannot start the async runtime: {e}");

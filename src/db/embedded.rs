@@ -75,7 +75,11 @@ async fn find_bindir() -> anyhow::Result<PathBuf> {
 /// The unprivileged account a root process runs the cluster as.
 async fn unprivileged_user() -> anyhow::Result<String> {
     for name in ["postgres", "molar"] {
-        if output(Command::new("id").arg("-u").arg(name)).await?.status.success() {
+        if output(Command::new("id").arg("-u").arg(name))
+            .await?
+            .status
+            .success()
+        {
             return Ok(name.to_owned());
         }
     }
@@ -164,12 +168,15 @@ impl EmbeddedPostgres {
 
         if !pg.data_dir.join("PG_VERSION").exists() {
             tracing::info!(dir = %pg.data_dir.display(), "initialising the development database");
-            let out = output(
-                pg.command("initdb")
-                    .arg("-D")
-                    .arg(&pg.data_dir)
-                    .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"]),
-            )
+            let out = output(pg.command("initdb").arg("-D").arg(&pg.data_dir).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]))
             .await?;
             if !out.status.success() {
                 bail!(
@@ -179,10 +186,15 @@ impl EmbeddedPostgres {
             }
         }
 
-        let running = output(pg.command("pg_ctl").arg("-D").arg(&pg.data_dir).arg("status"))
-            .await?
-            .status
-            .success();
+        let running = output(
+            pg.command("pg_ctl")
+                .arg("-D")
+                .arg(&pg.data_dir)
+                .arg("status"),
+        )
+        .await?
+        .status
+        .success();
         if !running {
             let options = format!(
                 "-p {SOCKET_PORT} -k {} -c listen_addresses='' -c unix_socket_permissions=0700",

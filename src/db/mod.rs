@@ -154,7 +154,10 @@ pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, sqlx::Er
         modified: vec![],
         ahead: vec![],
     };
-    for m in MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()) {
+    for m in MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+    {
         status.embedded += 1;
         match applied.get(&m.version) {
             None => status.pending.push(m.version),

@@ -16,10 +16,19 @@ use crate::error::{AppError, FieldError};
 pub struct ApiJson<T>(pub T);
 
 fn is_json_content_type(req: &Request) -> bool {
-    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -80,8 +89,10 @@ fn describe_data_error(path: &str, raw: &str) -> (String, String) {
         Some(rest[start..end].to_owned())
     };
     let join = |name: String| {
-        if path.is_empty() {
+        if path.is_empty() || path == name {
             name
+        } else if path.ends_with(&format!(".{name}")) {
+            path.to_owned()
         } else {
             format!("{path}.{name}")
         }
@@ -92,7 +103,11 @@ fn describe_data_error(path: &str, raw: &str) -> (String, String) {
     if let Some(name) = named("unknown field ") {
         return (join(name), "is not a known field".into());
     }
-    let field = if path.is_empty() { "body".to_owned() } else { path.to_owned() };
+    let field = if path.is_empty() {
+        "body".to_owned()
+    } else {
+        path.to_owned()
+    };
     (field, message)
 }
 
@@ -169,9 +184,14 @@ mod tests {
 
     #[test]
     fn missing_unknown_and_mistyped_fields_are_named() {
-        assert_eq!(field_of(parse_json(br#"{"owner": {"age": 3}}"#)), "owner.email");
         assert_eq!(
-            field_of(parse_json(br#"{"owner": {"email": "a", "age": 3, "x": 1}}"#)),
+            field_of(parse_json(br#"{"owner": {"age": 3}}"#)),
+            "owner.email"
+        );
+        assert_eq!(
+            field_of(parse_json(
+                br#"{"owner": {"email": "a", "age": 3, "x": 1}}"#
+            )),
             "owner.x"
         );
         assert_eq!(

@@ -30,7 +30,8 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         .and_then(acceptable_request_id)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    req.headers_mut().insert(X_REQUEST_ID.clone(), value.clone());
+    req.headers_mut()
+        .insert(X_REQUEST_ID.clone(), value.clone());
     let mut res = REQUEST_ID.scope(id, next.run(req)).await;
     res.headers_mut().insert(X_REQUEST_ID.clone(), value);
     res
@@ -44,12 +45,14 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
     if status.as_u16() < 400 {
         return res;
     }
-    let is_problem = res
+    // Problem documents and deliberate JSON bodies (readiness, start-up check) pass through;
+    // empty and plain-text bodies from the framework and layers are replaced.
+    let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with(PROBLEM_JSON));
-    if is_problem {
+        .is_some_and(|ct| ct.starts_with(PROBLEM_JSON) || ct.starts_with("application/json"));
+    if is_json {
         return res;
     }
     let (slug, detail) = match status {
@@ -91,10 +94,9 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
     let fresh = problem_response(status, &problem);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_JSON),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     let (_, body) = fresh.into_parts();
     Response::from_parts(parts, body)
 }

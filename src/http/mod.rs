@@ -47,7 +47,10 @@ pub fn app(state: AppState) -> Router {
                 let body = doc_json.clone();
                 async move {
                     (
-                        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
                         body.to_string(),
                     )
                 }
@@ -169,9 +172,11 @@ pub fn metrics_app(state: AppState) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|axum::extract::State(s): axum::extract::State<AppState>| async move {
-                health::render_metrics(&s).into_response()
-            }),
+            get(
+                |axum::extract::State(s): axum::extract::State<AppState>| async move {
+                    health::render_metrics(&s).into_response()
+                },
+            ),
         )
         .with_state(state)
 }
