@@ -4,16 +4,22 @@
 //! development starting, its database); [`Server::run`] serves it on a listener until a
 //! shutdown signal, then drains. `main.rs` and the tests both go through these.
 
+pub mod audit;
+pub mod auth;
+pub mod clinic;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod openapi;
+pub mod ratelimit;
 pub mod redis_store;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod users;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,7 +87,7 @@ impl Server {
         };
 
         check_role(&config, &db).await?;
-        let state = AppState::new(config, db, redis, telemetry::metrics_handle());
+        let state = AppState::new(config, db, redis, telemetry::metrics_handle())?;
         Ok(Server { state, embedded })
     }
 
@@ -117,6 +123,9 @@ impl Server {
             None => None,
         };
 
+        let settle = (config.request_timeout * 2).max(Duration::from_secs(60));
+        let maintenance =
+            audit::spawn_maintenance(state.db.clone(), settle, Duration::from_secs(60));
         let drain = config.shutdown_drain;
         let draining_state = state.clone();
         let app = http::app(state.clone());
@@ -140,6 +149,7 @@ impl Server {
         .await
         .context("the HTTP server failed")?;
 
+        maintenance.abort();
         let _ = stop_tx.send(true);
         if let Some(t) = metrics_task {
             let _ = t.await;

@@ -23,12 +23,42 @@ enum Command {
     Serve,
     /// Apply the embedded migrations as the owning role (MIGRATION_DATABASE_URL).
     Migrate,
+    /// Create a clinic and its first owner (for deployments with sign-up switched off).
+    /// The owner's password is read from MOLAR_OWNER_PASSWORD.
+    CreateClinic {
+        #[arg(long)]
+        name: String,
+        /// IANA time zone, e.g. Europe/Berlin.
+        #[arg(long)]
+        timezone: String,
+        /// ISO 4217 currency code, e.g. EUR.
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        owner_email: String,
+        #[arg(long)]
+        owner_name: String,
+    },
+    /// Audit trail maintenance.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Exit 0 when the local server's /api/v2/health answers 200 (for container health checks).
     Healthcheck {
         /// The URL to probe; defaults to http://127.0.0.1:$PORT/api/v2/health.
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every seal of the hash chain; exit 1 and name the first broken link of
+    /// each clinic whose events were changed, removed or inserted after sealing.
+    Verify,
+    /// Seal all events that have settled (normally done by the server every minute).
+    Seal,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +84,20 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
+            Command::CreateClinic {
+                name,
+                timezone,
+                currency,
+                owner_email,
+                owner_name,
+            } => {
+                let password = std::env::var("MOLAR_OWNER_PASSWORD").map_err(|_| {
+                    anyhow::anyhow!("set MOLAR_OWNER_PASSWORD to the owner's initial password")
+                })?;
+                create_clinic(config, name, timezone, currency, owner_email, owner_name, password)
+                    .await
+            }
+            Command::Audit { command } => audit(config, command).await,
             Command::Healthcheck { url } => healthcheck(&config, url).await,
         }
     });
@@ -103,5 +147,75 @@ async fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result<()>
         Ok(())
     } else {
         anyhow::bail!("{url} answered {status}")
+    }
+}
+
+async fn create_clinic(
+    config: Config,
+    name: String,
+    timezone: String,
+    currency: String,
+    email: String,
+    full_name: String,
+    password: String,
+) -> anyhow::Result<()> {
+    use molar::auth::routes::{register, NewClinic, NewOwner, RegisterClinic};
+    molar::telemetry::init_logging(&config);
+    let server = Server::prepare(config).await?;
+    let body = RegisterClinic {
+        clinic: NewClinic {
+            name,
+            timezone,
+            currency,
+            phone: None,
+        },
+        owner: NewOwner {
+            email,
+            password,
+            full_name,
+        },
+    };
+    match register(server.state(), body, None).await {
+        Ok(r) => {
+            println!(
+                "created clinic {} ({}) with owner {} ({})",
+                r.clinic.name, r.clinic.id, r.user.email, r.user.id
+            );
+            Ok(())
+        }
+        Err(molar::error::AppError::Validation(errors)) => {
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            anyhow::bail!("invalid clinic: {}", lines.join("; "))
+        }
+        Err(e) => anyhow::bail!("could not create the clinic: {e}"),
+    }
+}
+
+async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
+    molar::telemetry::init_logging(&config);
+    let server = Server::prepare(config).await?;
+    let db = &server.state().db;
+    match command {
+        AuditCommand::Verify => {
+            let broken = molar::audit::verify(db).await?;
+            if broken.is_empty() {
+                println!("audit chain intact");
+                Ok(())
+            } else {
+                for b in &broken {
+                    println!("clinic {} seal {}: {}", b.clinic_id, b.seq, b.problem);
+                }
+                anyhow::bail!("the audit chain is broken in {} clinic(s)", broken.len())
+            }
+        }
+        AuditCommand::Seal => {
+            let settle = server.state().config.request_timeout * 2;
+            let n = molar::audit::seal(db, settle).await?;
+            println!("sealed events of {n} clinic(s)");
+            Ok(())
+        }
     }
 }

@@ -6,4 +6,8 @@ use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(crate::auth::routes::router())
+        .merge(crate::clinic::router())
+        .merge(crate::users::router())
+        .merge(crate::audit::routes::router())
 }

@@ -7,8 +7,12 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::password::PasswordHashing;
+use crate::auth::tokens::TokenService;
 use crate::config::Config;
 use crate::db::Db;
+use crate::http::pagination::CursorCodec;
+use crate::ratelimit::RateLimiter;
 use crate::redis_store::Redis;
 
 #[derive(Clone)]
@@ -19,18 +23,40 @@ pub struct Inner {
     pub db: Db,
     pub redis: Option<Redis>,
     pub metrics: PrometheusHandle,
+    pub tokens: TokenService,
+    pub passwords: PasswordHashing,
+    pub limiter: RateLimiter,
+    pub cursors: CursorCodec,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: Db, redis: Option<Redis>, metrics: PrometheusHandle) -> Self {
-        AppState(Arc::new(Inner {
+    pub fn new(
+        config: Config,
+        db: Db,
+        redis: Option<Redis>,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Self> {
+        let tokens = TokenService::new(&config)?;
+        let passwords = PasswordHashing::new(config.password_hash_concurrency)?;
+        let cursors = CursorCodec::new(
+            config
+                .secret_key
+                .as_ref()
+                .map(|s| secrecy::ExposeSecret::expose_secret(s).as_bytes())
+                .unwrap_or_default(),
+        );
+        Ok(AppState(Arc::new(Inner {
             config,
             db,
             redis,
             metrics,
+            tokens,
+            passwords,
+            limiter: RateLimiter::default(),
+            cursors,
             draining: AtomicBool::new(false),
-        }))
+        })))
     }
 
     pub fn start_draining(&self) {

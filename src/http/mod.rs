@@ -2,8 +2,11 @@
 //! built from the same annotations, and the middleware stack around them.
 
 pub mod client;
+pub mod client_ip;
+pub mod etag;
 pub mod extract;
 pub mod middleware;
+pub mod pagination;
 
 use std::sync::Arc;
 

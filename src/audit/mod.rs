@@ -1,0 +1,231 @@
+//! The audit trail: one event for every sign-in, staff change and access to patient data.
+//! Successful actions are written in the same transaction as the work; denied or failed
+//! ones in a transaction of their own. Events are sealed into a per-clinic hash chain by a
+//! background step, and `molar audit verify` reports the first broken link.
+
+pub mod routes;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::db::{Db, Tx};
+
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    pub clinic_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+/// One audited action: `<resource>.<verb>` on a resource, perhaps about a patient.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub action: &'static str,
+    pub resource_type: &'static str,
+    pub resource_id: Option<Uuid>,
+    pub patient_id: Option<Uuid>,
+    pub details: Option<Value>,
+}
+
+impl Event {
+    pub fn new(action: &'static str, resource_type: &'static str) -> Event {
+        Event {
+            action,
+            resource_type,
+            resource_id: None,
+            patient_id: None,
+            details: None,
+        }
+    }
+
+    pub fn resource(mut self, id: Uuid) -> Event {
+        self.resource_id = Some(id);
+        self
+    }
+
+    pub fn patient(mut self, id: Uuid) -> Event {
+        self.patient_id = Some(id);
+        self
+    }
+
+    pub fn details(mut self, details: Value) -> Event {
+        self.details = Some(details);
+        self
+    }
+}
+
+const INSERT: &str = "INSERT INTO audit_events \
+    (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// Records a successful action inside the transaction that performs it.
+pub async fn record(tx: &mut Tx, ctx: &AuditContext, event: Event) -> Result<(), sqlx::Error> {
+    insert(tx, ctx, event, Outcome::Success).await
+}
+
+async fn insert(
+    tx: &mut Tx,
+    ctx: &AuditContext,
+    event: Event,
+    outcome: Outcome,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(INSERT)
+        .bind(ctx.clinic_id)
+        .bind(Uuid::now_v7())
+        .bind(ctx.user_id)
+        .bind(event.action)
+        .bind(event.resource_type)
+        .bind(event.resource_id)
+        .bind(event.patient_id)
+        .bind(ctx.request_id.as_deref())
+        .bind(ctx.ip.map(ipnet_of))
+        .bind(outcome.as_str())
+        .bind(event.details)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+fn ipnet_of(ip: IpAddr) -> ipnet::IpNet {
+    ipnet::IpNet::from(ip)
+}
+
+/// Records a denied or failed action in a transaction of its own (the work's transaction
+/// has been rolled back). A failure to audit is logged, never hidden.
+pub async fn record_failure(db: &Db, ctx: &AuditContext, event: Event) {
+    let action = event.action;
+    let result = async {
+        let mut tx = db.clinic_tx(ctx.clinic_id).await?;
+        insert(&mut tx, ctx, event, Outcome::Failure).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, action, "could not record a failed action in the audit trail");
+    }
+}
+
+/// A failed sign-in for an email that belongs to no clinic: the global security log and
+/// the JSON log. The email is stored only as a hash.
+pub async fn record_security_event(
+    db: &Db,
+    action: &str,
+    email: &str,
+    ip: Option<IpAddr>,
+    request_id: Option<&str>,
+) {
+    let email_hash = hex::encode(Sha256::digest(email.trim().to_lowercase().as_bytes()));
+    tracing::warn!(action, email_hash = %email_hash, ip = ?ip, "security event");
+    let result = async {
+        let mut tx = db.unscoped_tx().await?;
+        sqlx::query(
+            "INSERT INTO security_events (id, action, email_hash, ip, request_id) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(action)
+        .bind(&email_hash)
+        .bind(ip.map(ipnet_of))
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not record a security event");
+    }
+}
+
+/// Seals events older than `settle` into each clinic's hash chain. Safe to run on every
+/// instance: one seals at a time under a transaction-level advisory lock.
+pub async fn seal(db: &Db, settle: Duration) -> Result<i32, sqlx::Error> {
+    let mut tx = db.unscoped_tx().await?;
+    let secs = settle.as_secs_f64();
+    let sealed: i32 = sqlx::query_scalar("SELECT audit_seal(make_interval(secs => $1))")
+        .bind(secs)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(sealed)
+}
+
+/// Keeps monthly partitions three months ahead.
+pub async fn ensure_partitions(db: &Db) -> Result<i32, sqlx::Error> {
+    let mut tx = db.unscoped_tx().await?;
+    let created: i32 = sqlx::query_scalar("SELECT audit_ensure_partitions(3)")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokenLink {
+    pub clinic_id: Uuid,
+    pub seq: i64,
+    pub problem: String,
+}
+
+/// Recomputes every seal; the first broken link of each clinic that has one.
+pub async fn verify(db: &Db) -> Result<Vec<BrokenLink>, sqlx::Error> {
+    let mut tx = db.unscoped_tx().await?;
+    let rows: Vec<(Uuid, i64, String)> =
+        sqlx::query_as("SELECT clinic_id, seq, problem FROM audit_verify()")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(clinic_id, seq, problem)| BrokenLink {
+            clinic_id,
+            seq,
+            problem,
+        })
+        .collect())
+}
+
+/// Background maintenance: partitions daily, seals every `every`.
+pub fn spawn_maintenance(
+    db: Db,
+    settle: Duration,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks: u64 = 0;
+        let per_day = (86_400 / every.as_secs().max(1)).max(1);
+        loop {
+            if ticks % per_day == 0 {
+                if let Err(e) = ensure_partitions(&db).await {
+                    tracing::warn!(error = %e, "could not create audit partitions");
+                }
+            }
+            match seal(&db, settle).await {
+                Ok(n) if n > 0 => tracing::debug!(clinics = n, "audit events sealed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not seal audit events"),
+            }
+            ticks += 1;
+            tokio::time::sleep(every).await;
+        }
+    })
+}

@@ -1,0 +1,312 @@
+//! Who is calling and what they may do: roles, the permission matrix, and the `Caller`
+//! extractor that verifies the access token and opens the caller's clinic transaction.
+
+pub mod password;
+pub mod routes;
+pub mod tokens;
+
+use std::net::IpAddr;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::Tx;
+use crate::error::{AppError, AppResult};
+use crate::http::client_ip::client_ip;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Dentist,
+    Hygienist,
+    Assistant,
+    Receptionist,
+    Billing,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Owner,
+        Role::Admin,
+        Role::Dentist,
+        Role::Hygienist,
+        Role::Assistant,
+        Role::Receptionist,
+        Role::Billing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Dentist => "dentist",
+            Role::Hygienist => "hygienist",
+            Role::Assistant => "assistant",
+            Role::Receptionist => "receptionist",
+            Role::Billing => "billing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Standing for "nobody raises their own role" and "nobody grants above themselves".
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Owner => 3,
+            Role::Admin => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn is_clinical(self) -> bool {
+        matches!(self, Role::Dentist | Role::Hygienist | Role::Assistant)
+    }
+
+    /// Dentists and hygienists are bookable unless told otherwise.
+    pub fn provider_by_default(self) -> bool {
+        matches!(self, Role::Dentist | Role::Hygienist)
+    }
+
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Owner | Role::Admin => &[
+                ClinicRead,
+                ClinicManage,
+                UsersRead,
+                UsersManage,
+                AuditRead,
+                PatientsRead,
+                PatientsWrite,
+                MedicalAlertsWrite,
+                ClinicalRead,
+                AppointmentsRead,
+                AppointmentsWrite,
+                ScheduleManage,
+                LedgerRead,
+                LedgerWrite,
+            ],
+            Role::Dentist | Role::Hygienist => &[
+                ClinicRead,
+                PatientsRead,
+                PatientsWrite,
+                MedicalAlertsWrite,
+                ClinicalRead,
+                ClinicalWrite,
+                NotesWrite,
+                NotesSign,
+                AppointmentsRead,
+                AppointmentsWrite,
+            ],
+            Role::Assistant => &[
+                ClinicRead,
+                PatientsRead,
+                PatientsWrite,
+                MedicalAlertsWrite,
+                ClinicalRead,
+                ClinicalWrite,
+                NotesWrite,
+                AppointmentsRead,
+                AppointmentsWrite,
+            ],
+            Role::Receptionist => &[
+                ClinicRead,
+                PatientsRead,
+                PatientsWrite,
+                MedicalAlertsWrite,
+                AppointmentsRead,
+                AppointmentsWrite,
+                LedgerRead,
+                LedgerWrite,
+            ],
+            Role::Billing => &[ClinicRead, PatientsRead, LedgerRead, LedgerWrite],
+        }
+    }
+
+    pub fn can(self, p: Permission) -> bool {
+        self.permissions().contains(&p)
+    }
+}
+
+/// Everything a handler may require. The matrix is [`Role::permissions`]; the README
+/// prints it as a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum Permission {
+    #[serde(rename = "clinic.read")]
+    ClinicRead,
+    #[serde(rename = "clinic.manage")]
+    ClinicManage,
+    #[serde(rename = "users.read")]
+    UsersRead,
+    #[serde(rename = "users.manage")]
+    UsersManage,
+    #[serde(rename = "audit.read")]
+    AuditRead,
+    #[serde(rename = "patients.read")]
+    PatientsRead,
+    #[serde(rename = "patients.write")]
+    PatientsWrite,
+    #[serde(rename = "medical_alerts.write")]
+    MedicalAlertsWrite,
+    #[serde(rename = "clinical.read")]
+    ClinicalRead,
+    #[serde(rename = "clinical.write")]
+    ClinicalWrite,
+    #[serde(rename = "notes.write")]
+    NotesWrite,
+    #[serde(rename = "notes.sign")]
+    NotesSign,
+    #[serde(rename = "appointments.read")]
+    AppointmentsRead,
+    #[serde(rename = "appointments.write")]
+    AppointmentsWrite,
+    #[serde(rename = "schedule.manage")]
+    ScheduleManage,
+    #[serde(rename = "ledger.read")]
+    LedgerRead,
+    #[serde(rename = "ledger.write")]
+    LedgerWrite,
+}
+
+/// The authenticated caller, from a verified access token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub clinic_id: Uuid,
+    pub role: Role,
+    pub auth_version: i32,
+    pub ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+}
+
+impl Caller {
+    /// 403 unless the caller's role has `p`.
+    pub fn require(&self, p: Permission) -> AppResult<()> {
+        if self.role.can(p) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(
+                "your role does not permit this action".into(),
+            ))
+        }
+    }
+
+    /// Opens the caller's clinic transaction and confirms, in it, that the account is still
+    /// active with the same role and credentials as when the token was issued, so that
+    /// deactivation, role changes and password changes cut access off on the next request.
+    pub async fn begin(&self, state: &AppState) -> AppResult<Tx> {
+        let mut tx = state.db.clinic_tx(self.clinic_id).await?;
+        let current: Option<(bool, String, i32)> = sqlx::query_as(
+            "SELECT active, role, auth_version FROM users WHERE clinic_id = $1 AND id = $2",
+        )
+        .bind(self.clinic_id)
+        .bind(self.user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match current {
+            Some((true, role, version))
+                if version == self.auth_version && role == self.role.as_str() =>
+            {
+                Ok(tx)
+            }
+            _ => Err(AppError::Unauthorized(
+                "the session is no longer valid; sign in again".into(),
+            )),
+        }
+    }
+
+    pub fn audit(&self) -> crate::audit::AuditContext {
+        crate::audit::AuditContext {
+            clinic_id: self.clinic_id,
+            user_id: Some(self.user_id),
+            request_id: self.request_id.clone(),
+            ip: self.ip,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Caller> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| AppError::Unauthorized("a bearer access token is required".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| AppError::Unauthorized("a bearer access token is required".into()))?;
+        let claims = state.tokens.verify_access(token.trim())?;
+        Ok(Caller {
+            user_id: claims.sub,
+            clinic_id: claims.cid,
+            role: claims.role,
+            auth_version: claims.ver,
+            ip: client_ip(parts, &state.config.trusted_proxies),
+            request_id: crate::error::current_request_id(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receptionists_book_and_edit_demographics_but_never_read_the_chart() {
+        let r = Role::Receptionist;
+        assert!(r.can(Permission::AppointmentsWrite));
+        assert!(r.can(Permission::PatientsWrite));
+        assert!(r.can(Permission::MedicalAlertsWrite));
+        assert!(!r.can(Permission::ClinicalRead));
+        assert!(!r.can(Permission::NotesWrite));
+    }
+
+    #[test]
+    fn billing_reads_demographics_and_the_ledger_only() {
+        let b = Role::Billing;
+        assert!(b.can(Permission::PatientsRead));
+        assert!(b.can(Permission::LedgerRead));
+        assert!(!b.can(Permission::PatientsWrite));
+        assert!(!b.can(Permission::ClinicalRead));
+        assert!(!b.can(Permission::AppointmentsRead));
+    }
+
+    #[test]
+    fn only_owner_and_admin_manage_users_and_read_the_audit_log() {
+        for role in Role::ALL {
+            let manager = matches!(role, Role::Owner | Role::Admin);
+            assert_eq!(role.can(Permission::UsersManage), manager, "{role:?}");
+            assert_eq!(role.can(Permission::AuditRead), manager, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn only_dentists_and_hygienists_sign_notes() {
+        for role in Role::ALL {
+            assert_eq!(
+                role.can(Permission::NotesSign),
+                matches!(role, Role::Dentist | Role::Hygienist)
+            );
+        }
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("superuser"), None);
+    }
+}

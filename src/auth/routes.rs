@@ -1,0 +1,605 @@
+//! Registration, sign-in, token refresh and logout, the caller's own account, and
+//! password changes.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::password::check_policy;
+use super::tokens::RefreshToken;
+use super::{Caller, Permission, Role};
+use crate::audit::{self, AuditContext, Event};
+use crate::clinic::{self, Clinic};
+use crate::db::Tx;
+use crate::error::{AppError, AppResult, Problem};
+use crate::http::client_ip::ClientIp;
+use crate::http::extract::ApiJson;
+use crate::ratelimit::{Decision, Quota, WhenRedisDown};
+use crate::state::AppState;
+use crate::users::{self, User};
+use crate::validate::Errors;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_clinic))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// A JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Opaque; exchange it at `/auth/refresh`. Single use: each refresh returns a new one.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+fn bad_credentials() -> AppError {
+    AppError::Unauthorized("the email or password is incorrect".into())
+}
+
+fn bad_refresh() -> AppError {
+    AppError::Unauthorized("the refresh token is invalid, expired or revoked".into())
+}
+
+/// Starts a new refresh-token family for a user and returns the token pair.
+async fn issue_pair(
+    state: &AppState,
+    tx: &mut Tx,
+    clinic_id: Uuid,
+    user_id: Uuid,
+    role: Role,
+    auth_version: i32,
+) -> AppResult<TokenPair> {
+    let now = Utc::now();
+    let family_expires = now + ChronoDuration::days(state.config.refresh_token_expire_days);
+    let refresh = RefreshToken::generate(clinic_id);
+    store_refresh(state, tx, &refresh, Uuid::now_v7(), user_id, family_expires).await?;
+    Ok(TokenPair {
+        access_token: state
+            .tokens
+            .issue_access(user_id, clinic_id, role, auth_version)?,
+        refresh_token: refresh.encode(),
+        token_type: "Bearer",
+        expires_in: state.tokens.access_ttl_secs,
+    })
+}
+
+async fn store_refresh(
+    state: &AppState,
+    tx: &mut Tx,
+    token: &RefreshToken,
+    family_id: Uuid,
+    user_id: Uuid,
+    family_expires: DateTime<Utc>,
+) -> AppResult<()> {
+    let idle = (Utc::now() + ChronoDuration::days(state.config.refresh_token_idle_days))
+        .min(family_expires);
+    sqlx::query(
+        "INSERT INTO refresh_tokens (clinic_id, id, family_id, user_id, secret_hash, family_expires_at, idle_expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(token.clinic_id)
+    .bind(token.id)
+    .bind(family_id)
+    .bind(user_id)
+    .bind(token.secret_hash())
+    .bind(family_expires)
+    .bind(idle)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies the given quotas; 429 (with headers) when any is spent.
+async fn limit(
+    state: &AppState,
+    checks: &[(Quota, String)],
+) -> Result<Vec<Decision>, Response> {
+    let mut decisions = Vec::with_capacity(checks.len());
+    for (quota, key) in checks {
+        decisions.push(
+            state
+                .limiter
+                .check(state.redis.as_ref(), quota, key, WhenRedisDown::LocalLimit)
+                .await,
+        );
+    }
+    if let Some(denied) = decisions.iter().find(|d| !d.allowed) {
+        metrics::counter!("rate_limit_rejections_total", "quota" => denied.quota.name).increment(1);
+        let mut res = AppError::RateLimited {
+            retry_after_secs: denied.retry_after_secs,
+        }
+        .into_response();
+        Decision::apply_headers(&decisions, res.headers_mut());
+        return Err(res);
+    }
+    Ok(decisions)
+}
+
+fn email_key(email: &str) -> String {
+    hex::encode(&Sha256::digest(email.trim().to_lowercase().as_bytes())[..16])
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewClinic {
+    pub name: String,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// ISO 4217 code, e.g. `EUR`.
+    pub currency: String,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOwner {
+    pub email: String,
+    /// 12 to 128 characters, not a common password.
+    pub password: String,
+    pub full_name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterClinic {
+    pub clinic: NewClinic,
+    pub owner: NewOwner,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    pub clinic: Clinic,
+    pub user: User,
+    pub tokens: TokenPair,
+}
+
+/// Registers a clinic with its first owner (can be switched off: then 404).
+#[utoipa::path(post, path = "/auth/register-clinic", tag = "auth",
+    request_body = RegisterClinic,
+    responses(
+        (status = 201, description = "The clinic, its owner and their tokens", body = Registered),
+        (status = 404, description = "Sign-up is switched off", body = Problem),
+        (status = 409, description = "The email is already in use", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+        (status = 429, description = "Too many sign-ups from this address", body = Problem)))]
+pub async fn register_clinic(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RegisterClinic>,
+) -> AppResult<Response> {
+    if !state.config.allow_clinic_signup {
+        return Err(AppError::NotFound("no resource at this path".into()));
+    }
+    let ip_key = ip.map(|i| i.to_string()).unwrap_or_default();
+    if let Err(res) = limit(
+        &state,
+        &[(
+            Quota::per_hour("signup-ip", state.config.signup_rate_limit_per_hour),
+            ip_key,
+        )],
+    )
+    .await
+    {
+        return Ok(res);
+    }
+    let registered = register(&state, body, ip).await?;
+    let mut res = (StatusCode::CREATED, Json(registered)).into_response();
+    res.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/api/v2/clinic"));
+    Ok(res)
+}
+
+/// Creates a clinic and its first owner in one transaction (the API and `molar create-clinic`).
+pub async fn register(
+    state: &AppState,
+    body: RegisterClinic,
+    ip: Option<std::net::IpAddr>,
+) -> AppResult<Registered> {
+    let mut errors = Errors::default();
+    let name = errors.text("clinic.name", &body.clinic.name, 200);
+    let timezone = errors.timezone("clinic.timezone", &body.clinic.timezone);
+    let currency = errors.currency("clinic.currency", &body.clinic.currency);
+    let phone = body
+        .clinic
+        .phone
+        .as_deref()
+        .map(|p| errors.phone("clinic.phone", p));
+    let email = errors.email("owner.email", &body.owner.email);
+    let full_name = errors.text("owner.full_name", &body.owner.full_name, 200);
+    if let Err(e) = check_policy("owner.password", &body.owner.password, Some(&email)) {
+        errors.push(e);
+    }
+    errors.finish()?;
+
+    let hash = state.passwords.hash(&body.owner.password).await?;
+    let clinic_id = Uuid::now_v7();
+    let mut tx = state.db.clinic_tx(clinic_id).await?;
+    sqlx::query(
+        "INSERT INTO clinics (id, name, timezone, currency, phone) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(clinic_id)
+    .bind(&name)
+    .bind(&timezone)
+    .bind(&currency)
+    .bind(phone)
+    .execute(&mut *tx)
+    .await?;
+    let user = users::insert(&mut tx, clinic_id, &email, &full_name, Role::Owner, false, &hash).await?;
+    let ctx = AuditContext {
+        clinic_id,
+        user_id: Some(user.id),
+        request_id: crate::error::current_request_id(),
+        ip,
+    };
+    audit::record(&mut tx, &ctx, Event::new("clinic.create", "clinic").resource(clinic_id)).await?;
+    audit::record(&mut tx, &ctx, Event::new("user.create", "user").resource(user.id)).await?;
+    let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, 1).await?;
+    let clinic = clinic::load(&mut tx, clinic_id, false).await?;
+    tx.commit().await?;
+    Ok(Registered {
+        clinic,
+        user,
+        tokens,
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+/// Signs in. A wrong email and a wrong password give the same 401 in about the same time.
+#[utoipa::path(post, path = "/auth/login", tag = "auth",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in", body = TokenPair),
+        (status = 401, description = "Wrong email or password", body = Problem),
+        (status = 429, description = "Too many attempts", body = Problem),
+        (status = 503, description = "Rate limiting is unavailable", body = Problem)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<Login>,
+) -> AppResult<Response> {
+    let request_id = crate::error::current_request_id();
+    let decisions = match limit(
+        &state,
+        &[
+            (
+                Quota::per_minute("login-ip", state.config.login_ip_rate_limit_per_minute),
+                ip.map(|i| i.to_string()).unwrap_or_default(),
+            ),
+            (
+                Quota::per_minute("login-account", state.config.login_rate_limit_per_minute),
+                email_key(&body.email),
+            ),
+        ],
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(res) => return Ok(res),
+    };
+    if body.email.len() > 254 || body.password.chars().count() > super::password::MAX_LENGTH {
+        // Still spend the hashing time, so that length does not tell.
+        state.passwords.verify(&body.password, None).await?;
+        return Err(bad_credentials());
+    }
+
+    let found: Option<(Uuid, Uuid, String, bool)> = {
+        let mut tx = state.db.unscoped_tx().await?;
+        let row = sqlx::query_as(
+            "SELECT clinic_id, user_id, password_hash, active FROM auth_find_login($1)",
+        )
+        .bind(body.email.trim())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row
+    };
+    let ok = state
+        .passwords
+        .verify(&body.password, found.as_ref().map(|f| f.2.as_str()))
+        .await?;
+    let Some((clinic_id, user_id, _, active)) = found else {
+        audit::record_security_event(
+            &state.db,
+            "auth.login_unknown_email",
+            &body.email,
+            ip,
+            request_id.as_deref(),
+        )
+        .await;
+        return Err(bad_credentials());
+    };
+    let ctx = AuditContext {
+        clinic_id,
+        user_id: Some(user_id),
+        request_id,
+        ip,
+    };
+    if !ok || !active {
+        let reason = if ok { "inactive" } else { "wrong_password" };
+        audit::record_failure(
+            &state.db,
+            &ctx,
+            Event::new("auth.login", "user")
+                .resource(user_id)
+                .details(serde_json::json!({ "reason": reason })),
+        )
+        .await;
+        return Err(bad_credentials());
+    }
+    let mut tx = state.db.clinic_tx(clinic_id).await?;
+    let (role, auth_version): (String, i32) =
+        sqlx::query_as("SELECT role, auth_version FROM users WHERE id = $1 AND active")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(bad_credentials)?;
+    let role = Role::parse(&role).ok_or_else(bad_credentials)?;
+    let pair = issue_pair(&state, &mut tx, clinic_id, user_id, role, auth_version).await?;
+    audit::record(&mut tx, &ctx, Event::new("auth.login", "user").resource(user_id)).await?;
+    tx.commit().await?;
+    let mut res = Json(pair).into_response();
+    Decision::apply_headers(&decisions, res.headers_mut());
+    Ok(res)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+type RefreshRow = (Uuid, Uuid, Vec<u8>, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool, String, i32);
+
+/// Exchanges a refresh token for a new pair. The old token stops working; presenting a
+/// token that was already exchanged revokes its whole family.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 401, description = "Invalid, expired, revoked or reused token", body = Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> AppResult<Response> {
+    let token = RefreshToken::decode(&body.refresh_token).ok_or_else(bad_refresh)?;
+    let mut tx = state.db.clinic_tx(token.clinic_id).await?;
+    let row: Option<RefreshRow> = sqlx::query_as(
+        "SELECT rt.family_id, rt.user_id, rt.secret_hash, rt.family_expires_at, rt.idle_expires_at, \
+                rt.rotated_at, rt.revoked_at, u.active, u.role, u.auth_version \
+         FROM refresh_tokens rt JOIN users u ON u.clinic_id = rt.clinic_id AND u.id = rt.user_id \
+         WHERE rt.id = $1 FOR UPDATE OF rt",
+    )
+    .bind(token.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((family, user_id, hash, family_exp, idle_exp, rotated, revoked, active, role, ver)) = row
+    else {
+        return Err(bad_refresh());
+    };
+    if !bool::from(hash.as_slice().ct_eq(&token.secret_hash())) {
+        return Err(bad_refresh());
+    }
+    let ctx = AuditContext {
+        clinic_id: token.clinic_id,
+        user_id: Some(user_id),
+        request_id: crate::error::current_request_id(),
+        ip,
+    };
+    if revoked.is_some() {
+        return Err(bad_refresh());
+    }
+    if rotated.is_some() {
+        // Reuse of an exchanged token: someone else holds this family. End it.
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(family)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        audit::record_failure(
+            &state.db,
+            &ctx,
+            Event::new("auth.refresh_reuse", "user")
+                .resource(user_id)
+                .details(serde_json::json!({"family_id": family})),
+        )
+        .await;
+        return Err(bad_refresh());
+    }
+    let now = Utc::now();
+    let role = Role::parse(&role);
+    if family_exp <= now || idle_exp <= now || !active || role.is_none() {
+        return Err(bad_refresh());
+    }
+    let role = role.ok_or_else(bad_refresh)?;
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1")
+        .bind(token.id)
+        .execute(&mut *tx)
+        .await?;
+    let next = RefreshToken::generate(token.clinic_id);
+    store_refresh(&state, &mut tx, &next, family, user_id, family_exp).await?;
+    audit::record(&mut tx, &ctx, Event::new("auth.refresh", "user").resource(user_id)).await?;
+    tx.commit().await?;
+    Ok(Json(TokenPair {
+        access_token: state
+            .tokens
+            .issue_access(user_id, token.clinic_id, role, ver)?,
+        refresh_token: next.encode(),
+        token_type: "Bearer",
+        expires_in: state.tokens.access_ttl_secs,
+    })
+    .into_response())
+}
+
+/// Signs out: the refresh token's whole family is revoked. Always 204.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    request_body = RefreshRequest,
+    responses((status = 204, description = "Signed out")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> AppResult<StatusCode> {
+    let Some(token) = RefreshToken::decode(&body.refresh_token) else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let mut tx = state.db.clinic_tx(token.clinic_id).await?;
+    let row: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT family_id, user_id, secret_hash FROM refresh_tokens WHERE id = $1 FOR UPDATE",
+    )
+    .bind(token.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((family, user_id, hash)) = row {
+        if bool::from(hash.as_slice().ct_eq(&token.secret_hash())) {
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(family)
+            .execute(&mut *tx)
+            .await?;
+            let ctx = AuditContext {
+                clinic_id: token.clinic_id,
+                user_id: Some(user_id),
+                request_id: crate::error::current_request_id(),
+                ip,
+            };
+            audit::record(&mut tx, &ctx, Event::new("auth.logout", "user").resource(user_id)).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    user: User,
+    clinic: Clinic,
+    role: Role,
+    permissions: Vec<Permission>,
+}
+
+/// The caller, their clinic, role and permissions.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The signed-in user", body = Me),
+        (status = 401, description = "Not signed in", body = Problem)))]
+pub async fn me(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Me>> {
+    let mut tx = caller.begin(&state).await?;
+    let user = users::load(&mut tx, caller.user_id, false).await?;
+    let clinic = clinic::load(&mut tx, caller.clinic_id, false).await?;
+    tx.commit().await?;
+    Ok(Json(Me {
+        role: user.role,
+        permissions: user.role.permissions().to_vec(),
+        user,
+        clinic,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    current_password: String,
+    /// 12 to 128 characters, not a common password.
+    new_password: String,
+}
+
+/// Changes the caller's password; every session of the user ends (sign in again).
+#[utoipa::path(post, path = "/auth/change-password", tag = "auth", security(("bearer" = [])),
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Changed; all refresh tokens revoked"),
+        (status = 401, description = "Not signed in", body = Problem),
+        (status = 422, description = "Wrong current password or a weak new one", body = Problem),
+        (status = 429, description = "Too many attempts", body = Problem)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ChangePassword>,
+) -> AppResult<Response> {
+    if let Err(res) = limit(
+        &state,
+        &[(
+            Quota::per_minute("password-change", state.config.login_rate_limit_per_minute),
+            caller.user_id.to_string(),
+        )],
+    )
+    .await
+    {
+        return Ok(res);
+    }
+    let mut tx = caller.begin(&state).await?;
+    let (hash, email): (String, String) =
+        sqlx::query_as("SELECT password_hash, email FROM users WHERE id = $1 FOR UPDATE")
+            .bind(caller.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut errors = Errors::default();
+    if let Err(e) = check_policy("new_password", &body.new_password, Some(&email)) {
+        errors.push(e);
+    }
+    if !state
+        .passwords
+        .verify(&body.current_password, Some(&hash))
+        .await?
+    {
+        tx.rollback().await?;
+        audit::record_failure(
+            &state.db,
+            &caller.audit(),
+            Event::new("user.password_change", "user").resource(caller.user_id),
+        )
+        .await;
+        errors.add("current_password", "is not your current password");
+        return Err(errors.finish().err().unwrap_or(AppError::PreconditionFailed));
+    }
+    errors.finish()?;
+    let new_hash = state.passwords.hash(&body.new_password).await?;
+    sqlx::query(
+        "UPDATE users SET password_hash = $2, auth_version = auth_version + 1, \
+         version = version + 1, updated_at = now() WHERE id = $1",
+    )
+    .bind(caller.user_id)
+    .bind(new_hash)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(caller.user_id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("user.password_change", "user").resource(caller.user_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,243 @@
+//! Rate limits with GCRA (the generic cell rate algorithm): in Redis through one Lua
+//! script that reads the clock inside Redis, so every instance shares one budget; in
+//! process when Redis is not configured, and as the fallback for credential endpoints
+//! while Redis is down (they are never left unlimited).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::redis_store::Redis;
+
+/// A named budget: `limit` requests per `period`.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    pub name: &'static str,
+    pub limit: u32,
+    pub period: Duration,
+}
+
+impl Quota {
+    pub fn per_minute(name: &'static str, limit: u32) -> Quota {
+        Quota {
+            name,
+            limit: limit.max(1),
+            period: Duration::from_secs(60),
+        }
+    }
+
+    pub fn per_hour(name: &'static str, limit: u32) -> Quota {
+        Quota {
+            name,
+            limit: limit.max(1),
+            period: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What to do when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenRedisDown {
+    /// Let the request through (general API limits): availability first.
+    Allow,
+    /// Apply the same quota in this process (credential endpoints): never unlimited.
+    LocalLimit,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub quota: Quota,
+    pub allowed: bool,
+    pub remaining: u32,
+    /// Seconds until the budget is whole again.
+    pub reset_secs: u64,
+    /// Seconds until the next request would be allowed (0 when allowed).
+    pub retry_after_secs: u64,
+}
+
+impl Decision {
+    /// IETF `RateLimit-Policy` / `RateLimit` headers (structured-field form).
+    pub fn apply_headers(decisions: &[Decision], headers: &mut HeaderMap) {
+        if decisions.is_empty() {
+            return;
+        }
+        let policy = decisions
+            .iter()
+            .map(|d| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    d.quota.name,
+                    d.quota.limit,
+                    d.quota.period.as_secs()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The most constrained budget is the one the client needs to know.
+        let tightest = decisions
+            .iter()
+            .min_by_key(|d| (d.allowed, d.remaining))
+            .unwrap_or(&decisions[0]);
+        let current = format!(
+            "\"{}\";r={};t={}",
+            tightest.quota.name, tightest.remaining, tightest.reset_secs
+        );
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&current) {
+            headers.insert(HeaderName::from_static("ratelimit"), v);
+        }
+    }
+}
+
+const GCRA_LUA: &str = r#"
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = period / limit
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then
+  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+local remaining = math.floor((now - allow_at) / interval)
+return {1, remaining, math.ceil(new_tat - now), 0}
+"#;
+
+pub struct RateLimiter {
+    script: redis::Script,
+    local: Mutex<HashMap<String, f64>>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            script: redis::Script::new(GCRA_LUA),
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+fn decision(quota: &Quota, allowed: bool, remaining: i64, reset_ms: i64, retry_ms: i64) -> Decision {
+    Decision {
+        quota: quota.clone(),
+        allowed,
+        remaining: remaining.clamp(0, quota.limit as i64) as u32,
+        reset_secs: (reset_ms.max(0) as u64).div_ceil(1000),
+        retry_after_secs: (retry_ms.max(0) as u64).div_ceil(1000),
+    }
+}
+
+impl RateLimiter {
+    /// Takes one unit from `quota` for `key`.
+    pub async fn check(
+        &self,
+        redis: Option<&Redis>,
+        quota: &Quota,
+        key: &str,
+        when_down: WhenRedisDown,
+    ) -> Decision {
+        let period_ms = quota.period.as_millis() as i64;
+        if let Some(redis) = redis {
+            let redis_key = redis.key(&format!("rl:{}:{key}", quota.name));
+            let limit = quota.limit;
+            let script = &self.script;
+            let result = redis
+                .run(|mut c| async move {
+                    script
+                        .key(redis_key)
+                        .arg(limit)
+                        .arg(period_ms)
+                        .invoke_async::<Vec<i64>>(&mut c)
+                        .await
+                })
+                .await;
+            match result {
+                Ok(v) if v.len() == 4 => return decision(quota, v[0] == 1, v[1], v[2], v[3]),
+                _ => {
+                    if when_down == WhenRedisDown::Allow {
+                        return decision(quota, true, quota.limit as i64, 0, 0);
+                    }
+                    tracing::warn!(quota = quota.name, "redis unavailable: applying the limit in this process");
+                }
+            }
+        }
+        self.check_local(quota, key)
+    }
+
+    fn check_local(&self, quota: &Quota, key: &str) -> Decision {
+        let now = now_ms();
+        let period = quota.period.as_millis() as f64;
+        let interval = period / quota.limit as f64;
+        let mut map = match self.local.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 100_000 {
+            map.retain(|_, tat| *tat > now);
+        }
+        let full_key = format!("{}:{key}", quota.name);
+        let tat = map.get(&full_key).copied().unwrap_or(now).max(now);
+        let new_tat = tat + interval;
+        let allow_at = new_tat - period;
+        if allow_at > now {
+            return decision(
+                quota,
+                false,
+                0,
+                (tat - now).ceil() as i64,
+                (allow_at - now).ceil() as i64,
+            );
+        }
+        map.insert(full_key, new_tat);
+        let remaining = ((now - allow_at) / interval).floor() as i64;
+        decision(quota, true, remaining, (new_tat - now).ceil() as i64, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_limiter_allows_exactly_the_quota_then_refuses() {
+        let limiter = RateLimiter::default();
+        let quota = Quota::per_minute("test", 5);
+        for i in 0..5 {
+            let d = limiter.check_local(&quota, "k");
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 4 - i);
+        }
+        let refused = limiter.check_local(&quota, "k");
+        assert!(!refused.allowed);
+        assert!(refused.retry_after_secs >= 1 && refused.retry_after_secs <= 12);
+        assert!(limiter.check_local(&quota, "other").allowed, "keys are separate");
+    }
+
+    #[test]
+    fn headers_use_the_structured_field_form() {
+        let limiter = RateLimiter::default();
+        let d = limiter.check_local(&Quota::per_minute("login", 5), "k");
+        let mut h = HeaderMap::new();
+        Decision::apply_headers(&[d], &mut h);
+        assert_eq!(h["ratelimit-policy"], "\"login\";q=5;w=60");
+        assert!(h["ratelimit"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("\"login\";r=4;t="));
+    }
+}

@@ -1,0 +1,418 @@
+//! Staff accounts: listing, creating, reading and changing them, with the rules that keep
+//! a clinic governable (the last active owner stays; nobody raises their own role or
+//! grants above themselves; deactivation and role changes end sessions at once).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::{self, Event};
+use crate::auth::password::check_policy;
+use crate::auth::{Caller, Permission, Role};
+use crate::db::Tx;
+use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::http::etag;
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::pagination::{self, Page};
+use crate::state::AppState;
+use crate::validate::Errors;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub clinic_id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub role: Role,
+    /// Bookable: listed by `/providers`.
+    pub is_provider: bool,
+    pub active: bool,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+type UserRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    String,
+    bool,
+    bool,
+    i32,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+const USER_COLUMNS: &str =
+    "id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at";
+
+fn from_row(r: UserRow) -> User {
+    User {
+        id: r.0,
+        clinic_id: r.1,
+        email: r.2,
+        full_name: r.3,
+        role: Role::parse(&r.4).unwrap_or(Role::Billing),
+        is_provider: r.5,
+        active: r.6,
+        version: r.7,
+        created_at: r.8,
+        updated_at: r.9,
+    }
+}
+
+/// One user of the transaction's clinic; another clinic's id is simply not found.
+pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<User> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<UserRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut **tx).await?;
+    row.map(from_row).ok_or_else(|| AppError::not_found("user"))
+}
+
+/// Inserts a user; a taken email is a 409.
+pub async fn insert(
+    tx: &mut Tx,
+    clinic_id: Uuid,
+    email: &str,
+    full_name: &str,
+    role: Role,
+    is_provider: bool,
+    password_hash: &str,
+) -> AppResult<User> {
+    let row: Result<UserRow, sqlx::Error> = sqlx::query_as(&format!(
+        "INSERT INTO users (clinic_id, id, email, full_name, role, is_provider, password_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {USER_COLUMNS}"
+    ))
+    .bind(clinic_id)
+    .bind(Uuid::now_v7())
+    .bind(email)
+    .bind(full_name)
+    .bind(role.as_str())
+    .bind(is_provider)
+    .bind(password_hash)
+    .fetch_one(&mut **tx)
+    .await;
+    match row {
+        Ok(r) => Ok(from_row(r)),
+        Err(e) if violated_constraint(&e) == Some("user_logins_pkey") => Err(AppError::Conflict {
+            detail: "a user with this email already exists".into(),
+            extra: None,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn user_response(status: StatusCode, user: User) -> Response {
+    let mut res = (status, [(header::ETAG, etag::etag(user.version))], Json(&user)).into_response();
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/users/{}", user.id)) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    res
+}
+
+/// Denies with 403 and records the denial in the audit trail.
+async fn deny(state: &AppState, caller: &Caller, event: Event, why: &str) -> AppError {
+    audit::record_failure(&state.db, &caller.audit(), event).await;
+    AppError::Forbidden(why.to_owned())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UserListParams {
+    /// Page size (default 50, max 200).
+    limit: Option<u32>,
+    cursor: Option<String>,
+    role: Option<Role>,
+    active: Option<bool>,
+}
+
+/// Staff of the caller's clinic, by name.
+#[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])),
+    params(UserListParams),
+    responses(
+        (status = 200, description = "A page of users", body = Page<User>),
+        (status = 400, description = "Malformed parameters or cursor", body = Problem),
+        (status = 403, description = "Role lacks users.read", body = Problem)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<UserListParams>,
+) -> AppResult<Json<Page<User>>> {
+    if !caller.role.can(Permission::UsersRead) {
+        return Err(deny(&state, &caller, Event::new("user.list", "user"), "your role does not permit listing staff").await);
+    }
+    let limit = pagination::limit(params.limit)?;
+    let after: Option<(String, Uuid)> = params
+        .cursor
+        .as_deref()
+        .map(|c| state.cursors.decode(c))
+        .transpose()?;
+    let mut tx = caller.begin(&state).await?;
+    let rows: Vec<UserRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users \
+         WHERE ($1::text IS NULL OR (full_name, id) > ($1, $2)) \
+           AND ($3::text IS NULL OR role = $3) AND ($4::boolean IS NULL OR active = $4) \
+         ORDER BY full_name, id LIMIT $5"
+    ))
+    .bind(after.as_ref().map(|a| a.0.clone()))
+    .bind(after.as_ref().map(|a| a.1))
+    .bind(params.role.map(|r| r.as_str()))
+    .bind(params.active)
+    .bind(limit as i64 + 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut items: Vec<User> = rows.into_iter().map(from_row).collect();
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|u| state.cursors.encode(&(u.full_name.clone(), u.id)))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Unique across the system, case-insensitive.
+    email: String,
+    /// 12 to 128 characters, not a common password.
+    password: String,
+    full_name: String,
+    role: Role,
+    /// Defaults to true for dentists and hygienists.
+    is_provider: Option<bool>,
+}
+
+/// Adds a staff member (owner and admin; nobody grants a role above their own).
+#[utoipa::path(post, path = "/users", tag = "users", security(("bearer" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = User, headers(("Location" = String))),
+        (status = 403, description = "Role lacks users.manage", body = Problem),
+        (status = 409, description = "Email already in use", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem)))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewUser>,
+) -> AppResult<Response> {
+    if !caller.role.can(Permission::UsersManage) {
+        return Err(deny(&state, &caller, Event::new("user.create", "user"), "your role does not permit managing staff").await);
+    }
+    if body.role.rank() > caller.role.rank() {
+        return Err(deny(&state, &caller, Event::new("user.create", "user"), "you cannot grant a role above your own").await);
+    }
+    let mut errors = Errors::default();
+    let email = errors.email("email", &body.email);
+    let full_name = errors.text("full_name", &body.full_name, 200);
+    if let Err(e) = check_policy("password", &body.password, Some(&email)) {
+        errors.push(e);
+    }
+    errors.finish()?;
+    let hash = state.passwords.hash(&body.password).await?;
+    let mut tx = caller.begin(&state).await?;
+    let user = insert(
+        &mut tx,
+        caller.clinic_id,
+        &email,
+        &full_name,
+        body.role,
+        body.is_provider.unwrap_or(body.role.provider_by_default()),
+        &hash,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("user.create", "user")
+            .resource(user.id)
+            .details(serde_json::json!({"role": user.role})),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(user_response(StatusCode::CREATED, user))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UserPath {
+    /// The user's id.
+    id: Uuid,
+}
+
+/// One staff member (anyone may read their own account).
+#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(UserPath),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 404, description = "No such user in your clinic", body = Problem)))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(UserPath { id }): ApiPath<UserPath>,
+) -> AppResult<Response> {
+    if id != caller.user_id && !caller.role.can(Permission::UsersRead) {
+        return Err(deny(&state, &caller, Event::new("user.read", "user").resource(id), "your role does not permit reading staff").await);
+    }
+    let mut tx = caller.begin(&state).await?;
+    let user = load(&mut tx, id, false).await?;
+    tx.commit().await?;
+    Ok(user_response(StatusCode::OK, user))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    email: Option<String>,
+    full_name: Option<String>,
+    role: Option<Role>,
+    is_provider: Option<bool>,
+    /// `false` deactivates the user and ends their sessions.
+    active: Option<bool>,
+}
+
+/// Changes a staff member. Anyone may change their own name and email; role, provider
+/// flag and activation need users.manage.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(UserPath),
+    request_body = UserPatch,
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 403, description = "Not permitted", body = Problem),
+        (status = 404, description = "No such user in your clinic", body = Problem),
+        (status = 409, description = "Email in use, or the last active owner", body = Problem),
+        (status = 412, description = "If-Match does not match", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem)))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(UserPath { id }): ApiPath<UserPath>,
+    ApiJson(patch): ApiJson<UserPatch>,
+) -> AppResult<Response> {
+    let event = || Event::new("user.update", "user").resource(id);
+    let privileged = patch.role.is_some() || patch.is_provider.is_some() || patch.active.is_some();
+    let is_self = id == caller.user_id;
+    if (privileged || !is_self) && !caller.role.can(Permission::UsersManage) {
+        return Err(deny(&state, &caller, event(), "your role does not permit managing staff").await);
+    }
+    let mut errors = Errors::default();
+    let email = patch.email.as_deref().map(|e| errors.email("email", e));
+    let full_name = patch
+        .full_name
+        .as_deref()
+        .map(|n| errors.text("full_name", n, 200));
+    errors.finish()?;
+
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id, true).await?;
+    etag::check(&headers, current.version)?;
+    if current.role.rank() > caller.role.rank() && !is_self {
+        tx.rollback().await?;
+        return Err(deny(&state, &caller, event(), "you cannot change a user whose role is above your own").await);
+    }
+    if let Some(role) = patch.role {
+        if role.rank() > caller.role.rank() || (is_self && role.rank() > current.role.rank()) {
+            tx.rollback().await?;
+            return Err(deny(&state, &caller, event(), "nobody raises their own role or grants above their own").await);
+        }
+    }
+    let new_role = patch.role.unwrap_or(current.role);
+    let new_active = patch.active.unwrap_or(current.active);
+    let loses_owner = current.role == Role::Owner
+        && current.active
+        && (new_role != Role::Owner || !new_active);
+    if loses_owner {
+        // Lock every active owner so that two owners cannot demote each other at once.
+        let owners: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM users WHERE role = 'owner' AND active FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?;
+        if owners.len() <= 1 {
+            tx.rollback().await?;
+            return Err(AppError::conflict(
+                "the last active owner cannot be deactivated or demoted",
+            ));
+        }
+    }
+    let cuts_sessions = new_role != current.role || new_active != current.active;
+    let result = sqlx::query(
+        "UPDATE users SET email = $2, full_name = $3, role = $4, is_provider = $5, active = $6, \
+         auth_version = auth_version + $7, version = version + 1, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(email.as_deref().unwrap_or(&current.email))
+    .bind(full_name.as_deref().unwrap_or(&current.full_name))
+    .bind(new_role.as_str())
+    .bind(patch.is_provider.unwrap_or(current.is_provider))
+    .bind(new_active)
+    .bind(if cuts_sessions { 1 } else { 0 })
+    .execute(&mut *tx)
+    .await;
+    match result {
+        Err(e) if violated_constraint(&e) == Some("user_logins_pkey") => {
+            return Err(AppError::conflict("a user with this email already exists"))
+        }
+        other => {
+            other?;
+        }
+    }
+    if !new_active {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut changed = serde_json::Map::new();
+    for (name, present) in [
+        ("email", patch.email.is_some()),
+        ("full_name", patch.full_name.is_some()),
+        ("role", patch.role.is_some()),
+        ("is_provider", patch.is_provider.is_some()),
+        ("active", patch.active.is_some()),
+    ] {
+        if present {
+            changed.insert(name.into(), serde_json::Value::Bool(true));
+        }
+    }
+    let action = if current.active && !new_active {
+        "user.deactivate"
+    } else {
+        "user.update"
+    };
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new(action, "user")
+            .resource(id)
+            .details(serde_json::json!({"changed": changed.keys().collect::<Vec<_>>(), "role": new_role})),
+    )
+    .await?;
+    let updated = load(&mut tx, id, false).await?;
+    tx.commit().await?;
+    Ok(user_response(StatusCode::OK, updated))
+}

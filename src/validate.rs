@@ -1,0 +1,158 @@
+//! Small validators shared by the areas, collecting every invalid field of a request so
+//! that one 422 names them all; and JSON Merge Patch helpers (RFC 7396).
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{AppError, AppResult, FieldError};
+
+#[derive(Default)]
+pub struct Errors(Vec<FieldError>);
+
+impl Errors {
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    pub fn push(&mut self, e: FieldError) {
+        self.0.push(e);
+    }
+
+    /// Trimmed text of 1..=max characters, without control characters.
+    pub fn text(&mut self, field: &str, value: &str, max: usize) -> String {
+        let v = value.trim();
+        if v.is_empty() {
+            self.add(field, "must not be empty");
+        } else if v.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        } else if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            self.add(field, "must not contain control characters");
+        }
+        v.to_owned()
+    }
+
+    /// An email address: one `@`, a dotted domain, no spaces, at most 254 characters.
+    pub fn email(&mut self, field: &str, value: &str) -> String {
+        let v = value.trim().to_owned();
+        let ok = v.len() <= 254
+            && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+            && match v.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && local.len() <= 64
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                }
+                None => false,
+            };
+        if !ok {
+            self.add(field, "must be a valid email address");
+        }
+        v
+    }
+
+    /// A phone number: digits, spaces and + ( ) - . only, 3 to 40 characters.
+    pub fn phone(&mut self, field: &str, value: &str) -> String {
+        let v = value.trim().to_owned();
+        let ok = (3..=40).contains(&v.len())
+            && v.chars().any(|c| c.is_ascii_digit())
+            && v
+                .chars()
+                .all(|c| c.is_ascii_digit() || " +()-./".contains(c));
+        if !ok {
+            self.add(field, "must be a phone number (digits, spaces and + ( ) - . only)");
+        }
+        v
+    }
+
+    pub fn timezone(&mut self, field: &str, value: &str) -> String {
+        let v = value.trim();
+        if v.parse::<chrono_tz::Tz>().is_err() {
+            self.add(field, "must be an IANA time zone such as Europe/Berlin");
+        }
+        v.to_owned()
+    }
+
+    pub fn currency(&mut self, field: &str, value: &str) -> String {
+        let v = value.trim().to_ascii_uppercase();
+        match iso_currency::Currency::from_code(&v) {
+            Some(c) if c.exponent().is_some() => {}
+            _ => self.add(field, "must be an ISO 4217 currency code such as EUR"),
+        }
+        v
+    }
+
+    pub fn finish(self) -> AppResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Validation(self.0))
+        }
+    }
+}
+
+/// For PATCH bodies: distinguishes an absent field (`None`) from an explicit `null`
+/// (`Some(None)`). Use with `#[serde(default, deserialize_with = "patch_field")]`.
+pub fn patch_field<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Applies an RFC 7396 merge patch to a JSON document.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+        merge_patch(&mut doc, &json!({"c": [1]}));
+        assert_eq!(doc["c"], json!([1]));
+    }
+
+    #[test]
+    fn emails_and_zones_and_currencies() {
+        let mut e = Errors::default();
+        e.email("a", "front.desk@clinic.example");
+        e.timezone("b", "America/New_York");
+        e.currency("c", "jpy");
+        assert!(e.finish().is_ok());
+        let mut e = Errors::default();
+        e.email("a", "no-at-sign");
+        e.email("a2", "two@@example.com");
+        e.timezone("b", "Mars/Olympus");
+        e.currency("c", "XYZ");
+        match e.finish() {
+            Err(AppError::Validation(errs)) => assert_eq!(errs.len(), 4),
+            other => panic!("expected 422, got {other:?}"),
+        }
+    }
+}
