@@ -118,8 +118,12 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Clinic> {
     } else {
         SELECT_CLINIC.to_owned()
     };
-    let row: Option<ClinicRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut **tx).await?;
-    row.map(from_row).ok_or_else(|| AppError::not_found("clinic"))
+    let row: Option<ClinicRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(from_row)
+        .ok_or_else(|| AppError::not_found("clinic"))
 }
 
 fn with_etag(clinic: Clinic) -> Response {
@@ -183,8 +187,14 @@ pub async fn update_clinic(
     }
     let mut errors = Errors::default();
     let name = patch.name.as_deref().map(|n| errors.text("name", n, 200));
-    let timezone = patch.timezone.as_deref().map(|t| errors.timezone("timezone", t));
-    let currency = patch.currency.as_deref().map(|c| errors.currency("currency", c));
+    let timezone = patch
+        .timezone
+        .as_deref()
+        .map(|t| errors.timezone("timezone", t));
+    let currency = patch
+        .currency
+        .as_deref()
+        .map(|c| errors.currency("currency", c));
     let phone = patch
         .phone
         .as_ref()

@@ -94,8 +94,16 @@ fn main() -> ExitCode {
                 let password = std::env::var("MOLAR_OWNER_PASSWORD").map_err(|_| {
                     anyhow::anyhow!("set MOLAR_OWNER_PASSWORD to the owner's initial password")
                 })?;
-                create_clinic(config, name, timezone, currency, owner_email, owner_name, password)
-                    .await
+                create_clinic(
+                    config,
+                    name,
+                    timezone,
+                    currency,
+                    owner_email,
+                    owner_name,
+                    password,
+                )
+                .await
             }
             Command::Audit { command } => audit(config, command).await,
             Command::Healthcheck { url } => healthcheck(&config, url).await,

@@ -132,7 +132,13 @@ fn now_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn decision(quota: &Quota, allowed: bool, remaining: i64, reset_ms: i64, retry_ms: i64) -> Decision {
+fn decision(
+    quota: &Quota,
+    allowed: bool,
+    remaining: i64,
+    reset_ms: i64,
+    retry_ms: i64,
+) -> Decision {
     Decision {
         quota: quota.clone(),
         allowed,
@@ -172,7 +178,10 @@ impl RateLimiter {
                     if when_down == WhenRedisDown::Allow {
                         return decision(quota, true, quota.limit as i64, 0, 0);
                     }
-                    tracing::warn!(quota = quota.name, "redis unavailable: applying the limit in this process");
+                    tracing::warn!(
+                        quota = quota.name,
+                        "redis unavailable: applying the limit in this process"
+                    );
                 }
             }
         }
@@ -225,7 +234,10 @@ mod tests {
         let refused = limiter.check_local(&quota, "k");
         assert!(!refused.allowed);
         assert!(refused.retry_after_secs >= 1 && refused.retry_after_secs <= 12);
-        assert!(limiter.check_local(&quota, "other").allowed, "keys are separate");
+        assert!(
+            limiter.check_local(&quota, "other").allowed,
+            "keys are separate"
+        );
     }
 
     #[test]

@@ -9,11 +9,8 @@ use crate::config::{Config, LogFormat};
 
 /// Installs the global log subscriber once; later calls (tests) keep the first.
 pub fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(format!(
-        "{},sqlx=warn,tower_http=info,hyper=warn",
-        config.log_level
-    ))
-    .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(format!("{},sqlx=warn,hyper=warn", config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);

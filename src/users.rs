@@ -82,7 +82,10 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<User> {
         "SELECT {USER_COLUMNS} FROM users WHERE id = $1{}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    let row: Option<UserRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut **tx).await?;
+    let row: Option<UserRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
     row.map(from_row).ok_or_else(|| AppError::not_found("user"))
 }
 
@@ -120,7 +123,12 @@ pub async fn insert(
 }
 
 fn user_response(status: StatusCode, user: User) -> Response {
-    let mut res = (status, [(header::ETAG, etag::etag(user.version))], Json(&user)).into_response();
+    let mut res = (
+        status,
+        [(header::ETAG, etag::etag(user.version))],
+        Json(&user),
+    )
+        .into_response();
     if status == StatusCode::CREATED {
         if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/users/{}", user.id)) {
             res.headers_mut().insert(header::LOCATION, v);
@@ -158,7 +166,13 @@ pub async fn list_users(
     ApiQuery(params): ApiQuery<UserListParams>,
 ) -> AppResult<Json<Page<User>>> {
     if !caller.role.can(Permission::UsersRead) {
-        return Err(deny(&state, &caller, Event::new("user.list", "user"), "your role does not permit listing staff").await);
+        return Err(deny(
+            &state,
+            &caller,
+            Event::new("user.list", "user"),
+            "your role does not permit listing staff",
+        )
+        .await);
     }
     let limit = pagination::limit(params.limit)?;
     let after: Option<(String, Uuid)> = params
@@ -220,10 +234,22 @@ pub async fn create_user(
     ApiJson(body): ApiJson<NewUser>,
 ) -> AppResult<Response> {
     if !caller.role.can(Permission::UsersManage) {
-        return Err(deny(&state, &caller, Event::new("user.create", "user"), "your role does not permit managing staff").await);
+        return Err(deny(
+            &state,
+            &caller,
+            Event::new("user.create", "user"),
+            "your role does not permit managing staff",
+        )
+        .await);
     }
     if body.role.rank() > caller.role.rank() {
-        return Err(deny(&state, &caller, Event::new("user.create", "user"), "you cannot grant a role above your own").await);
+        return Err(deny(
+            &state,
+            &caller,
+            Event::new("user.create", "user"),
+            "you cannot grant a role above your own",
+        )
+        .await);
     }
     let mut errors = Errors::default();
     let email = errors.email("email", &body.email);
@@ -274,7 +300,13 @@ pub async fn get_user(
     ApiPath(UserPath { id }): ApiPath<UserPath>,
 ) -> AppResult<Response> {
     if id != caller.user_id && !caller.role.can(Permission::UsersRead) {
-        return Err(deny(&state, &caller, Event::new("user.read", "user").resource(id), "your role does not permit reading staff").await);
+        return Err(deny(
+            &state,
+            &caller,
+            Event::new("user.read", "user").resource(id),
+            "your role does not permit reading staff",
+        )
+        .await);
     }
     let mut tx = caller.begin(&state).await?;
     let user = load(&mut tx, id, false).await?;
@@ -316,7 +348,13 @@ pub async fn update_user(
     let privileged = patch.role.is_some() || patch.is_provider.is_some() || patch.active.is_some();
     let is_self = id == caller.user_id;
     if (privileged || !is_self) && !caller.role.can(Permission::UsersManage) {
-        return Err(deny(&state, &caller, event(), "your role does not permit managing staff").await);
+        return Err(deny(
+            &state,
+            &caller,
+            event(),
+            "your role does not permit managing staff",
+        )
+        .await);
     }
     let mut errors = Errors::default();
     let email = patch.email.as_deref().map(|e| errors.email("email", e));
@@ -331,19 +369,30 @@ pub async fn update_user(
     etag::check(&headers, current.version)?;
     if current.role.rank() > caller.role.rank() && !is_self {
         tx.rollback().await?;
-        return Err(deny(&state, &caller, event(), "you cannot change a user whose role is above your own").await);
+        return Err(deny(
+            &state,
+            &caller,
+            event(),
+            "you cannot change a user whose role is above your own",
+        )
+        .await);
     }
     if let Some(role) = patch.role {
         if role.rank() > caller.role.rank() || (is_self && role.rank() > current.role.rank()) {
             tx.rollback().await?;
-            return Err(deny(&state, &caller, event(), "nobody raises their own role or grants above their own").await);
+            return Err(deny(
+                &state,
+                &caller,
+                event(),
+                "nobody raises their own role or grants above their own",
+            )
+            .await);
         }
     }
     let new_role = patch.role.unwrap_or(current.role);
     let new_active = patch.active.unwrap_or(current.active);
-    let loses_owner = current.role == Role::Owner
-        && current.active
-        && (new_role != Role::Owner || !new_active);
+    let loses_owner =
+        current.role == Role::Owner && current.active && (new_role != Role::Owner || !new_active);
     if loses_owner {
         // Lock every active owner so that two owners cannot demote each other at once.
         let owners: Vec<Uuid> =
@@ -407,9 +456,9 @@ pub async fn update_user(
     audit::record(
         &mut tx,
         &caller.audit(),
-        Event::new(action, "user")
-            .resource(id)
-            .details(serde_json::json!({"changed": changed.keys().collect::<Vec<_>>(), "role": new_role})),
+        Event::new(action, "user").resource(id).details(
+            serde_json::json!({"changed": changed.keys().collect::<Vec<_>>(), "role": new_role}),
+        ),
     )
     .await?;
     let updated = load(&mut tx, id, false).await?;

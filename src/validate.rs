@@ -57,11 +57,13 @@ impl Errors {
         let v = value.trim().to_owned();
         let ok = (3..=40).contains(&v.len())
             && v.chars().any(|c| c.is_ascii_digit())
-            && v
-                .chars()
+            && v.chars()
                 .all(|c| c.is_ascii_digit() || " +()-./".contains(c));
         if !ok {
-            self.add(field, "must be a phone number (digits, spaces and + ( ) - . only)");
+            self.add(
+                field,
+                "must be a phone number (digits, spaces and + ( ) - . only)",
+            );
         }
         v
     }

@@ -205,11 +205,7 @@ pub async fn verify(db: &Db) -> Result<Vec<BrokenLink>, sqlx::Error> {
 }
 
 /// Background maintenance: partitions daily, seals every `every`.
-pub fn spawn_maintenance(
-    db: Db,
-    settle: Duration,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_maintenance(db: Db, settle: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks: u64 = 0;
         let per_day = (86_400 / every.as_secs().max(1)).max(1);

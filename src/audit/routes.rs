@@ -81,7 +81,12 @@ pub async fn list_audit_events(
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> AppResult<Json<Page<AuditEvent>>> {
     if let Err(e) = caller.require(Permission::AuditRead) {
-        super::record_failure(&state.db, &caller.audit(), Event::new("audit.list", "audit_event")).await;
+        super::record_failure(
+            &state.db,
+            &caller.audit(),
+            Event::new("audit.list", "audit_event"),
+        )
+        .await;
         return Err(e);
     }
     let limit = pagination::limit(p.limit)?;
@@ -90,8 +95,11 @@ pub async fn list_audit_events(
             return Err(AppError::validation("from", "must not be after `to`"));
         }
     }
-    let before: Option<(DateTime<Utc>, Uuid)> =
-        p.cursor.as_deref().map(|c| state.cursors.decode(c)).transpose()?;
+    let before: Option<(DateTime<Utc>, Uuid)> = p
+        .cursor
+        .as_deref()
+        .map(|c| state.cursors.decode(c))
+        .transpose()?;
     let mut tx = caller.begin(&state).await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, at, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details \

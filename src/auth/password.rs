@@ -112,7 +112,9 @@ impl PasswordHashing {
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> AppResult<bool> {
         let password = password.to_owned();
         let real = hash.is_some();
-        let hash = hash.map(str::to_owned).unwrap_or_else(|| self.dummy_hash.to_string());
+        let hash = hash
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.dummy_hash.to_string());
         let ok = self
             .blocking(move || match PasswordHash::new(&hash) {
                 Ok(parsed) => argon2()
@@ -149,13 +151,25 @@ mod tests {
     #[tokio::test]
     async fn hashes_verify_and_use_argon2id_at_owasp_cost() {
         let h = PasswordHashing::new(1).expect("hasher");
-        let hash = h.hash("correct horse battery staple 42").await.expect("hash");
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        let hash = h
+            .hash("correct horse battery staple 42")
+            .await
+            .expect("hash");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(h
             .verify("correct horse battery staple 42", Some(&hash))
             .await
             .expect("verify"));
-        assert!(!h.verify("wrong password entirely", Some(&hash)).await.expect("verify"));
-        assert!(!h.verify("anything at all here", None).await.expect("verify"));
+        assert!(!h
+            .verify("wrong password entirely", Some(&hash))
+            .await
+            .expect("verify"));
+        assert!(!h
+            .verify("anything at all here", None)
+            .await
+            .expect("verify"));
     }
 }

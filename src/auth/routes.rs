@@ -108,10 +108,7 @@ async fn store_refresh(
 }
 
 /// Applies the given quotas; 429 (with headers) when any is spent.
-async fn limit(
-    state: &AppState,
-    checks: &[(Quota, String)],
-) -> Result<Vec<Decision>, Response> {
+async fn limit(state: &AppState, checks: &[(Quota, String)]) -> Result<Vec<Decision>, Response> {
     let mut decisions = Vec::with_capacity(checks.len());
     for (quota, key) in checks {
         decisions.push(
@@ -242,15 +239,34 @@ pub async fn register(
     .bind(phone)
     .execute(&mut *tx)
     .await?;
-    let user = users::insert(&mut tx, clinic_id, &email, &full_name, Role::Owner, false, &hash).await?;
+    let user = users::insert(
+        &mut tx,
+        clinic_id,
+        &email,
+        &full_name,
+        Role::Owner,
+        false,
+        &hash,
+    )
+    .await?;
     let ctx = AuditContext {
         clinic_id,
         user_id: Some(user.id),
         request_id: crate::error::current_request_id(),
         ip,
     };
-    audit::record(&mut tx, &ctx, Event::new("clinic.create", "clinic").resource(clinic_id)).await?;
-    audit::record(&mut tx, &ctx, Event::new("user.create", "user").resource(user.id)).await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        Event::new("clinic.create", "clinic").resource(clinic_id),
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        Event::new("user.create", "user").resource(user.id),
+    )
+    .await?;
     let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, 1).await?;
     let clinic = clinic::load(&mut tx, clinic_id, false).await?;
     tx.commit().await?;
@@ -359,7 +375,12 @@ pub async fn login(
             .ok_or_else(bad_credentials)?;
     let role = Role::parse(&role).ok_or_else(bad_credentials)?;
     let pair = issue_pair(&state, &mut tx, clinic_id, user_id, role, auth_version).await?;
-    audit::record(&mut tx, &ctx, Event::new("auth.login", "user").resource(user_id)).await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        Event::new("auth.login", "user").resource(user_id),
+    )
+    .await?;
     tx.commit().await?;
     let mut res = Json(pair).into_response();
     Decision::apply_headers(&decisions, res.headers_mut());
@@ -372,7 +393,18 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
-type RefreshRow = (Uuid, Uuid, Vec<u8>, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool, String, i32);
+type RefreshRow = (
+    Uuid,
+    Uuid,
+    Vec<u8>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    bool,
+    String,
+    i32,
+);
 
 /// Exchanges a refresh token for a new pair. The old token stops working; presenting a
 /// token that was already exchanged revokes its whole family.
@@ -397,7 +429,8 @@ pub async fn refresh(
     .bind(token.id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((family, user_id, hash, family_exp, idle_exp, rotated, revoked, active, role, ver)) = row
+    let Some((family, user_id, hash, family_exp, idle_exp, rotated, revoked, active, role, ver)) =
+        row
     else {
         return Err(bad_refresh());
     };
@@ -444,7 +477,12 @@ pub async fn refresh(
         .await?;
     let next = RefreshToken::generate(token.clinic_id);
     store_refresh(&state, &mut tx, &next, family, user_id, family_exp).await?;
-    audit::record(&mut tx, &ctx, Event::new("auth.refresh", "user").resource(user_id)).await?;
+    audit::record(
+        &mut tx,
+        &ctx,
+        Event::new("auth.refresh", "user").resource(user_id),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(TokenPair {
         access_token: state
@@ -490,7 +528,12 @@ pub async fn logout(
                 request_id: crate::error::current_request_id(),
                 ip,
             };
-            audit::record(&mut tx, &ctx, Event::new("auth.logout", "user").resource(user_id)).await?;
+            audit::record(
+                &mut tx,
+                &ctx,
+                Event::new("auth.logout", "user").resource(user_id),
+            )
+            .await?;
         }
     }
     tx.commit().await?;
@@ -578,7 +621,10 @@ pub async fn change_password(
         )
         .await;
         errors.add("current_password", "is not your current password");
-        return Err(errors.finish().err().unwrap_or(AppError::PreconditionFailed));
+        return Err(errors
+            .finish()
+            .err()
+            .unwrap_or(AppError::PreconditionFailed));
     }
     errors.finish()?;
     let new_hash = state.passwords.hash(&body.new_password).await?;
@@ -590,10 +636,12 @@ pub async fn change_password(
     .bind(new_hash)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
-        .bind(caller.user_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(caller.user_id)
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         &caller.audit(),

@@ -48,7 +48,8 @@ pub struct TokenService {
     pub access_ttl_secs: i64,
 }
 
-fn kid_of(secret: &[u8]) -> String {
+/// The key id of a signing secret, as carried in the JWT header.
+pub fn kid_of(secret: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(b"molar-kid:");
     h.update(secret);

@@ -46,31 +46,6 @@ fn resolve(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     client
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
-    }
-
-    #[test]
-    fn forwarded_headers_are_ignored_from_untrusted_peers() {
-        assert_eq!(resolve(ip("203.0.113.9"), Some("1.2.3.4"), &[]), ip("203.0.113.9"));
-    }
-
-    #[test]
-    fn trusted_proxies_yield_the_rightmost_untrusted_hop() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-        assert_eq!(
-            resolve(ip("10.0.0.2"), Some("6.6.6.6, 198.51.100.7, 10.0.0.5"), &trusted),
-            ip("198.51.100.7")
-        );
-        assert_eq!(resolve(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
-        assert_eq!(resolve(ip("10.0.0.2"), Some("garbage"), &trusted), ip("10.0.0.2"));
-    }
-}
-
 /// The client's address as an extractor (never rejects).
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -82,5 +57,40 @@ impl axum::extract::FromRequestParts<crate::state::AppState> for ClientIp {
         state: &crate::state::AppState,
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(client_ip(parts, &state.config.trusted_proxies)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_headers_are_ignored_from_untrusted_peers() {
+        assert_eq!(
+            resolve(ip("203.0.113.9"), Some("1.2.3.4"), &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_yield_the_rightmost_untrusted_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        assert_eq!(
+            resolve(
+                ip("10.0.0.2"),
+                Some("6.6.6.6, 198.51.100.7, 10.0.0.5"),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        assert_eq!(resolve(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
+        assert_eq!(
+            resolve(ip("10.0.0.2"), Some("garbage"), &trusted),
+            ip("10.0.0.2")
+        );
     }
 }

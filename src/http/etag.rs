@@ -6,7 +6,8 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use crate::error::{AppError, AppResult};
 
 pub fn etag(version: i32) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// The version the client expects, if it sent `If-Match` (`*` matches anything).
