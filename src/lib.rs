@@ -6,13 +6,17 @@
 
 pub mod audit;
 pub mod auth;
+pub mod chart;
 pub mod clinic;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod notes;
 pub mod openapi;
+pub mod patients;
+pub mod perio;
 pub mod ratelimit;
 pub mod redis_store;
 pub mod routes;

@@ -23,7 +23,11 @@ use crate::error::{FieldError, Problem};
         (name = "auth", description = "Clinic registration, sign-in and tokens"),
         (name = "clinic", description = "The caller's clinic"),
         (name = "users", description = "Staff accounts"),
-        (name = "audit", description = "The audit trail of access to health data")
+        (name = "audit", description = "The audit trail of access to health data"),
+        (name = "patients", description = "Patients and their demographics"),
+        (name = "chart", description = "The odontogram"),
+        (name = "notes", description = "Clinical notes"),
+        (name = "perio", description = "Periodontal charts")
     )
 )]
 pub struct ApiDoc;

@@ -10,4 +10,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(crate::clinic::router())
         .merge(crate::users::router())
         .merge(crate::audit::routes::router())
+        .merge(crate::patients::routes::router())
+        .merge(crate::chart::routes::router())
+        .merge(crate::notes::router())
+        .merge(crate::perio::router())
 }

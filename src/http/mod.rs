@@ -5,6 +5,7 @@ pub mod client;
 pub mod client_ip;
 pub mod etag;
 pub mod extract;
+pub mod idempotency;
 pub mod middleware;
 pub mod pagination;
 

@@ -463,3 +463,29 @@ pub async fn expect_problem(res: Response, status: StatusCode) -> Value {
     );
     body
 }
+
+/// A minimal valid patient body.
+pub fn patient_body(first: &str, last: &str) -> Value {
+    json!({"first_name": first, "last_name": last, "date_of_birth": "1985-04-12"})
+}
+
+impl TestApp {
+    /// Creates a patient and returns its id.
+    pub async fn patient(&self, token: &str, first: &str, last: &str) -> String {
+        let res = self
+            .post("/api/v2/patients", Some(token), patient_body(first, last))
+            .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::CREATED,
+            "create patient: {:?}",
+            res.text().await
+        );
+        let body: Value = res.json().await.expect("json");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
+        self.call(Method::DELETE, path, token, None).await
+    }
+}

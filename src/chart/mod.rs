@@ -1,0 +1,352 @@
+//! The odontogram's vocabulary: teeth in FDI and Universal numbering (stored as FDI),
+//! surfaces with the anatomical rule, and the fixed list of conditions.
+
+pub mod routes;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A tooth, canonically in FDI notation (11–48 permanent, 51–85 primary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tooth(u8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Numbering {
+    #[default]
+    Fdi,
+    Universal,
+}
+
+impl Tooth {
+    pub fn from_fdi_number(n: u8) -> Option<Tooth> {
+        let (quadrant, position) = (n / 10, n % 10);
+        let ok = match quadrant {
+            1..=4 => (1..=8).contains(&position),
+            5..=8 => (1..=5).contains(&position),
+            _ => false,
+        };
+        ok.then_some(Tooth(n))
+    }
+
+    pub fn parse_fdi(s: &str) -> Option<Tooth> {
+        let s = s.trim();
+        if s.len() != 2 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Tooth::from_fdi_number(s.parse().ok()?)
+    }
+
+    /// Universal: permanent 1–32 from the upper right third molar clockwise,
+    /// primary A–T in the same order.
+    pub fn parse_universal(s: &str) -> Option<Tooth> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<u8>() {
+            if s.starts_with('0') {
+                return None;
+            }
+            let fdi = match n {
+                1..=8 => 19 - n,   // 1 → 18 … 8 → 11
+                9..=16 => 12 + n,  // 9 → 21 … 16 → 28
+                17..=24 => 55 - n, // 17 → 38 … 24 → 31
+                25..=32 => 16 + n, // 25 → 41 … 32 → 48
+                _ => return None,
+            };
+            return Tooth::from_fdi_number(fdi);
+        }
+        let mut chars = s.chars();
+        let (Some(c), None) = (chars.next(), chars.next()) else {
+            return None;
+        };
+        let c = c.to_ascii_uppercase();
+        if !c.is_ascii_uppercase() {
+            return None;
+        }
+        let i = (c as u8).checked_sub(b'A')? + 1; // A = 1 … T = 20
+        let fdi = match i {
+            1..=5 => 56 - i,   // A → 55 … E → 51
+            6..=10 => 55 + i,  // F → 61 … J → 65
+            11..=15 => 86 - i, // K → 75 … O → 71
+            16..=20 => 65 + i, // P → 81 … T → 85
+            _ => return None,
+        };
+        Tooth::from_fdi_number(fdi)
+    }
+
+    pub fn parse(s: &str, numbering: Numbering) -> Option<Tooth> {
+        match numbering {
+            Numbering::Fdi => Tooth::parse_fdi(s),
+            Numbering::Universal => Tooth::parse_universal(s),
+        }
+    }
+
+    pub fn fdi(self) -> u8 {
+        self.0
+    }
+
+    pub fn quadrant(self) -> u8 {
+        self.0 / 10
+    }
+
+    pub fn position(self) -> u8 {
+        self.0 % 10
+    }
+
+    pub fn is_primary(self) -> bool {
+        self.quadrant() >= 5
+    }
+
+    /// Incisors and canines.
+    pub fn is_anterior(self) -> bool {
+        self.position() <= 3
+    }
+
+    pub fn to_universal(self) -> String {
+        let (q, p) = (self.quadrant(), self.position());
+        match q {
+            1 => (9 - p).to_string(),
+            2 => (8 + p).to_string(),
+            3 => (25 - p).to_string(),
+            4 => (24 + p).to_string(),
+            5 => char::from(b'A' + (5 - p)).to_string(),
+            6 => char::from(b'E' + p).to_string(),
+            7 => char::from(b'K' + (5 - p)).to_string(),
+            _ => char::from(b'O' + p).to_string(),
+        }
+    }
+
+    pub fn render(self, numbering: Numbering) -> String {
+        match numbering {
+            Numbering::Fdi => self.0.to_string(),
+            Numbering::Universal => self.to_universal(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
+pub enum Surface {
+    M,
+    O,
+    I,
+    D,
+    B,
+    L,
+}
+
+impl Surface {
+    /// Parses a surface; `F` (facial) is `B`, `P` (palatal) is `L`.
+    pub fn parse(s: &str) -> Option<Surface> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "M" => Some(Surface::M),
+            "O" => Some(Surface::O),
+            "I" => Some(Surface::I),
+            "D" => Some(Surface::D),
+            "B" | "F" => Some(Surface::B),
+            "L" | "P" => Some(Surface::L),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::M => "M",
+            Surface::O => "O",
+            Surface::I => "I",
+            Surface::D => "D",
+            Surface::B => "B",
+            Surface::L => "L",
+        }
+    }
+
+    /// Incisal only on anterior teeth, occlusal only on posterior ones.
+    pub fn fits(self, tooth: Tooth) -> bool {
+        match self {
+            Surface::I => tooth.is_anterior(),
+            Surface::O => !tooth.is_anterior(),
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    Caries,
+    Filling,
+    Crown,
+    Missing,
+    Implant,
+    RootCanal,
+    Bridge,
+    Sealant,
+    Fracture,
+    Watch,
+    Veneer,
+    Abscess,
+    Impacted,
+    Erupting,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 14] = [
+        Condition::Caries,
+        Condition::Filling,
+        Condition::Crown,
+        Condition::Missing,
+        Condition::Implant,
+        Condition::RootCanal,
+        Condition::Bridge,
+        Condition::Sealant,
+        Condition::Fracture,
+        Condition::Watch,
+        Condition::Veneer,
+        Condition::Abscess,
+        Condition::Impacted,
+        Condition::Erupting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Caries => "caries",
+            Condition::Filling => "filling",
+            Condition::Crown => "crown",
+            Condition::Missing => "missing",
+            Condition::Implant => "implant",
+            Condition::RootCanal => "root_canal",
+            Condition::Bridge => "bridge",
+            Condition::Sealant => "sealant",
+            Condition::Fracture => "fracture",
+            Condition::Watch => "watch",
+            Condition::Veneer => "veneer",
+            Condition::Abscess => "abscess",
+            Condition::Impacted => "impacted",
+            Condition::Erupting => "erupting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Condition> {
+        Condition::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Conditions of surfaces need at least one; whole-tooth conditions take none.
+    pub fn surfaces_rule(self) -> SurfacesRule {
+        match self {
+            Condition::Caries | Condition::Filling => SurfacesRule::Required,
+            Condition::Missing
+            | Condition::Implant
+            | Condition::Crown
+            | Condition::RootCanal
+            | Condition::Bridge
+            | Condition::Abscess
+            | Condition::Impacted
+            | Condition::Erupting => SurfacesRule::None,
+            _ => SurfacesRule::Optional,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SurfacesRule {
+    Required,
+    Optional,
+    None,
+}
+
+/// Parses and checks a list of surfaces for a tooth: de-duplicated, in canonical order.
+pub fn parse_surfaces(tooth: Tooth, raw: &[String]) -> Result<Vec<Surface>, String> {
+    let mut out = Vec::with_capacity(raw.len());
+    for s in raw {
+        let surface = Surface::parse(s)
+            .ok_or_else(|| format!("{s:?} is not a surface (M, O, I, D, B/F, L/P)"))?;
+        if !surface.fits(tooth) {
+            return Err(match surface {
+                Surface::I => format!("tooth {} is posterior: no incisal surface", tooth.fdi()),
+                _ => format!("tooth {} is anterior: no occlusal surface", tooth.fdi()),
+            });
+        }
+        if !out.contains(&surface) {
+            out.push(surface);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdi_accepts_exactly_the_permanent_and_primary_teeth() {
+        let valid: Vec<u8> = (0..=99)
+            .filter(|n| Tooth::from_fdi_number(*n).is_some())
+            .collect();
+        assert_eq!(valid.len(), 32 + 20);
+        for bad in ["10", "19", "49", "56", "86", "90", "1", "111", "3a", ""] {
+            assert!(Tooth::parse_fdi(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Tooth::parse_fdi("36").map(Tooth::fdi), Some(36));
+    }
+
+    #[test]
+    fn universal_maps_to_fdi_and_back_for_every_tooth() {
+        let pairs = [
+            ("1", 18),
+            ("8", 11),
+            ("9", 21),
+            ("16", 28),
+            ("17", 38),
+            ("24", 31),
+            ("25", 41),
+            ("32", 48),
+            ("A", 55),
+            ("E", 51),
+            ("F", 61),
+            ("J", 65),
+            ("K", 75),
+            ("O", 71),
+            ("P", 81),
+            ("T", 85),
+        ];
+        for (u, fdi) in pairs {
+            let t = Tooth::parse_universal(u).expect(u);
+            assert_eq!(t.fdi(), fdi, "{u}");
+            assert_eq!(t.to_universal(), u);
+        }
+        for n in (11..=85).filter_map(Tooth::from_fdi_number) {
+            assert_eq!(Tooth::parse_universal(&n.to_universal()), Some(n));
+        }
+        for bad in ["0", "33", "U", "01", "AA", "", "-1"] {
+            assert!(Tooth::parse_universal(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Tooth::parse_universal("a").map(Tooth::fdi), Some(55));
+    }
+
+    #[test]
+    fn surfaces_follow_anatomy_and_aliases() {
+        let molar = Tooth::parse_fdi("36").expect("tooth");
+        let incisor = Tooth::parse_fdi("11").expect("tooth");
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_surfaces(molar, &s(&["O", "M", "F", "P", "m"])).expect("ok"),
+            vec![Surface::M, Surface::O, Surface::B, Surface::L]
+        );
+        assert!(parse_surfaces(molar, &s(&["I"])).is_err());
+        assert!(parse_surfaces(incisor, &s(&["O"])).is_err());
+        assert!(parse_surfaces(incisor, &s(&["I", "F"])).is_ok());
+        assert!(parse_surfaces(molar, &s(&["X"])).is_err());
+        // Primary canine (53) is anterior, primary molar (54) is posterior.
+        assert!(parse_surfaces(Tooth::parse_fdi("53").expect("t"), &s(&["I"])).is_ok());
+        assert!(parse_surfaces(Tooth::parse_fdi("54").expect("t"), &s(&["O"])).is_ok());
+    }
+
+    #[test]
+    fn conditions_have_a_fixed_vocabulary() {
+        for c in Condition::ALL {
+            assert_eq!(Condition::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Condition::parse("cavity"), None);
+        assert_eq!(Condition::Missing.surfaces_rule(), SurfacesRule::None);
+        assert_eq!(Condition::Caries.surfaces_rule(), SurfacesRule::Required);
+    }
+}

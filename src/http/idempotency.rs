@@ -1,0 +1,188 @@
+//! `Idempotency-Key` for creating POSTs: scoped to the user, kept 24 hours. A replay with
+//! the same body returns the first response; a different body is 422; a replay while the
+//! first request is still running is 409. The key is claimed in a short transaction of
+//! its own, and the response is stored in the same transaction as the work.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::db::{Db, Tx};
+use crate::error::{AppError, AppResult};
+use crate::http::extract::{parse_json, ApiJson};
+
+/// A JSON body together with a hash of its canonical form (keys sorted).
+pub struct HashedJson<T> {
+    pub value: T,
+    pub hash: Vec<u8>,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HashedJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiJson(raw) = ApiJson::<serde_json::Value>::from_request(req, state).await?;
+        let canonical = serde_json::to_vec(&raw).map_err(|e| AppError::Internal(e.into()))?;
+        let value = parse_json::<T>(&canonical)?;
+        Ok(HashedJson {
+            value,
+            hash: Sha256::digest(&canonical).to_vec(),
+        })
+    }
+}
+
+/// A stored key: request hash, response status, body and location.
+type StoredKey = (
+    Vec<u8>,
+    Option<i16>,
+    Option<serde_json::Value>,
+    Option<String>,
+);
+
+/// A claimed key, to be completed in the work's transaction.
+pub struct Claim {
+    key: String,
+}
+
+pub enum Begin {
+    /// No key was sent: just do the work.
+    NoKey,
+    /// The key is ours: do the work, then `complete` it in the same transaction.
+    Claimed(Claim),
+    /// The first request already finished: send its response again.
+    Replay(Response),
+}
+
+fn key_of(headers: &HeaderMap) -> AppResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| AppError::BadRequest("Idempotency-Key is malformed".into()))?
+                .trim();
+            if s.is_empty() || s.len() > 255 {
+                return Err(AppError::validation(
+                    "Idempotency-Key",
+                    "must be 1 to 255 characters",
+                ));
+            }
+            Ok(Some(s.to_owned()))
+        }
+    }
+}
+
+/// Claims the request's key, or answers with the stored response, 409 or 422.
+pub async fn begin(
+    db: &Db,
+    caller: &Caller,
+    headers: &HeaderMap,
+    request_hash: &[u8],
+) -> AppResult<Begin> {
+    let Some(key) = key_of(headers)? else {
+        return Ok(Begin::NoKey);
+    };
+    let mut tx = db.clinic_tx(caller.clinic_id).await?;
+    // Keys expire after 24 hours; an abandoned claim (the server died mid-request) after 10 minutes.
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND \
+         (created_at < now() - interval '24 hours' OR (status IS NULL AND created_at < now() - interval '10 minutes'))",
+    )
+    .bind(caller.user_id)
+    .bind(&key)
+    .execute(&mut *tx)
+    .await?;
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (clinic_id, user_id, key, request_hash) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(caller.clinic_id)
+    .bind(caller.user_id)
+    .bind(&key)
+    .bind(request_hash)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        tx.commit().await?;
+        return Ok(Begin::Claimed(Claim { key }));
+    }
+    let row: Option<StoredKey> = sqlx::query_as(
+        "SELECT request_hash, status, response, location FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2",
+    )
+    .bind(caller.user_id)
+    .bind(&key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    match row {
+        None => Err(AppError::conflict(
+            "a request with this Idempotency-Key is still in progress",
+        )),
+        Some((hash, _, _, _)) if hash != request_hash => Err(AppError::validation(
+            "Idempotency-Key",
+            "was already used with a different request body",
+        )),
+        Some((_, None, _, _)) => Err(AppError::conflict(
+            "a request with this Idempotency-Key is still in progress",
+        )),
+        Some((_, Some(status), body, location)) => {
+            let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+            let mut res = (status, axum::Json(body.unwrap_or_default())).into_response();
+            if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                res.headers_mut().insert(header::LOCATION, loc);
+            }
+            res.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(Begin::Replay(res))
+        }
+    }
+}
+
+/// Stores the response for the claimed key, in the transaction that did the work.
+pub async fn complete<T: Serialize>(
+    tx: &mut Tx,
+    caller: &Caller,
+    claim: &Claim,
+    status: StatusCode,
+    body: &T,
+    location: Option<&str>,
+) -> AppResult<()> {
+    let body = serde_json::to_value(body).map_err(|e| AppError::Internal(e.into()))?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = $3, response = $4, location = $5 WHERE user_id = $1 AND key = $2",
+    )
+    .bind(caller.user_id)
+    .bind(&claim.key)
+    .bind(status.as_u16() as i16)
+    .bind(body)
+    .bind(location)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Releases a claimed key after the work failed, so that the client may retry.
+pub async fn release(db: &Db, caller: &Caller, claim: Claim) {
+    let result = async {
+        let mut tx = db.clinic_tx(caller.clinic_id).await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status IS NULL",
+        )
+        .bind(caller.user_id)
+        .bind(&claim.key)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not release an idempotency key");
+    }
+}

@@ -1,0 +1,388 @@
+//! Clinical notes: written by clinical roles; signed by the author when a dentist or
+//! hygienist, an assistant's note by a dentist; a signed note never changes (the database
+//! refuses it too); corrections are addenda linked to the signed note, signed in turn.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission, Role};
+use crate::db::Tx;
+use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::http::etag;
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::patients::{self, routes::require};
+use crate::state::AppState;
+use crate::validate::Errors;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_notes, create_note))
+        .routes(routes!(update_note))
+        .routes(routes!(sign_note))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Note {
+    id: Uuid,
+    patient_id: Uuid,
+    body: String,
+    author_id: Uuid,
+    /// The signed note this one corrects.
+    addendum_to: Option<Uuid>,
+    signed: bool,
+    signed_at: Option<DateTime<Utc>>,
+    signed_by: Option<Uuid>,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct NoteRow {
+    id: Uuid,
+    patient_id: Uuid,
+    body: String,
+    author_id: Uuid,
+    addendum_to: Option<Uuid>,
+    signed_at: Option<DateTime<Utc>>,
+    signed_by: Option<Uuid>,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const NOTE_COLUMNS: &str =
+    "id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, created_at, updated_at";
+
+impl From<NoteRow> for Note {
+    fn from(r: NoteRow) -> Note {
+        Note {
+            id: r.id,
+            patient_id: r.patient_id,
+            body: r.body,
+            author_id: r.author_id,
+            addendum_to: r.addendum_to,
+            signed: r.signed_at.is_some(),
+            signed_at: r.signed_at,
+            signed_by: r.signed_by,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
+    sqlx::query_as::<_, NoteRow>(&format!(
+        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(Note::from)
+    .ok_or_else(|| AppError::not_found("note"))
+}
+
+fn note_response(status: StatusCode, note: Note) -> Response {
+    let mut res = (
+        status,
+        [(header::ETAG, etag::etag(note.version))],
+        Json(&note),
+    )
+        .into_response();
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/notes/{}", note.id)) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    res
+}
+
+/// Who may sign a note, from the author's role and the signer.
+pub fn may_sign(author_role: Role, author_id: Uuid, signer_role: Role, signer_id: Uuid) -> bool {
+    match author_role {
+        Role::Dentist | Role::Hygienist => signer_id == author_id,
+        Role::Assistant => signer_role == Role::Dentist,
+        _ => false,
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PatientPath {
+    /// The patient's id.
+    id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NoteList {
+    items: Vec<Note>,
+}
+
+/// A patient's notes, oldest first (clinical roles, owner and admin).
+#[utoipa::path(get, path = "/patients/{id}/notes", tag = "notes", security(("bearer" = [])),
+    params(PatientPath),
+    responses(
+        (status = 200, description = "The notes", body = NoteList),
+        (status = 403, description = "Role lacks clinical.read", body = Problem),
+        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+pub async fn list_notes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(PatientPath { id }): ApiPath<PatientPath>,
+) -> AppResult<Json<NoteList>> {
+    let event = || Event::new("note.list", "note").patient(id);
+    require(&state, &caller, Permission::ClinicalRead, event).await?;
+    let mut tx = caller.begin(&state).await?;
+    patients::ensure_exists(&mut tx, id).await?;
+    let rows = sqlx::query_as::<_, NoteRow>(&format!(
+        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE patient_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        event().details(serde_json::json!({ "ids": ids })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(NoteList {
+        items: rows.into_iter().map(Note::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewNote {
+    body: String,
+    /// A signed note of the same patient that this addendum corrects.
+    addendum_to: Option<Uuid>,
+}
+
+/// Writes a note or an addendum (clinical roles).
+#[utoipa::path(post, path = "/patients/{id}/notes", tag = "notes", security(("bearer" = [])),
+    params(PatientPath),
+    request_body = NewNote,
+    responses(
+        (status = 201, description = "Written", body = Note, headers(("Location" = String))),
+        (status = 403, description = "Role lacks notes.write", body = Problem),
+        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 409, description = "An addendum's note is not signed yet", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem)))]
+pub async fn create_note(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(PatientPath { id }): ApiPath<PatientPath>,
+    ApiJson(body): ApiJson<NewNote>,
+) -> AppResult<Response> {
+    let event = || Event::new("note.create", "note").patient(id);
+    require(&state, &caller, Permission::NotesWrite, event).await?;
+    let mut errors = Errors::default();
+    let text = errors.text("body", &body.body, 20_000);
+    errors.finish()?;
+    let mut tx = caller.begin(&state).await?;
+    patients::ensure_exists(&mut tx, id).await?;
+    if let Some(target) = body.addendum_to {
+        let t: Option<(Uuid, Option<DateTime<Utc>>)> =
+            sqlx::query_as("SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1")
+                .bind(target)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match t {
+            Some((p, _)) if p != id => {
+                return Err(AppError::validation(
+                    "addendum_to",
+                    "belongs to another patient",
+                ))
+            }
+            None => {
+                return Err(AppError::validation(
+                    "addendum_to",
+                    "does not exist in your clinic",
+                ))
+            }
+            Some((_, None)) => {
+                return Err(AppError::conflict(
+                    "only a signed note takes addenda; edit the unsigned note instead",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let note_id = Uuid::now_v7();
+    let row = sqlx::query_as::<_, NoteRow>(&format!(
+        "INSERT INTO clinical_notes (clinic_id, id, patient_id, author_id, body, addendum_to) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {NOTE_COLUMNS}"
+    ))
+    .bind(caller.clinic_id)
+    .bind(note_id)
+    .bind(id)
+    .bind(caller.user_id)
+    .bind(&text)
+    .bind(body.addendum_to)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(&mut tx, &caller.audit(), event().resource(note_id)).await?;
+    tx.commit().await?;
+    Ok(note_response(StatusCode::CREATED, row.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct NotePath {
+    /// The note's id.
+    id: Uuid,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotePatch {
+    body: Option<String>,
+}
+
+/// Edits an unsigned note (its author only); a signed note is 409.
+#[utoipa::path(patch, path = "/notes/{id}", tag = "notes", security(("bearer" = [])),
+    params(NotePath),
+    request_body = NotePatch,
+    responses(
+        (status = 200, description = "Updated", body = Note),
+        (status = 403, description = "Not the author", body = Problem),
+        (status = 404, description = "No such note in your clinic", body = Problem),
+        (status = 409, description = "The note is signed", body = Problem),
+        (status = 412, description = "If-Match does not match", body = Problem)))]
+pub async fn update_note(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(NotePath { id }): ApiPath<NotePath>,
+    ApiJson(patch): ApiJson<NotePatch>,
+) -> AppResult<Response> {
+    let event = || Event::new("note.update", "note").resource(id);
+    require(&state, &caller, Permission::NotesWrite, event).await?;
+    let mut errors = Errors::default();
+    let text = patch
+        .body
+        .as_deref()
+        .map(|b| errors.text("body", b, 20_000));
+    errors.finish()?;
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id).await?;
+    if current.signed {
+        return Err(AppError::conflict(
+            "a signed note cannot change; write an addendum",
+        ));
+    }
+    if current.author_id != caller.user_id {
+        tx.rollback().await?;
+        return Err(
+            patients::routes::deny(&state, &caller, event().patient(current.patient_id)).await,
+        );
+    }
+    etag::check(&headers, current.version)?;
+    let result = sqlx::query_as::<_, NoteRow>(&format!(
+        "UPDATE clinical_notes SET body = $2, version = version + 1, updated_at = now() WHERE id = $1 \
+         RETURNING {NOTE_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(text.unwrap_or(current.body.clone()))
+    .fetch_one(&mut *tx)
+    .await;
+    let row = match result {
+        Err(e) if violated_constraint(&e) == Some("clinical_notes_signed_immutable") => {
+            return Err(AppError::conflict(
+                "a signed note cannot change; write an addendum",
+            ))
+        }
+        other => other?,
+    };
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        event().patient(current.patient_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(note_response(StatusCode::OK, row.into()))
+}
+
+/// Signs a note: the author when a dentist or hygienist; an assistant's note by a dentist.
+#[utoipa::path(post, path = "/notes/{id}/sign", tag = "notes", security(("bearer" = [])),
+    params(NotePath),
+    responses(
+        (status = 200, description = "Signed", body = Note),
+        (status = 403, description = "Not allowed to sign this note", body = Problem),
+        (status = 404, description = "No such note in your clinic", body = Problem),
+        (status = 409, description = "Already signed", body = Problem)))]
+pub async fn sign_note(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(NotePath { id }): ApiPath<NotePath>,
+) -> AppResult<Response> {
+    let event = || Event::new("note.sign", "note").resource(id);
+    require(&state, &caller, Permission::NotesSign, event).await?;
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id).await?;
+    if current.signed {
+        return Err(AppError::conflict("the note is already signed"));
+    }
+    let author_role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(current.author_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let author_role = Role::parse(&author_role).unwrap_or(Role::Billing);
+    if !may_sign(author_role, current.author_id, caller.role, caller.user_id) {
+        tx.rollback().await?;
+        return Err(
+            patients::routes::deny(&state, &caller, event().patient(current.patient_id)).await,
+        );
+    }
+    let row = sqlx::query_as::<_, NoteRow>(&format!(
+        "UPDATE clinical_notes SET signed_at = now(), signed_by = $2, version = version + 1, \
+         updated_at = now() WHERE id = $1 RETURNING {NOTE_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(caller.user_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        event().patient(current.patient_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(note_response(StatusCode::OK, row.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_rules() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(may_sign(Role::Dentist, a, Role::Dentist, a));
+        assert!(
+            !may_sign(Role::Dentist, a, Role::Dentist, b),
+            "only the author"
+        );
+        assert!(may_sign(Role::Hygienist, a, Role::Hygienist, a));
+        assert!(!may_sign(Role::Hygienist, a, Role::Dentist, b));
+        assert!(
+            may_sign(Role::Assistant, a, Role::Dentist, b),
+            "a dentist signs for an assistant"
+        );
+        assert!(!may_sign(Role::Assistant, a, Role::Hygienist, b));
+        assert!(!may_sign(Role::Assistant, a, Role::Assistant, a));
+    }
+}

@@ -1,0 +1,237 @@
+//! Patients: demographics, medical alerts, contacts and family accounts; search by name
+//! (typo tolerant), phone digits, email or date of birth; archive instead of delete.
+//! Every read, list and change is audited in the same transaction.
+
+pub mod routes;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json as SqlJson;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::clinic::Address;
+use crate::db::Tx;
+use crate::error::{AppError, AppResult};
+use crate::validate::Errors;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Sex {
+    Female,
+    Male,
+    Other,
+    Unknown,
+}
+
+impl Sex {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sex::Female => "female",
+            Sex::Male => "male",
+            Sex::Other => "other",
+            Sex::Unknown => "unknown",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Sex> {
+        [Sex::Female, Sex::Male, Sex::Other, Sex::Unknown]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Allergy,
+    Medication,
+    Condition,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Moderate,
+    High,
+}
+
+/// Something every clinician must see before treating: an allergy, a medication, a condition.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MedicalAlert {
+    pub kind: AlertKind,
+    pub description: String,
+    pub severity: Severity,
+}
+
+/// An emergency contact or a guardian.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub name: String,
+    pub relationship: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl Contact {
+    fn validate(&self, field: &str, errors: &mut Errors) {
+        errors.text(&format!("{field}.name"), &self.name, 200);
+        if let Some(r) = &self.relationship {
+            errors.text(&format!("{field}.relationship"), r, 100);
+        }
+        if let Some(p) = &self.phone {
+            errors.phone(&format!("{field}.phone"), p);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Patient {
+    pub id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+    pub date_of_birth: NaiveDate,
+    pub sex: Option<Sex>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<Address>,
+    pub preferred_provider_id: Option<Uuid>,
+    pub medical_alerts: Vec<MedicalAlert>,
+    pub emergency_contact: Option<Contact>,
+    pub guardian: Option<Contact>,
+    /// Another patient who pays (a family account).
+    pub responsible_party_id: Option<Uuid>,
+    pub archived: bool,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct PatientRow {
+    id: Uuid,
+    first_name: String,
+    last_name: String,
+    date_of_birth: NaiveDate,
+    sex: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    address: Option<SqlJson<Address>>,
+    preferred_provider_id: Option<Uuid>,
+    medical_alerts: SqlJson<Vec<MedicalAlert>>,
+    emergency_contact: Option<SqlJson<Contact>>,
+    guardian: Option<SqlJson<Contact>>,
+    responsible_party_id: Option<Uuid>,
+    archived_at: Option<DateTime<Utc>>,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+pub const PATIENT_COLUMNS: &str = "id, first_name, last_name, date_of_birth, sex, email, phone, \
+    address, preferred_provider_id, medical_alerts, emergency_contact, guardian, \
+    responsible_party_id, archived_at, version, created_at, updated_at";
+
+impl From<PatientRow> for Patient {
+    fn from(r: PatientRow) -> Patient {
+        Patient {
+            id: r.id,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            date_of_birth: r.date_of_birth,
+            sex: r.sex.as_deref().and_then(Sex::parse),
+            email: r.email,
+            phone: r.phone,
+            address: r.address.map(|a| a.0),
+            preferred_provider_id: r.preferred_provider_id,
+            medical_alerts: r.medical_alerts.0,
+            emergency_contact: r.emergency_contact.map(|c| c.0),
+            guardian: r.guardian.map(|c| c.0),
+            responsible_party_id: r.responsible_party_id,
+            archived: r.archived_at.is_some(),
+            archived_at: r.archived_at,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// One patient of the transaction's clinic (archived ones too); another clinic's is 404.
+pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
+    let sql = format!(
+        "SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query_as::<_, PatientRow>(&sql)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(Patient::from)
+        .ok_or_else(|| AppError::not_found("patient"))
+}
+
+/// 404 unless the patient exists in the transaction's clinic.
+pub async fn ensure_exists(tx: &mut Tx, id: Uuid) -> AppResult<()> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM patients WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| AppError::not_found("patient"))
+}
+
+pub fn validate_dob(dob: NaiveDate, errors: &mut Errors) {
+    let today = Utc::now().date_naive();
+    if dob > today {
+        errors.add("date_of_birth", "must not be in the future");
+    } else if dob < NaiveDate::from_ymd_opt(1880, 1, 1).unwrap_or(NaiveDate::MIN) {
+        errors.add("date_of_birth", "must be after 1880-01-01");
+    }
+}
+
+pub fn validate_alerts(alerts: &[MedicalAlert], errors: &mut Errors) {
+    if alerts.len() > 100 {
+        errors.add("medical_alerts", "at most 100 alerts");
+    }
+    for (i, a) in alerts.iter().enumerate() {
+        errors.text(
+            &format!("medical_alerts[{i}].description"),
+            &a.description,
+            500,
+        );
+    }
+}
+
+pub fn validate_contact(c: &Contact, field: &str, errors: &mut Errors) {
+    c.validate(field, errors)
+}
+
+/// The provider must be an active bookable user of this clinic.
+pub async fn check_provider(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<()> {
+    let row: Option<(bool, bool)> =
+        sqlx::query_as("SELECT is_provider, active FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match row {
+        Some((true, true)) => Ok(()),
+        Some(_) => Err(AppError::validation(field, "is not an active provider")),
+        None => Err(AppError::validation(field, "does not exist in your clinic")),
+    }
+}
+
+/// The responsible party must be another patient of this clinic.
+pub async fn check_patient_ref(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<()> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM patients WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| AppError::validation(field, "does not exist in your clinic"))
+}

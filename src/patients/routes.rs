@@ -1,0 +1,594 @@
+//! `/patients`: list and search, create (idempotent), read, merge-patch, archive.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::*;
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission};
+use crate::error::{AppError, AppResult, Problem};
+use crate::http::etag;
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::idempotency::{self, Begin, HashedJson};
+use crate::http::pagination::{self, Page};
+use crate::state::AppState;
+use crate::validate::{patch_field, Errors};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_patients, create_patient))
+        .routes(routes!(get_patient, update_patient, archive_patient))
+}
+
+/// Denies with 403, recording the denial.
+pub async fn deny(state: &AppState, caller: &Caller, event: Event) -> AppError {
+    audit::record_failure(&state.db, &caller.audit(), event).await;
+    AppError::Forbidden("your role does not permit this action".into())
+}
+
+/// Requires `p`, auditing a denial as `event`.
+pub async fn require(
+    state: &AppState,
+    caller: &Caller,
+    p: Permission,
+    event: impl FnOnce() -> Event,
+) -> AppResult<()> {
+    if caller.role.can(p) {
+        Ok(())
+    } else {
+        Err(deny(state, caller, event()).await)
+    }
+}
+
+fn patient_response(status: StatusCode, patient: &Patient) -> Response {
+    let mut res = (
+        status,
+        [(header::ETAG, etag::etag(patient.version))],
+        Json(patient),
+    )
+        .into_response();
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/patients/{}", patient.id)) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    res
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PatientListParams {
+    /// Name (typo tolerant), phone digits, email, or date of birth (`YYYY-MM-DD`).
+    q: Option<String>,
+    /// Include archived patients.
+    #[serde(default)]
+    include_archived: bool,
+    /// Page size (default 50, max 200).
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Position {
+    /// Alphabetical: lower(last), lower(first), id.
+    Name(String, String, Uuid),
+    /// Search: the query, score and id.
+    Search(String, f32, Uuid),
+}
+
+/// Patients by last and first name, or the best matches for `q` first.
+#[utoipa::path(get, path = "/patients", tag = "patients", security(("bearer" = [])),
+    params(PatientListParams),
+    responses(
+        (status = 200, description = "A page of patients", body = Page<Patient>),
+        (status = 400, description = "Malformed parameters or cursor", body = Problem),
+        (status = 403, description = "Role lacks patients.read", body = Problem)))]
+pub async fn list_patients(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<PatientListParams>,
+) -> AppResult<Json<Page<Patient>>> {
+    let q = p.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let action = if q.is_some() {
+        "patient.search"
+    } else {
+        "patient.list"
+    };
+    require(&state, &caller, Permission::PatientsRead, || {
+        Event::new(action, "patient")
+    })
+    .await?;
+    let limit = pagination::limit(p.limit)?;
+    if q.is_some_and(|q| q.chars().count() > 200) {
+        return Err(AppError::validation("q", "must be at most 200 characters"));
+    }
+    let position: Option<Position> = p
+        .cursor
+        .as_deref()
+        .map(|c| state.cursors.decode(c))
+        .transpose()?;
+    let mut tx = caller.begin(&state).await?;
+    let (rows, scores): (Vec<PatientRow>, Vec<f32>) = match q {
+        None => {
+            let after = match position {
+                None => None,
+                Some(Position::Name(l, f, id)) => Some((l, f, id)),
+                Some(Position::Search(..)) => {
+                    return Err(AppError::BadRequest(
+                        "the cursor belongs to another query".into(),
+                    ))
+                }
+            };
+            let rows = sqlx::query_as::<_, PatientRow>(&format!(
+                "SELECT {PATIENT_COLUMNS} FROM patients \
+                 WHERE ($1 OR archived_at IS NULL) \
+                   AND ($2::text IS NULL OR (lower(last_name), lower(first_name), id) > ($2, $3, $4)) \
+                 ORDER BY lower(last_name), lower(first_name), id LIMIT $5"
+            ))
+            .bind(p.include_archived)
+            .bind(after.as_ref().map(|a| a.0.clone()))
+            .bind(after.as_ref().map(|a| a.1.clone()))
+            .bind(after.as_ref().map(|a| a.2))
+            .bind(limit as i64 + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+            (rows, vec![])
+        }
+        Some(q) => {
+            let after = match position {
+                None => None,
+                Some(Position::Search(cq, score, id)) if cq == q => Some((score, id)),
+                Some(_) => {
+                    return Err(AppError::BadRequest(
+                        "the cursor belongs to another query".into(),
+                    ))
+                }
+            };
+            let rows: Vec<(f32, PatientRow)> = sqlx::query_as::<_, ScoredRow>(&format!(
+                "SELECT s.score, {} FROM patient_search($1, $2, $3, $4, $5) s \
+                 JOIN patients p ON p.id = s.id ORDER BY s.score DESC, s.id DESC",
+                PATIENT_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("p.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .bind(q)
+            .bind(p.include_archived)
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .bind(limit as i32 + 1)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.score, r.row))
+            .collect();
+            let scores = rows.iter().map(|r| r.0).collect();
+            (rows.into_iter().map(|r| r.1).collect(), scores)
+        }
+    };
+    let mut items: Vec<Patient> = rows.into_iter().map(Patient::from).collect();
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| match q {
+            None => state.cursors.encode(&Position::Name(
+                last.last_name.to_lowercase(),
+                last.first_name.to_lowercase(),
+                last.id,
+            )),
+            Some(q) => state.cursors.encode(&Position::Search(
+                q.to_owned(),
+                scores.get(items.len() - 1).copied().unwrap_or(0.0),
+                last.id,
+            )),
+        })
+    } else {
+        None
+    };
+    let ids: Vec<Uuid> = items.iter().map(|p| p.id).collect();
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new(action, "patient").details(serde_json::json!({ "ids": ids })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+#[derive(sqlx::FromRow)]
+struct ScoredRow {
+    score: f32,
+    #[sqlx(flatten)]
+    row: PatientRow,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPatient {
+    first_name: String,
+    last_name: String,
+    date_of_birth: NaiveDate,
+    sex: Option<Sex>,
+    email: Option<String>,
+    phone: Option<String>,
+    address: Option<Address>,
+    preferred_provider_id: Option<Uuid>,
+    #[serde(default)]
+    medical_alerts: Vec<MedicalAlert>,
+    emergency_contact: Option<Contact>,
+    guardian: Option<Contact>,
+    responsible_party_id: Option<Uuid>,
+}
+
+/// Registers a patient. Accepts `Idempotency-Key`.
+#[utoipa::path(post, path = "/patients", tag = "patients", security(("bearer" = [])),
+    request_body = NewPatient,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
+    responses(
+        (status = 201, description = "Created", body = Patient, headers(("Location" = String), ("ETag" = String))),
+        (status = 403, description = "Role lacks patients.write", body = Problem),
+        (status = 409, description = "The same Idempotency-Key is still in progress", body = Problem),
+        (status = 422, description = "Invalid fields, or ids not in your clinic", body = Problem)))]
+pub async fn create_patient(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: HashedJson<NewPatient>,
+) -> AppResult<Response> {
+    require(&state, &caller, Permission::PatientsWrite, || {
+        Event::new("patient.create", "patient")
+    })
+    .await?;
+    let b = &body.value;
+    if !b.medical_alerts.is_empty() {
+        require(&state, &caller, Permission::MedicalAlertsWrite, || {
+            Event::new("patient.create", "patient")
+        })
+        .await?;
+    }
+    let mut errors = Errors::default();
+    let first_name = errors.text("first_name", &b.first_name, 100);
+    let last_name = errors.text("last_name", &b.last_name, 100);
+    validate_dob(b.date_of_birth, &mut errors);
+    let email = b.email.as_deref().map(|e| errors.email("email", e));
+    let phone = b.phone.as_deref().map(|p| errors.phone("phone", p));
+    if let Some(a) = &b.address {
+        a.validate("address", &mut errors);
+    }
+    validate_alerts(&b.medical_alerts, &mut errors);
+    if let Some(c) = &b.emergency_contact {
+        validate_contact(c, "emergency_contact", &mut errors);
+    }
+    if let Some(c) = &b.guardian {
+        validate_contact(c, "guardian", &mut errors);
+    }
+    errors.finish()?;
+
+    let claim = match idempotency::begin(&state.db, &caller, &headers, &body.hash).await? {
+        Begin::Replay(res) => return Ok(res),
+        Begin::NoKey => None,
+        Begin::Claimed(c) => Some(c),
+    };
+    let result = async {
+        let mut tx = caller.begin(&state).await?;
+        if let Some(id) = b.preferred_provider_id {
+            check_provider(&mut tx, id, "preferred_provider_id").await?;
+        }
+        if let Some(id) = b.responsible_party_id {
+            check_patient_ref(&mut tx, id, "responsible_party_id").await?;
+        }
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO patients (clinic_id, id, first_name, last_name, date_of_birth, sex, email, phone, \
+             address, preferred_provider_id, medical_alerts, emergency_contact, guardian, responsible_party_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(caller.clinic_id)
+        .bind(id)
+        .bind(&first_name)
+        .bind(&last_name)
+        .bind(b.date_of_birth)
+        .bind(b.sex.map(Sex::as_str))
+        .bind(&email)
+        .bind(&phone)
+        .bind(b.address.clone().map(SqlJson))
+        .bind(b.preferred_provider_id)
+        .bind(SqlJson(&b.medical_alerts))
+        .bind(b.emergency_contact.clone().map(SqlJson))
+        .bind(b.guardian.clone().map(SqlJson))
+        .bind(b.responsible_party_id)
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            &caller.audit(),
+            Event::new("patient.create", "patient").resource(id).patient(id),
+        )
+        .await?;
+        let patient = load(&mut tx, id, false).await?;
+        if let Some(c) = &claim {
+            let location = format!("/api/v2/patients/{id}");
+            idempotency::complete(&mut tx, &caller, c, StatusCode::CREATED, &patient, Some(&location)).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, AppError>(patient)
+    }
+    .await;
+    match result {
+        Ok(patient) => Ok(patient_response(StatusCode::CREATED, &patient)),
+        Err(e) => {
+            if let Some(c) = claim {
+                idempotency::release(&state.db, &caller, c).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PatientPath {
+    /// The patient's id.
+    id: Uuid,
+}
+
+/// One patient (archived ones too).
+#[utoipa::path(get, path = "/patients/{id}", tag = "patients", security(("bearer" = [])),
+    params(PatientPath),
+    responses(
+        (status = 200, description = "The patient, with its ETag", body = Patient),
+        (status = 403, description = "Role lacks patients.read", body = Problem),
+        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+pub async fn get_patient(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(PatientPath { id }): ApiPath<PatientPath>,
+) -> AppResult<Response> {
+    require(&state, &caller, Permission::PatientsRead, || {
+        Event::new("patient.read", "patient").resource(id)
+    })
+    .await?;
+    let mut tx = caller.begin(&state).await?;
+    let patient = load(&mut tx, id, false).await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("patient.read", "patient")
+            .resource(id)
+            .patient(id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(patient_response(StatusCode::OK, &patient))
+}
+
+/// A merge patch of a patient: absent fields stay, `null` clears an optional one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatientPatch {
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<NaiveDate>)]
+    date_of_birth: Option<Option<NaiveDate>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Sex>)]
+    sex: Option<Option<Sex>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Address>)]
+    address: Option<Option<Address>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Uuid>)]
+    preferred_provider_id: Option<Option<Uuid>>,
+    /// Replaces the whole list (`null` or `[]` clears it).
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Vec<MedicalAlert>>)]
+    medical_alerts: Option<Option<Vec<MedicalAlert>>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Contact>)]
+    emergency_contact: Option<Option<Contact>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Contact>)]
+    guardian: Option<Option<Contact>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Uuid>)]
+    responsible_party_id: Option<Option<Uuid>>,
+}
+
+impl PatientPatch {
+    fn touches_demographics(&self) -> bool {
+        self.first_name.is_some()
+            || self.last_name.is_some()
+            || self.date_of_birth.is_some()
+            || self.sex.is_some()
+            || self.email.is_some()
+            || self.phone.is_some()
+            || self.address.is_some()
+            || self.preferred_provider_id.is_some()
+            || self.emergency_contact.is_some()
+            || self.guardian.is_some()
+            || self.responsible_party_id.is_some()
+    }
+}
+
+/// Updates a patient (`If-Match` honoured).
+#[utoipa::path(patch, path = "/patients/{id}", tag = "patients", security(("bearer" = [])),
+    params(PatientPath),
+    request_body = PatientPatch,
+    responses(
+        (status = 200, description = "The updated patient", body = Patient),
+        (status = 403, description = "Role may not change these fields", body = Problem),
+        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 412, description = "If-Match does not match", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem)))]
+pub async fn update_patient(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(PatientPath { id }): ApiPath<PatientPath>,
+    ApiJson(patch): ApiJson<PatientPatch>,
+) -> AppResult<Response> {
+    let event = || {
+        Event::new("patient.update", "patient")
+            .resource(id)
+            .patient(id)
+    };
+    if patch.touches_demographics() {
+        require(&state, &caller, Permission::PatientsWrite, event).await?;
+    }
+    if patch.medical_alerts.is_some() {
+        require(&state, &caller, Permission::MedicalAlertsWrite, event).await?;
+    }
+    let mut errors = Errors::default();
+    for (field, v) in [
+        ("first_name", &patch.first_name),
+        ("last_name", &patch.last_name),
+    ] {
+        if let Some(None) = v {
+            errors.add(field, "is required and cannot be cleared");
+        }
+    }
+    if let Some(None) = patch.date_of_birth {
+        errors.add("date_of_birth", "is required and cannot be cleared");
+    }
+    let first_name = patch
+        .first_name
+        .clone()
+        .flatten()
+        .map(|n| errors.text("first_name", &n, 100));
+    let last_name = patch
+        .last_name
+        .clone()
+        .flatten()
+        .map(|n| errors.text("last_name", &n, 100));
+    if let Some(Some(d)) = patch.date_of_birth {
+        validate_dob(d, &mut errors);
+    }
+    let email = patch
+        .email
+        .clone()
+        .map(|e| e.map(|e| errors.email("email", &e)));
+    let phone = patch
+        .phone
+        .clone()
+        .map(|p| p.map(|p| errors.phone("phone", &p)));
+    if let Some(Some(a)) = &patch.address {
+        a.validate("address", &mut errors);
+    }
+    if let Some(Some(alerts)) = &patch.medical_alerts {
+        validate_alerts(alerts, &mut errors);
+    }
+    if let Some(Some(c)) = &patch.emergency_contact {
+        validate_contact(c, "emergency_contact", &mut errors);
+    }
+    if let Some(Some(c)) = &patch.guardian {
+        validate_contact(c, "guardian", &mut errors);
+    }
+    if patch.responsible_party_id == Some(Some(id)) {
+        errors.add("responsible_party_id", "must be another patient");
+    }
+    errors.finish()?;
+
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id, true).await?;
+    etag::check(&headers, current.version)?;
+    if let Some(Some(pid)) = patch.preferred_provider_id {
+        check_provider(&mut tx, pid, "preferred_provider_id").await?;
+    }
+    if let Some(Some(rid)) = patch.responsible_party_id {
+        check_patient_ref(&mut tx, rid, "responsible_party_id").await?;
+    }
+    fn pick<T: Clone>(patch: &Option<Option<T>>, current: Option<T>) -> Option<T> {
+        match patch {
+            None => current,
+            Some(v) => v.clone(),
+        }
+    }
+    sqlx::query(
+        "UPDATE patients SET first_name = $2, last_name = $3, date_of_birth = $4, sex = $5, email = $6, \
+         phone = $7, address = $8, preferred_provider_id = $9, medical_alerts = $10, \
+         emergency_contact = $11, guardian = $12, responsible_party_id = $13, \
+         version = version + 1, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(first_name.unwrap_or(current.first_name.clone()))
+    .bind(last_name.unwrap_or(current.last_name.clone()))
+    .bind(patch.date_of_birth.flatten().unwrap_or(current.date_of_birth))
+    .bind(pick(&patch.sex, current.sex).map(Sex::as_str))
+    .bind(match email {
+        None => current.email.clone(),
+        Some(e) => e,
+    })
+    .bind(match phone {
+        None => current.phone.clone(),
+        Some(p) => p,
+    })
+    .bind(pick(&patch.address, current.address.clone()).map(SqlJson))
+    .bind(pick(&patch.preferred_provider_id, current.preferred_provider_id))
+    .bind(SqlJson(
+        pick(&patch.medical_alerts, Some(current.medical_alerts.clone())).unwrap_or_default(),
+    ))
+    .bind(pick(&patch.emergency_contact, current.emergency_contact.clone()).map(SqlJson))
+    .bind(pick(&patch.guardian, current.guardian.clone()).map(SqlJson))
+    .bind(pick(&patch.responsible_party_id, current.responsible_party_id))
+    .execute(&mut *tx)
+    .await?;
+    audit::record(&mut tx, &caller.audit(), event()).await?;
+    let updated = load(&mut tx, id, false).await?;
+    tx.commit().await?;
+    Ok(patient_response(StatusCode::OK, &updated))
+}
+
+/// Archives a patient: kept, hidden from lists unless `include_archived=true`.
+#[utoipa::path(delete, path = "/patients/{id}", tag = "patients", security(("bearer" = [])),
+    params(PatientPath),
+    responses(
+        (status = 204, description = "Archived"),
+        (status = 403, description = "Role lacks patients.write", body = Problem),
+        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 412, description = "If-Match does not match", body = Problem)))]
+pub async fn archive_patient(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(PatientPath { id }): ApiPath<PatientPath>,
+) -> AppResult<StatusCode> {
+    let event = || {
+        Event::new("patient.archive", "patient")
+            .resource(id)
+            .patient(id)
+    };
+    require(&state, &caller, Permission::PatientsWrite, event).await?;
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id, true).await?;
+    etag::check(&headers, current.version)?;
+    if current.archived_at.is_none() {
+        sqlx::query(
+            "UPDATE patients SET archived_at = now(), version = version + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    audit::record(&mut tx, &caller.audit(), event()).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
