@@ -20,6 +20,7 @@ pub mod perio;
 pub mod ratelimit;
 pub mod redis_store;
 pub mod routes;
+pub mod scheduling;
 pub mod state;
 pub mod telemetry;
 pub mod users;

@@ -27,7 +27,8 @@ use crate::error::{FieldError, Problem};
         (name = "patients", description = "Patients and their demographics"),
         (name = "chart", description = "The odontogram"),
         (name = "notes", description = "Clinical notes"),
-        (name = "perio", description = "Periodontal charts")
+        (name = "perio", description = "Periodontal charts"),
+        (name = "scheduling", description = "Operatories, working hours, appointments and availability")
     )
 )]
 pub struct ApiDoc;

@@ -14,4 +14,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(crate::chart::routes::router())
         .merge(crate::notes::router())
         .merge(crate::perio::router())
+        .merge(crate::scheduling::operatories::router())
+        .merge(crate::scheduling::hours::router())
+        .merge(crate::scheduling::appointments::router())
 }

@@ -1,0 +1,330 @@
+//! `/providers/{id}/working-hours`: the weekly template and dated exceptions, in the
+//! clinic's local time.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{NaiveDate, NaiveTime};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{DayException, LocalInterval, WeeklyInterval};
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission};
+use crate::db::Tx;
+use crate::error::{AppError, AppResult, Problem};
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::patients::routes::require;
+use crate::state::AppState;
+use crate::validate::Errors;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_working_hours, put_working_hours))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyHours {
+    /// ISO weekday: Monday = 1 … Sunday = 7.
+    weekday: u32,
+    /// Local time `HH:MM`.
+    start: String,
+    /// Local time `HH:MM`, after `start`.
+    end: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoursException {
+    date: NaiveDate,
+    /// With `end`: that day's hours instead of the template; without: a day off.
+    start: Option<String>,
+    end: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkingHours {
+    weekly: Vec<WeeklyHours>,
+    #[serde(default)]
+    exceptions: Vec<HoursException>,
+}
+
+fn parse_time(s: &str) -> Option<NaiveTime> {
+    NaiveTime::parse_from_str(s.trim(), "%H:%M")
+        .or_else(|_| NaiveTime::parse_from_str(s.trim(), "%H:%M:%S"))
+        .ok()
+}
+
+fn fmt_time(t: NaiveTime) -> String {
+    t.format("%H:%M").to_string()
+}
+
+fn overlaps(list: &[LocalInterval]) -> bool {
+    let mut sorted = list.to_vec();
+    sorted.sort_by_key(|i| i.start);
+    sorted.windows(2).any(|w| w[1].start < w[0].end)
+}
+
+/// 404 unless `id` is a provider of the caller's clinic.
+pub async fn ensure_provider(tx: &mut Tx, id: Uuid) -> AppResult<()> {
+    let found: Option<bool> = sqlx::query_scalar("SELECT is_provider FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match found {
+        Some(true) => Ok(()),
+        _ => Err(AppError::not_found("provider")),
+    }
+}
+
+/// The provider's template and the exceptions between two dates (inclusive).
+pub async fn load(
+    tx: &mut Tx,
+    provider: Uuid,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> AppResult<(Vec<WeeklyInterval>, Vec<DayException>)> {
+    let weekly: Vec<(i16, NaiveTime, NaiveTime)> = sqlx::query_as(
+        "SELECT weekday, start_time, end_time FROM working_hours WHERE provider_id = $1 ORDER BY weekday, start_time",
+    )
+    .bind(provider)
+    .fetch_all(&mut **tx)
+    .await?;
+    let exceptions: Vec<(NaiveDate, Option<NaiveTime>, Option<NaiveTime>)> = sqlx::query_as(
+        "SELECT on_date, start_time, end_time FROM working_hour_exceptions \
+         WHERE provider_id = $1 AND on_date BETWEEN $2 AND $3 ORDER BY on_date, start_time",
+    )
+    .bind(provider)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok((
+        weekly
+            .into_iter()
+            .map(|(weekday, start, end)| WeeklyInterval {
+                weekday: weekday as u32,
+                interval: LocalInterval { start, end },
+            })
+            .collect(),
+        exceptions
+            .into_iter()
+            .map(|(date, s, e)| DayException {
+                date,
+                interval: s.zip(e).map(|(start, end)| LocalInterval { start, end }),
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ProviderPath {
+    /// The provider's user id.
+    id: Uuid,
+}
+
+/// An exception as stored: date, optional start and end, reason.
+type ExceptionRow = (
+    NaiveDate,
+    Option<NaiveTime>,
+    Option<NaiveTime>,
+    Option<String>,
+);
+
+async fn read(tx: &mut Tx, id: Uuid) -> AppResult<WorkingHours> {
+    let weekly: Vec<(i16, NaiveTime, NaiveTime)> = sqlx::query_as(
+        "SELECT weekday, start_time, end_time FROM working_hours WHERE provider_id = $1 ORDER BY weekday, start_time",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let exceptions: Vec<ExceptionRow> = sqlx::query_as(
+        "SELECT on_date, start_time, end_time, reason FROM working_hour_exceptions WHERE provider_id = $1 \
+         ORDER BY on_date, start_time",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(WorkingHours {
+        weekly: weekly
+            .into_iter()
+            .map(|(weekday, s, e)| WeeklyHours {
+                weekday: weekday as u32,
+                start: fmt_time(s),
+                end: fmt_time(e),
+            })
+            .collect(),
+        exceptions: exceptions
+            .into_iter()
+            .map(|(date, s, e, reason)| HoursException {
+                date,
+                start: s.map(fmt_time),
+                end: e.map(fmt_time),
+                reason,
+            })
+            .collect(),
+    })
+}
+
+/// A provider's working hours.
+#[utoipa::path(get, path = "/providers/{id}/working-hours", tag = "scheduling", security(("bearer" = [])),
+    params(ProviderPath),
+    responses((status = 200, description = "Working hours", body = WorkingHours),
+              (status = 404, description = "No such provider in your clinic", body = Problem)))]
+pub async fn get_working_hours(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(ProviderPath { id }): ApiPath<ProviderPath>,
+) -> AppResult<Json<WorkingHours>> {
+    caller.require(Permission::AppointmentsRead)?;
+    let mut tx = caller.begin(&state).await?;
+    ensure_provider(&mut tx, id).await?;
+    let hours = read(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(hours))
+}
+
+/// Replaces a provider's working hours (owner and admin).
+#[utoipa::path(put, path = "/providers/{id}/working-hours", tag = "scheduling", security(("bearer" = [])),
+    params(ProviderPath),
+    request_body = WorkingHours,
+    responses((status = 200, description = "The new working hours", body = WorkingHours),
+              (status = 403, description = "Role lacks schedule.manage", body = Problem),
+              (status = 404, description = "No such provider in your clinic", body = Problem),
+              (status = 422, description = "Invalid or overlapping intervals", body = Problem)))]
+pub async fn put_working_hours(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(ProviderPath { id }): ApiPath<ProviderPath>,
+    ApiJson(body): ApiJson<WorkingHours>,
+) -> AppResult<Json<WorkingHours>> {
+    require(&state, &caller, Permission::ScheduleManage, || {
+        Event::new("working_hours.update", "user").resource(id)
+    })
+    .await?;
+    let mut errors = Errors::default();
+    let mut weekly: Vec<(u32, LocalInterval)> = Vec::new();
+    for (i, w) in body.weekly.iter().enumerate() {
+        if !(1..=7).contains(&w.weekday) {
+            errors.add(
+                format!("weekly[{i}].weekday"),
+                "must be 1 (Monday) to 7 (Sunday)",
+            );
+        }
+        match (parse_time(&w.start), parse_time(&w.end)) {
+            (Some(start), Some(end)) if end > start => {
+                weekly.push((w.weekday, LocalInterval { start, end }))
+            }
+            (Some(_), Some(_)) => errors.add(format!("weekly[{i}].end"), "must be after start"),
+            (None, _) => errors.add(format!("weekly[{i}].start"), "must be a time HH:MM"),
+            (_, None) => errors.add(format!("weekly[{i}].end"), "must be a time HH:MM"),
+        }
+    }
+    for day in 1..=7 {
+        let list: Vec<LocalInterval> = weekly.iter().filter(|w| w.0 == day).map(|w| w.1).collect();
+        if overlaps(&list) {
+            errors.add("weekly", format!("intervals on weekday {day} overlap"));
+        }
+    }
+    let mut exceptions: Vec<(NaiveDate, Option<LocalInterval>, Option<String>)> = Vec::new();
+    for (i, e) in body.exceptions.iter().enumerate() {
+        let interval = match (&e.start, &e.end) {
+            (None, None) => None,
+            (Some(s), Some(en)) => match (parse_time(s), parse_time(en)) {
+                (Some(start), Some(end)) if end > start => Some(LocalInterval { start, end }),
+                _ => {
+                    errors.add(
+                        format!("exceptions[{i}]"),
+                        "start and end must be times HH:MM, end after start",
+                    );
+                    None
+                }
+            },
+            _ => {
+                errors.add(
+                    format!("exceptions[{i}]"),
+                    "give both start and end, or neither for a day off",
+                );
+                None
+            }
+        };
+        let reason = e
+            .reason
+            .as_deref()
+            .map(|r| errors.text(&format!("exceptions[{i}].reason"), r, 200));
+        exceptions.push((e.date, interval, reason));
+    }
+    let mut dates: Vec<NaiveDate> = exceptions.iter().map(|e| e.0).collect();
+    dates.dedup();
+    for date in dates {
+        let same: Vec<&(NaiveDate, Option<LocalInterval>, Option<String>)> =
+            exceptions.iter().filter(|e| e.0 == date).collect();
+        if same.len() > 1 && same.iter().any(|e| e.1.is_none()) {
+            errors.add(
+                "exceptions",
+                format!("{date} is both a day off and has hours"),
+            );
+        }
+        let list: Vec<LocalInterval> = same.iter().filter_map(|e| e.1).collect();
+        if overlaps(&list) {
+            errors.add("exceptions", format!("intervals on {date} overlap"));
+        }
+    }
+    errors.finish()?;
+
+    let mut tx = caller.begin(&state).await?;
+    ensure_provider(&mut tx, id).await?;
+    // Serialise concurrent replacements of the same provider's hours.
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM working_hours WHERE provider_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM working_hour_exceptions WHERE provider_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    for (weekday, i) in &weekly {
+        sqlx::query(
+            "INSERT INTO working_hours (clinic_id, provider_id, weekday, start_time, end_time) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(caller.clinic_id)
+        .bind(id)
+        .bind(*weekday as i16)
+        .bind(i.start)
+        .bind(i.end)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (date, i, reason) in &exceptions {
+        sqlx::query(
+            "INSERT INTO working_hour_exceptions (clinic_id, id, provider_id, on_date, start_time, end_time, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(caller.clinic_id)
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .bind(date)
+        .bind(i.map(|x| x.start))
+        .bind(i.map(|x| x.end))
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("working_hours.update", "user").resource(id),
+    )
+    .await?;
+    let hours = read(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(hours))
+}

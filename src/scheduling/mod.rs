@@ -1,0 +1,323 @@
+//! Scheduling rules with no I/O: the appointment status machine, working hours in the
+//! clinic's time zone (DST-safe), and the availability grid.
+
+pub mod appointments;
+pub mod hours;
+pub mod operatories;
+
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AppointmentStatus {
+    Scheduled,
+    Confirmed,
+    Arrived,
+    InChair,
+    Completed,
+    Cancelled,
+    NoShow,
+}
+
+impl AppointmentStatus {
+    pub const ALL: [AppointmentStatus; 7] = [
+        AppointmentStatus::Scheduled,
+        AppointmentStatus::Confirmed,
+        AppointmentStatus::Arrived,
+        AppointmentStatus::InChair,
+        AppointmentStatus::Completed,
+        AppointmentStatus::Cancelled,
+        AppointmentStatus::NoShow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppointmentStatus::Scheduled => "scheduled",
+            AppointmentStatus::Confirmed => "confirmed",
+            AppointmentStatus::Arrived => "arrived",
+            AppointmentStatus::InChair => "in_chair",
+            AppointmentStatus::Completed => "completed",
+            AppointmentStatus::Cancelled => "cancelled",
+            AppointmentStatus::NoShow => "no_show",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AppointmentStatus> {
+        AppointmentStatus::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// `scheduled → confirmed → arrived → in_chair → completed`, `scheduled → arrived`,
+    /// and `scheduled`/`confirmed` → `cancelled` or `no_show`. Nothing else.
+    pub fn can_become(self, next: AppointmentStatus) -> bool {
+        use AppointmentStatus::*;
+        matches!(
+            (self, next),
+            (Scheduled, Confirmed)
+                | (Scheduled, Arrived)
+                | (Confirmed, Arrived)
+                | (Arrived, InChair)
+                | (InChair, Completed)
+                | (Scheduled | Confirmed, Cancelled | NoShow)
+        )
+    }
+
+    /// Whether the appointment still holds its slot.
+    pub fn holds_slot(self) -> bool {
+        !matches!(
+            self,
+            AppointmentStatus::Cancelled | AppointmentStatus::NoShow
+        )
+    }
+
+    /// Only appointments that have not started may be moved.
+    pub fn can_reschedule(self) -> bool {
+        matches!(
+            self,
+            AppointmentStatus::Scheduled | AppointmentStatus::Confirmed
+        )
+    }
+}
+
+/// A local-time interval on one day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalInterval {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+/// A weekly template entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeeklyInterval {
+    /// ISO weekday, Monday = 1.
+    pub weekday: u32,
+    pub interval: LocalInterval,
+}
+
+/// A dated exception: `None` is a day off; `Some` replaces the day's hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayException {
+    pub date: NaiveDate,
+    pub interval: Option<LocalInterval>,
+}
+
+/// A local wall-clock time on a date, as a UTC instant. A time skipped by a DST change
+/// moves forward by the gap; a repeated time takes its first occurrence.
+pub fn local_to_utc(tz: Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
+    let naive = date.and_time(time);
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
+        LocalResult::None => {
+            // Inside a spring-forward gap: the wall time an hour later exists.
+            let later = naive + Duration::hours(1);
+            match tz.from_local_datetime(&later) {
+                LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+                LocalResult::None => Utc.from_utc_datetime(&naive),
+            }
+        }
+    }
+}
+
+/// The provider's working intervals on a local date, as UTC instants.
+pub fn working_intervals(
+    tz: Tz,
+    date: NaiveDate,
+    weekly: &[WeeklyInterval],
+    exceptions: &[DayException],
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let todays: Vec<&DayException> = exceptions.iter().filter(|e| e.date == date).collect();
+    let local: Vec<LocalInterval> = if todays.is_empty() {
+        let weekday = date.weekday().number_from_monday();
+        weekly
+            .iter()
+            .filter(|w| w.weekday == weekday)
+            .map(|w| w.interval)
+            .collect()
+    } else if todays.iter().any(|e| e.interval.is_none()) {
+        vec![]
+    } else {
+        todays.iter().filter_map(|e| e.interval).collect()
+    };
+    let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = local
+        .into_iter()
+        .map(|i| {
+            (
+                local_to_utc(tz, date, i.start),
+                local_to_utc(tz, date, i.end),
+            )
+        })
+        .filter(|(s, e)| e > s)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every grid start inside the working intervals where `duration` fits without touching a
+/// busy interval, after `not_before`. Grid starts count from each interval's start.
+pub fn free_slots(
+    intervals: &[(DateTime<Utc>, DateTime<Utc>)],
+    busy: &[(DateTime<Utc>, DateTime<Utc>)],
+    duration: Duration,
+    grid: Duration,
+    not_before: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut slots = Vec::new();
+    if grid <= Duration::zero() || duration <= Duration::zero() {
+        return slots;
+    }
+    for (start, end) in intervals {
+        let mut t = *start;
+        while t + duration <= *end {
+            let slot_end = t + duration;
+            let clashes = busy.iter().any(|(bs, be)| t < *be && *bs < slot_end);
+            if t >= not_before && !clashes {
+                slots.push((t, slot_end));
+            }
+            t += grid;
+        }
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AppointmentStatus::*;
+
+    #[test]
+    fn only_the_documented_transitions_are_allowed() {
+        let allowed = [
+            (Scheduled, Confirmed),
+            (Scheduled, Arrived),
+            (Confirmed, Arrived),
+            (Arrived, InChair),
+            (InChair, Completed),
+            (Scheduled, Cancelled),
+            (Scheduled, NoShow),
+            (Confirmed, Cancelled),
+            (Confirmed, NoShow),
+        ];
+        for from in AppointmentStatus::ALL {
+            for to in AppointmentStatus::ALL {
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} → {to:?}"
+                );
+            }
+        }
+    }
+
+    fn t(h: u32, m: u32) -> NaiveTime {
+        NaiveTime::from_hms_opt(h, m, 0).expect("time")
+    }
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).expect("date")
+    }
+
+    #[test]
+    fn berlin_hours_keep_local_time_across_daylight_saving() {
+        let weekly = [WeeklyInterval {
+            weekday: 1,
+            interval: LocalInterval {
+                start: t(9, 0),
+                end: t(17, 0),
+            },
+        }];
+        let tz: Tz = "Europe/Berlin".parse().expect("tz");
+        // Summer time starts on 29 March 2026: a Monday on each side of it.
+        let winter = working_intervals(tz, d(2026, 3, 23), &weekly, &[]);
+        assert_eq!(winter[0].0.to_rfc3339(), "2026-03-23T08:00:00+00:00");
+        let summer = working_intervals(tz, d(2026, 3, 30), &weekly, &[]);
+        assert_eq!(summer[0].0.to_rfc3339(), "2026-03-30T07:00:00+00:00");
+        assert_eq!(summer[0].1.to_rfc3339(), "2026-03-30T15:00:00+00:00");
+    }
+
+    #[test]
+    fn new_york_hours_keep_local_time_across_daylight_saving() {
+        let weekly = [WeeklyInterval {
+            weekday: 7,
+            interval: LocalInterval {
+                start: t(1, 0),
+                end: t(5, 0),
+            },
+        }];
+        let tz: Tz = "America/New_York".parse().expect("tz");
+        // 2026-11-01 is the fall-back Sunday: 01:00 happens twice (EDT first), 05:00 is EST.
+        let fall = working_intervals(tz, d(2026, 11, 1), &weekly, &[]);
+        assert_eq!(fall[0].0.to_rfc3339(), "2026-11-01T05:00:00+00:00");
+        assert_eq!(fall[0].1.to_rfc3339(), "2026-11-01T10:00:00+00:00");
+        // 2026-03-08 is spring-forward: 02:00–03:00 does not exist; 01:00 is EST, 05:00 EDT.
+        let spring = working_intervals(tz, d(2026, 3, 8), &weekly, &[]);
+        assert_eq!(spring[0].0.to_rfc3339(), "2026-03-08T06:00:00+00:00");
+        assert_eq!(spring[0].1.to_rfc3339(), "2026-03-08T09:00:00+00:00");
+        let gap = local_to_utc(tz, d(2026, 3, 8), t(2, 30));
+        assert_eq!(gap.to_rfc3339(), "2026-03-08T07:30:00+00:00");
+    }
+
+    #[test]
+    fn exceptions_replace_or_cancel_a_day() {
+        let tz: Tz = "UTC".parse().expect("tz");
+        let weekly = [WeeklyInterval {
+            weekday: 4,
+            interval: LocalInterval {
+                start: t(9, 0),
+                end: t(17, 0),
+            },
+        }];
+        let day = d(2026, 12, 24);
+        assert_eq!(working_intervals(tz, day, &weekly, &[]).len(), 1);
+        let off = [DayException {
+            date: day,
+            interval: None,
+        }];
+        assert!(working_intervals(tz, day, &weekly, &off).is_empty());
+        let short = [DayException {
+            date: day,
+            interval: Some(LocalInterval {
+                start: t(9, 0),
+                end: t(12, 0),
+            }),
+        }];
+        let hours = working_intervals(tz, day, &weekly, &short);
+        assert_eq!(hours[0].1.to_rfc3339(), "2026-12-24T12:00:00+00:00");
+    }
+
+    #[test]
+    fn slots_fit_between_bookings_on_the_grid() {
+        let at = |h: u32, m: u32| {
+            Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0)
+                .single()
+                .expect("instant")
+        };
+        let intervals = [(at(9, 0), at(12, 0))];
+        let busy = [(at(10, 0), at(10, 45))];
+        let slots = free_slots(
+            &intervals,
+            &busy,
+            Duration::minutes(30),
+            Duration::minutes(15),
+            at(0, 0),
+        );
+        let starts: Vec<String> = slots
+            .iter()
+            .map(|s| s.0.format("%H:%M").to_string())
+            .collect();
+        assert_eq!(
+            starts,
+            ["09:00", "09:15", "09:30", "10:45", "11:00", "11:15", "11:30"]
+        );
+        let later = free_slots(
+            &intervals,
+            &busy,
+            Duration::minutes(30),
+            Duration::minutes(15),
+            at(11, 10),
+        );
+        assert_eq!(later.len(), 2, "only future starts");
+    }
+}

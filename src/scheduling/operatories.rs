@@ -1,0 +1,247 @@
+//! Operatories (chairs and rooms) and the providers who can be booked.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission, Role};
+use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::http::etag;
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::patients::routes::require;
+use crate::state::AppState;
+use crate::validate::Errors;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_operatories, create_operatory))
+        .routes(routes!(update_operatory))
+        .routes(routes!(list_providers))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Operatory {
+    id: Uuid,
+    name: String,
+    active: bool,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, name, active, version, created_at, updated_at";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatoryList {
+    items: Vec<Operatory>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OperatoryParams {
+    /// Include inactive operatories.
+    #[serde(default)]
+    include_inactive: bool,
+}
+
+/// The clinic's operatories, by name.
+#[utoipa::path(get, path = "/operatories", tag = "scheduling", security(("bearer" = [])),
+    params(OperatoryParams),
+    responses((status = 200, description = "Operatories", body = OperatoryList),
+              (status = 403, description = "Role lacks appointments.read", body = Problem)))]
+pub async fn list_operatories(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<OperatoryParams>,
+) -> AppResult<Json<OperatoryList>> {
+    caller.require(Permission::AppointmentsRead)?;
+    let mut tx = caller.begin(&state).await?;
+    let items = sqlx::query_as::<_, Operatory>(&format!(
+        "SELECT {COLUMNS} FROM operatories WHERE $1 OR active ORDER BY lower(name), id"
+    ))
+    .bind(p.include_inactive)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(OperatoryList { items }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperatory {
+    name: String,
+    active: Option<bool>,
+}
+
+fn conflict_on_name(e: sqlx::Error) -> AppError {
+    if violated_constraint(&e) == Some("operatories_name") {
+        AppError::conflict("an operatory with this name already exists")
+    } else {
+        e.into()
+    }
+}
+
+fn operatory_response(status: StatusCode, o: Operatory) -> Response {
+    let mut res = (status, [(header::ETAG, etag::etag(o.version))], Json(&o)).into_response();
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/operatories/{}", o.id)) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    res
+}
+
+/// Adds an operatory (owner and admin).
+#[utoipa::path(post, path = "/operatories", tag = "scheduling", security(("bearer" = [])),
+    request_body = NewOperatory,
+    responses((status = 201, description = "Created", body = Operatory),
+              (status = 403, description = "Role lacks schedule.manage", body = Problem),
+              (status = 409, description = "Name in use", body = Problem),
+              (status = 422, description = "Invalid fields", body = Problem)))]
+pub async fn create_operatory(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewOperatory>,
+) -> AppResult<Response> {
+    require(&state, &caller, Permission::ScheduleManage, || {
+        Event::new("operatory.create", "operatory")
+    })
+    .await?;
+    let mut errors = Errors::default();
+    let name = errors.text("name", &body.name, 100);
+    errors.finish()?;
+    let mut tx = caller.begin(&state).await?;
+    let id = Uuid::now_v7();
+    let o = sqlx::query_as::<_, Operatory>(&format!(
+        "INSERT INTO operatories (clinic_id, id, name, active) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+    ))
+    .bind(caller.clinic_id)
+    .bind(id)
+    .bind(&name)
+    .bind(body.active.unwrap_or(true))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(conflict_on_name)?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("operatory.create", "operatory").resource(id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(operatory_response(StatusCode::CREATED, o))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct OperatoryPath {
+    /// The operatory's id.
+    id: Uuid,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatoryPatch {
+    name: Option<String>,
+    active: Option<bool>,
+}
+
+/// Renames or (de)activates an operatory (owner and admin).
+#[utoipa::path(patch, path = "/operatories/{id}", tag = "scheduling", security(("bearer" = [])),
+    params(OperatoryPath),
+    request_body = OperatoryPatch,
+    responses((status = 200, description = "Updated", body = Operatory),
+              (status = 404, description = "No such operatory in your clinic", body = Problem),
+              (status = 409, description = "Name in use", body = Problem),
+              (status = 412, description = "If-Match does not match", body = Problem)))]
+pub async fn update_operatory(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(OperatoryPath { id }): ApiPath<OperatoryPath>,
+    ApiJson(patch): ApiJson<OperatoryPatch>,
+) -> AppResult<Response> {
+    require(&state, &caller, Permission::ScheduleManage, || {
+        Event::new("operatory.update", "operatory").resource(id)
+    })
+    .await?;
+    let mut errors = Errors::default();
+    let name = patch.name.as_deref().map(|n| errors.text("name", n, 100));
+    errors.finish()?;
+    let mut tx = caller.begin(&state).await?;
+    let current = sqlx::query_as::<_, Operatory>(&format!(
+        "SELECT {COLUMNS} FROM operatories WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AppError::not_found("operatory"))?;
+    etag::check(&headers, current.version)?;
+    let o = sqlx::query_as::<_, Operatory>(&format!(
+        "UPDATE operatories SET name = $2, active = $3, version = version + 1, updated_at = now() \
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(name.unwrap_or(current.name))
+    .bind(patch.active.unwrap_or(current.active))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(conflict_on_name)?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("operatory.update", "operatory").resource(id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(operatory_response(StatusCode::OK, o))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Provider {
+    id: Uuid,
+    full_name: String,
+    role: Role,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderList {
+    items: Vec<Provider>,
+}
+
+/// Active users who treat patients and can be booked.
+#[utoipa::path(get, path = "/providers", tag = "scheduling", security(("bearer" = [])),
+    responses((status = 200, description = "Providers", body = ProviderList),
+              (status = 403, description = "Role lacks appointments.read", body = Problem)))]
+pub async fn list_providers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> AppResult<Json<ProviderList>> {
+    caller.require(Permission::AppointmentsRead)?;
+    let mut tx = caller.begin(&state).await?;
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, full_name, role FROM users WHERE is_provider AND active ORDER BY full_name, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(ProviderList {
+        items: rows
+            .into_iter()
+            .filter_map(|(id, full_name, role)| {
+                Role::parse(&role).map(|role| Provider {
+                    id,
+                    full_name,
+                    role,
+                })
+            })
+            .collect(),
+    }))
+}
