@@ -64,7 +64,7 @@ impl Address {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Clinic {
     pub id: Uuid,
     pub name: String,
@@ -112,6 +112,24 @@ fn from_row(r: ClinicRow) -> Clinic {
     }
 }
 
+/// The clinic, from the cache when it holds it (the caller's transaction is still the
+/// one that proves the caller's session is valid).
+pub async fn cached(state: &AppState, tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
+    let (hit, generation) = state
+        .cache
+        .get::<Clinic>(state.redis.as_ref(), id, "clinic")
+        .await;
+    if let Some(c) = hit {
+        return Ok(c);
+    }
+    let clinic = load(tx, id, false).await?;
+    state
+        .cache
+        .put(state.redis.as_ref(), id, generation, "clinic", &clinic)
+        .await;
+    Ok(clinic)
+}
+
 pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Clinic> {
     let sql = if lock {
         format!("{SELECT_CLINIC} FOR UPDATE")
@@ -139,7 +157,7 @@ fn with_etag(clinic: Clinic) -> Response {
 pub async fn get_clinic(State(state): State<AppState>, caller: Caller) -> AppResult<Response> {
     caller.require(Permission::ClinicRead)?;
     let mut tx = caller.begin(&state).await?;
-    let clinic = load(&mut tx, caller.clinic_id, false).await?;
+    let clinic = cached(&state, &mut tx, caller.clinic_id).await?;
     tx.commit().await?;
     Ok(with_etag(clinic))
 }
@@ -250,5 +268,9 @@ pub async fn update_clinic(
     .await?;
     let updated = load(&mut tx, caller.clinic_id, false).await?;
     tx.commit().await?;
+    state
+        .cache
+        .invalidate(state.redis.as_ref(), caller.clinic_id)
+        .await;
     Ok(with_etag(updated))
 }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod chart;
 pub mod clinic;
 pub mod config;

@@ -93,22 +93,43 @@ impl Decision {
     }
 }
 
+/// GCRA over several keys at once: KEYS[i] with ARGV[2i-1] = limit, ARGV[2i] = period (ms).
+/// A request is admitted only if every key admits it, and then all of them are charged.
+/// Returns, per key: allowed (0/1), remaining, reset (ms), retry after (ms).
 const GCRA_LUA: &str = r#"
-local limit = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = period / limit
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - period
-if allow_at > now then
-  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+local out = {}
+local all = true
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local period = tonumber(ARGV[2 * i])
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period
+  if allow_at > now then
+    all = false
+    table.insert(out, 0); table.insert(out, 0)
+    table.insert(out, math.ceil(tat - now)); table.insert(out, math.ceil(allow_at - now))
+  else
+    tats[i] = new_tat
+    table.insert(out, 1); table.insert(out, math.floor((now - allow_at) / interval))
+    table.insert(out, math.ceil(new_tat - now)); table.insert(out, 0)
+  end
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1)
-local remaining = math.floor((now - allow_at) / interval)
-return {1, remaining, math.ceil(new_tat - now), 0}
+if all then
+  for i, key in ipairs(KEYS) do
+    redis.call('SET', key, tostring(tats[i]), 'PX', math.ceil(tats[i] - now) + 1)
+  end
+else
+  for i = 1, #KEYS do
+    if out[4 * i - 3] == 1 then out[4 * i - 3] = 2 end
+  end
+end
+return out
 "#;
 
 pub struct RateLimiter {
@@ -157,35 +178,62 @@ impl RateLimiter {
         key: &str,
         when_down: WhenRedisDown,
     ) -> Decision {
-        let period_ms = quota.period.as_millis() as i64;
+        let mut all = self
+            .check_all(redis, &[(quota.clone(), key.to_owned())], when_down)
+            .await;
+        all.pop()
+            .unwrap_or_else(|| decision(quota, true, quota.limit as i64, 0, 0))
+    }
+
+    /// Takes one unit from every quota, or from none when any is spent (one Redis call).
+    pub async fn check_all(
+        &self,
+        redis: Option<&Redis>,
+        checks: &[(Quota, String)],
+        when_down: WhenRedisDown,
+    ) -> Vec<Decision> {
+        if checks.is_empty() {
+            return vec![];
+        }
         if let Some(redis) = redis {
-            let redis_key = redis.key(&format!("rl:{}:{key}", quota.name));
-            let limit = quota.limit;
-            let script = &self.script;
+            let mut invocation = self.script.prepare_invoke();
+            for (quota, key) in checks {
+                invocation
+                    .key(redis.key(&format!("rl:{}:{key}", quota.name)))
+                    .arg(quota.limit)
+                    .arg(quota.period.as_millis() as i64);
+            }
+            let invocation = &invocation;
             let result = redis
-                .run(|mut c| async move {
-                    script
-                        .key(redis_key)
-                        .arg(limit)
-                        .arg(period_ms)
-                        .invoke_async::<Vec<i64>>(&mut c)
-                        .await
-                })
+                .run(|mut c| async move { invocation.invoke_async::<Vec<i64>>(&mut c).await })
                 .await;
             match result {
-                Ok(v) if v.len() == 4 => return decision(quota, v[0] == 1, v[1], v[2], v[3]),
+                Ok(v) if v.len() == checks.len() * 4 => {
+                    return checks
+                        .iter()
+                        .zip(v.chunks(4))
+                        .map(|((quota, _), r)| {
+                            // 2: this budget had room, but another one refused the request.
+                            let remaining = if r[0] == 2 { r[1] + 1 } else { r[1] };
+                            decision(quota, r[0] != 0, remaining, r[2], r[3])
+                        })
+                        .collect();
+                }
                 _ => {
                     if when_down == WhenRedisDown::Allow {
-                        return decision(quota, true, quota.limit as i64, 0, 0);
+                        return checks
+                            .iter()
+                            .map(|(q, _)| decision(q, true, q.limit as i64, 0, 0))
+                            .collect();
                     }
-                    tracing::warn!(
-                        quota = quota.name,
-                        "redis unavailable: applying the limit in this process"
-                    );
+                    tracing::warn!("redis unavailable: applying the limits in this process");
                 }
             }
         }
-        self.check_local(quota, key)
+        checks
+            .iter()
+            .map(|(quota, key)| self.check_local(quota, key))
+            .collect()
     }
 
     fn check_local(&self, quota: &Quota, key: &str) -> Decision {

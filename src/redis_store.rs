@@ -15,9 +15,10 @@ pub enum RedisError {
     Unavailable(String),
 }
 
+#[derive(Clone)]
 pub struct Redis {
     client: redis::Client,
-    manager: OnceCell<ConnectionManager>,
+    manager: std::sync::Arc<OnceCell<ConnectionManager>>,
     prefix: String,
     timeout: Duration,
 }
@@ -28,7 +29,7 @@ impl Redis {
             .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?;
         Ok(Redis {
             client,
-            manager: OnceCell::new(),
+            manager: std::sync::Arc::new(OnceCell::new()),
             prefix: prefix.to_owned(),
             timeout,
         })

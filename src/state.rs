@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenService;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
 use crate::http::pagination::CursorCodec;
@@ -27,6 +28,7 @@ pub struct Inner {
     pub passwords: PasswordHashing,
     pub limiter: RateLimiter,
     pub cursors: CursorCodec,
+    pub cache: Cache,
     draining: AtomicBool,
 }
 
@@ -46,6 +48,7 @@ impl AppState {
                 .map(|s| secrecy::ExposeSecret::expose_secret(s).as_bytes())
                 .unwrap_or_default(),
         );
+        let cache = Cache::new(config.cache_enabled, config.cache_default_ttl);
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -55,6 +58,7 @@ impl AppState {
             passwords,
             limiter: RateLimiter::default(),
             cursors,
+            cache,
             draining: AtomicBool::new(false),
         })))
     }

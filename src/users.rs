@@ -279,6 +279,10 @@ pub async fn create_user(
     )
     .await?;
     tx.commit().await?;
+    state
+        .cache
+        .invalidate(state.redis.as_ref(), caller.clinic_id)
+        .await;
     Ok(user_response(StatusCode::CREATED, user))
 }
 
@@ -463,5 +467,9 @@ pub async fn update_user(
     .await?;
     let updated = load(&mut tx, id, false).await?;
     tx.commit().await?;
+    state
+        .cache
+        .invalidate(state.redis.as_ref(), caller.clinic_id)
+        .await;
     Ok(user_response(StatusCode::OK, updated))
 }

@@ -109,15 +109,10 @@ async fn store_refresh(
 
 /// Applies the given quotas; 429 (with headers) when any is spent.
 async fn limit(state: &AppState, checks: &[(Quota, String)]) -> Result<Vec<Decision>, Response> {
-    let mut decisions = Vec::with_capacity(checks.len());
-    for (quota, key) in checks {
-        decisions.push(
-            state
-                .limiter
-                .check(state.redis.as_ref(), quota, key, WhenRedisDown::LocalLimit)
-                .await,
-        );
-    }
+    let decisions = state
+        .limiter
+        .check_all(state.redis.as_ref(), checks, WhenRedisDown::LocalLimit)
+        .await;
     if let Some(denied) = decisions.iter().find(|d| !d.allowed) {
         metrics::counter!("rate_limit_rejections_total", "quota" => denied.quota.name).increment(1);
         let mut res = AppError::RateLimited {

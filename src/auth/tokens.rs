@@ -34,6 +34,10 @@ pub struct AccessClaims {
     pub typ: String,
 }
 
+/// Claims already verified earlier in the request (by the rate limiter).
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub AccessClaims);
+
 struct Key {
     kid: String,
     decoding: DecodingKey,

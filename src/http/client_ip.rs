@@ -5,19 +5,27 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
 pub fn client_ip(parts: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())?;
-    Some(resolve(peer, forwarded_for(parts).as_deref(), trusted))
+    client_ip_of(&parts.headers, &parts.extensions, trusted)
 }
 
-fn forwarded_for(parts: &Parts) -> Option<String> {
-    let values: Vec<&str> = parts
-        .headers
+/// The same from a request's headers and extensions.
+pub fn client_ip_of(
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())?;
+    Some(resolve(peer, forwarded_for(headers).as_deref(), trusted))
+}
+
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())

@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod etag;
 pub mod extract;
 pub mod idempotency;
+pub mod limits;
 pub mod middleware;
 pub mod pagination;
 
@@ -95,12 +96,16 @@ pub fn app(state: AppState) -> Router {
     // Router::layer wraps what is already there, so the last layer added runs first.
     let mut router = router
         .fallback(middleware::not_found)
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            limits::api_rate_limit,
         ))
         .layer(axum::middleware::from_fn(middleware::problem_fallback))
         .layer(axum::middleware::from_fn(middleware::record_metrics));

@@ -119,12 +119,11 @@ fn respond(status: StatusCode, a: &Appointment) -> Response {
     res
 }
 
-async fn clinic_tz(tx: &mut Tx, clinic: Uuid) -> AppResult<Tz> {
-    let tz: String = sqlx::query_scalar("SELECT timezone FROM clinics WHERE id = $1")
-        .bind(clinic)
-        .fetch_one(&mut **tx)
-        .await?;
-    tz.parse::<Tz>()
+async fn clinic_tz(state: &AppState, tx: &mut Tx, clinic: Uuid) -> AppResult<Tz> {
+    let clinic = crate::clinic::cached(state, tx, clinic).await?;
+    clinic
+        .timezone
+        .parse::<Tz>()
         .map_err(|_| AppError::Internal(anyhow::anyhow!("clinic has an unknown time zone")))
 }
 
@@ -376,7 +375,7 @@ async fn book_once(
         slot.operatory,
     )
     .await?;
-    let tz = clinic_tz(&mut tx, caller.clinic_id).await?;
+    let tz = clinic_tz(state, &mut tx, caller.clinic_id).await?;
     let inside = within_hours(&mut tx, tz, slot.provider, slot.start, slot.end).await?;
     if !inside && !body.r#override {
         return Err(AppError::validation(
@@ -528,7 +527,7 @@ pub async fn reschedule_appointment(
         validate_times(&state, slot.start, slot.end, &mut errors);
         errors.finish()?;
         check_references(&mut tx, None, slot.provider, slot.operatory).await?;
-        let tz = clinic_tz(&mut tx, caller.clinic_id).await?;
+        let tz = clinic_tz(&state, &mut tx, caller.clinic_id).await?;
         let inside = within_hours(&mut tx, tz, slot.provider, slot.start, slot.end).await?;
         if !inside && !patch.r#override {
             return Err(AppError::validation(
@@ -883,7 +882,7 @@ pub async fn availability(
             ));
         }
     }
-    let tz = clinic_tz(&mut tx, caller.clinic_id).await?;
+    let tz = clinic_tz(&state, &mut tx, caller.clinic_id).await?;
     let (weekly, exceptions) = hours::load(&mut tx, p.provider_id, p.date, p.date).await?;
     let intervals = working_intervals(tz, p.date, &weekly, &exceptions);
     let (day_start, day_end) = match (intervals.first(), intervals.iter().map(|i| i.1).max()) {

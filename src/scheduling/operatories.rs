@@ -204,14 +204,14 @@ pub async fn update_operatory(
     Ok(operatory_response(StatusCode::OK, o))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Provider {
     id: Uuid,
     full_name: String,
     role: Role,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProviderList {
     items: Vec<Provider>,
 }
@@ -226,13 +226,21 @@ pub async fn list_providers(
 ) -> AppResult<Json<ProviderList>> {
     caller.require(Permission::AppointmentsRead)?;
     let mut tx = caller.begin(&state).await?;
+    let (hit, generation) = state
+        .cache
+        .get::<ProviderList>(state.redis.as_ref(), caller.clinic_id, "providers")
+        .await;
+    if let Some(list) = hit {
+        tx.commit().await?;
+        return Ok(Json(list));
+    }
     let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
         "SELECT id, full_name, role FROM users WHERE is_provider AND active ORDER BY full_name, id",
     )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(ProviderList {
+    let list = ProviderList {
         items: rows
             .into_iter()
             .filter_map(|(id, full_name, role)| {
@@ -243,5 +251,16 @@ pub async fn list_providers(
                 })
             })
             .collect(),
-    }))
+    };
+    state
+        .cache
+        .put(
+            state.redis.as_ref(),
+            caller.clinic_id,
+            generation,
+            "providers",
+            &list,
+        )
+        .await;
+    Ok(Json(list))
 }

@@ -489,3 +489,69 @@ impl TestApp {
         self.call(Method::DELETE, path, token, None).await
     }
 }
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The real `molar serve` binary as a child process.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts `molar serve` with `vars` (plus HOST/PORT) and waits until health answers.
+    pub async fn start(vars: &HashMap<String, String>) -> ServerProcess {
+        let port = free_port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+            .arg("serve")
+            .env_clear()
+            .envs(vars.iter())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start molar serve");
+        let server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        };
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(server.url("/api/v2/health")).send().await {
+                if r.status() == StatusCode::OK {
+                    return server;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "molar serve did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+}
