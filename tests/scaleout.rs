@@ -209,10 +209,7 @@ impl PrivateRedis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        PrivateRedis {
-            port,
-            child: Some(child),
-        }
+        PrivateRedis { child: Some(child) }
     }
 
     fn stop(&mut self) {
