@@ -532,7 +532,8 @@ impl Config {
             problems.push("DATABASE_URL is required in production".into());
         }
         if let Some(t) = &self.metrics_token {
-            if t.expose_secret().len() < 16 {
+            if t.expose_secret().len() < 16 || t.expose_secret().to_lowercase().contains("replace")
+            {
                 problems.push("METRICS_TOKEN must be at least 16 characters".into());
             }
         }
@@ -551,7 +552,11 @@ impl Config {
 
 fn weak_secret(s: &str) -> Option<&'static str> {
     let lowered = s.to_ascii_lowercase();
-    if KNOWN_DEFAULT_SECRETS.contains(&lowered.as_str()) || lowered.contains("changeme") {
+    if KNOWN_DEFAULT_SECRETS.contains(&lowered.as_str())
+        || lowered.contains("changeme")
+        || lowered.contains("replace")
+        || lowered.contains("example")
+    {
         Some("is a known default; generate one with `openssl rand -hex 32`")
     } else if s.len() < MIN_SECRET_BYTES {
         Some("must be at least 32 bytes; generate one with `openssl rand -hex 32`")

@@ -116,7 +116,11 @@ pub async fn migrate(url: &secrecy::SecretString) -> anyhow::Result<()> {
         .connect_with(connect_options(url.expose_secret())?)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the migration database: {e}"))?;
-    MIGRATOR
+    // An older release must be able to run against a database a newer one migrated
+    // (rolling deploys and rollbacks): unknown applied versions are not an error.
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
         .run(&pool)
         .await
         .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
