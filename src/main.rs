@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use chrono::Datelike;
 use clap::{Parser, Subcommand};
 use molar::config::{Config, Environment};
 use molar::Server;
@@ -59,6 +60,13 @@ enum AuditCommand {
     Verify,
     /// Seal all events that have settled (normally done by the server every minute).
     Seal,
+    /// Drop audit events older than the retention (AUDIT_RETENTION_MONTHS, default 72) as
+    /// the owning role (MIGRATION_DATABASE_URL); the chain stays verifiable.
+    Prune {
+        /// Drop events before this date (YYYY-MM-DD, UTC) instead.
+        #[arg(long)]
+        before: Option<chrono::NaiveDate>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -204,6 +212,31 @@ async fn create_clinic(
 
 async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
     molar::telemetry::init_logging(&config);
+    if let AuditCommand::Prune { before } = command {
+        let url = config
+            .migration_database_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("MIGRATION_DATABASE_URL is required to prune"))?;
+        let before = match before {
+            Some(d) => d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+            None => {
+                let months = chrono::Months::new(config.audit_retention_months);
+                let first = chrono::Utc::now()
+                    .date_naive()
+                    .with_day0(0)
+                    .unwrap_or_default();
+                first
+                    .checked_sub_months(months)
+                    .unwrap_or(first)
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap_or_default()
+                    .and_utc()
+            }
+        };
+        let dropped = molar::audit::prune(&url, before).await?;
+        println!("dropped {dropped} monthly partition(s) of audit events before {before}");
+        return Ok(());
+    }
     let server = Server::prepare(config).await?;
     let db = &server.state().db;
     match command {
@@ -219,6 +252,7 @@ async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
                 anyhow::bail!("the audit chain is broken in {} clinic(s)", broken.len())
             }
         }
+        AuditCommand::Prune { .. } => Ok(()),
         AuditCommand::Seal => {
             let settle = server.state().config.request_timeout * 2;
             let n = molar::audit::seal(db, settle).await?;

@@ -1119,3 +1119,64 @@ async fn operators_create_clinics_from_the_command_line() {
         .expect("json");
     assert_eq!(me["clinic"]["name"], "Cli Dental");
 }
+
+#[tokio::test]
+async fn pruning_old_audit_months_keeps_the_chain_verifiable() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Retention").await;
+    // Events from long ago (they land in the default partition) and from now.
+    let mut admin = app.admin_db().await;
+    sqlx::query(
+        "INSERT INTO audit_events (clinic_id, id, at, action, resource_type, outcome) \
+         SELECT $1::uuid, gen_random_uuid(), TIMESTAMPTZ '2019-03-01' + g * interval '1 day', 'auth.login', 'user', 'success' \
+         FROM generate_series(1, 5) g",
+    )
+    .bind(&owner.clinic_id)
+    .execute(&mut admin)
+    .await
+    .expect("old events");
+    let config = molar::config::Config::from_map(app.vars.clone()).expect("config");
+    let db = molar::db::Db::connect_lazy(&config, &server_url(&app.db_name), None).expect("db");
+    molar::audit::seal(&db, std::time::Duration::ZERO)
+        .await
+        .expect("seal");
+    assert!(molar::audit::verify(&db).await.expect("verify").is_empty());
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+        .args(["audit", "prune"])
+        .env_clear()
+        .envs(app.vars.iter())
+        .output()
+        .await
+        .expect("run molar audit prune");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE at < '2020-01-01'")
+        .fetch_one(&mut admin)
+        .await
+        .expect("count");
+    assert_eq!(old, 0, "events past the six-year retention are gone");
+    let recent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE at > now() - interval '1 day'")
+            .fetch_one(&mut admin)
+            .await
+            .expect("count");
+    assert!(recent > 0, "recent events stay");
+    assert!(
+        molar::audit::verify(&db).await.expect("verify").is_empty(),
+        "the chain still verifies"
+    );
+    // The server's role cannot prune.
+    let mut server = app.server_db().await;
+    let err = sqlx::query("SELECT audit_prune(now())")
+        .execute(&mut server)
+        .await
+        .expect_err("owner only");
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501")
+    );
+}

@@ -11,7 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 /// Tables that hold no clinic's data (global by design) and so carry no clinic policy.
-const GLOBAL_TABLES: &[&str] = &["_sqlx_migrations", "security_events"];
+const GLOBAL_TABLES: &[&str] = &["_sqlx_migrations", "security_events", "audit_retention"];
 
 async fn db_with_pool(size: u32) -> (Db, String) {
     let name = fresh_database().await;

@@ -179,6 +179,27 @@ pub async fn ensure_partitions(db: &Db) -> Result<i32, sqlx::Error> {
     Ok(created)
 }
 
+/// Drops the audit events before `before` (whole monthly partitions) and records the
+/// cut-off so that verification continues past it. Runs as the owning role.
+pub async fn prune(
+    owner_url: &secrecy::SecretString,
+    before: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<i32> {
+    use secrecy::ExposeSecret;
+    use sqlx::Connection;
+    let mut conn =
+        sqlx::PgConnection::connect_with(&crate::db::connect_options(owner_url.expose_secret())?)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect as the owning role: {e}"))?;
+    let dropped: i32 = sqlx::query_scalar("SELECT audit_prune($1)")
+        .bind(before)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("pruning failed: {e}"))?;
+    conn.close().await?;
+    Ok(dropped)
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BrokenLink {
     pub clinic_id: Uuid,
