@@ -45,6 +45,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print the argon2id hash of a password read from standard input (for seeding).
+    HashPassword,
     /// Exit 0 when the local server's /api/v2/health answers 200 (for container health checks).
     Healthcheck {
         /// The URL to probe; defaults to http://127.0.0.1:$PORT/api/v2/health.
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Audit { command } => audit(config, command).await,
+            Command::HashPassword => hash_password(&config).await,
             Command::Healthcheck { url } => healthcheck(&config, url).await,
         }
     });
@@ -260,4 +263,20 @@ async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn hash_password(config: &Config) -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if let Err(e) = molar::auth::password::check_policy("password", password, None) {
+        anyhow::bail!("{}: {}", e.field, e.message);
+    }
+    let hasher = molar::auth::password::PasswordHashing::new(config.password_hash_concurrency)?;
+    let hash = hasher
+        .hash(password)
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+    println!("{hash}");
+    Ok(())
 }

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Turns one bench/run output directory into bench/results/*.json and BENCHMARKS.md."""
+import argparse, datetime, json, os, platform, re, subprocess, sys
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception:
+        return ""
+
+
+def oha(path):
+    d = json.load(open(path))
+    lat = d.get("latencyPercentiles", {})
+    codes = {str(k): v for k, v in d.get("statusCodeDistribution", {}).items()}
+    errors = sum(d.get("errorDistribution", {}).values())
+    ms = lambda k: round(lat[k] * 1000, 3) if lat.get(k) is not None else None
+    return {
+        "rps": round(d["summary"]["requestsPerSec"], 1),
+        "p50_ms": ms("p50"), "p95_ms": ms("p95"), "p99_ms": ms("p99"), "p999_ms": ms("p99.9"),
+        "statuses": codes, "errors": errors,
+    }
+
+
+def wrk(path):
+    text = open(path).read()
+    m = re.search(r"^BENCH_JSON (.*)$", text, re.M)
+    if not m:
+        raise SystemExit(f"no summary in {path}:\n{text}")
+    d = json.loads(m.group(1))
+    return {
+        "rps": round(d["requests"] / (d["duration_us"] / 1e6), 1),
+        "p50_ms": d["p50_ms"], "p95_ms": None, "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
+        "statuses": d["statuses"], "errors": d["errors"],
+    }
+
+
+def pgbench(path):
+    text = open(path).read()
+    tps = re.search(r"tps = ([0-9.]+)", text)
+    lat = re.search(r"latency average = ([0-9.]+) ms", text)
+    if not tps:
+        raise SystemExit(f"pgbench failed:\n{text}")
+    return {"tps": float(tps.group(1)), "latency_avg_ms": float(lat.group(1)) if lat else None}
+
+
+def five_xx(s):
+    return sum(v for k, v in s["statuses"].items() if k.startswith("5"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out"); ap.add_argument("results"); ap.add_argument("markdown")
+    ap.add_argument("--startup-ms", type=int); ap.add_argument("--idle-rss-kb", type=int)
+    ap.add_argument("--seconds", type=int)
+    a = ap.parse_args()
+    o = a.out
+    rss = lambda n: int(open(f"{o}/{n}.rss").read().strip() or 0) / 1024
+    s = {}
+    for name in ["health", "patient_read", "patient_read_fixed", "patient_read_256", "patient_list",
+                 "patient_list_fixed", "patient_list_256", "search", "search_fixed", "health_during_login"]:
+        s[name] = oha(f"{o}/{name}.json")
+    for name in ["book_spread", "book_contended", "login_flood"]:
+        s[name] = wrk(f"{o}/{name}.txt")
+    for name in s:
+        if os.path.exists(f"{o}/{name}.rss"):
+            s[name]["peak_rss_mb"] = round(rss(name), 1)
+    pg = {k: pgbench(f"{o}/pgbench_{k}.txt") for k in ["read", "list"]}
+    plan = open(f"{o}/search_plan.txt").read().strip() if os.path.exists(f"{o}/search_plan.txt") else ""
+
+    machine = {
+        "cpu": sh("lscpu | sed -n 's/^Model name: *//p'") or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory": sh("free -h | awk '/Mem:/ {print $2}'"),
+        "kernel": platform.release(),
+        "postgresql": sh("psql --version"),
+        "redis": sh("redis-server --version"),
+        "rustc": sh("rustc --version"),
+        "molar": sh("grep -m1 '^version' Cargo.toml | cut -d'\"' -f2"),
+        "oha": sh("bench/.cache/bin/oha --version"),
+        "wrk": sh("wrk -v 2>&1 | head -1"),
+    }
+    read_frac = s["patient_read"]["rps"] / pg["read"]["tps"]
+    list_frac = s["patient_list"]["rps"] / pg["list"]["tps"]
+    peak_read = max(s["patient_read_256"]["peak_rss_mb"], s["patient_list_256"]["peak_rss_mb"])
+    total_5xx = sum(five_xx(v) for v in s.values())
+    targets = [
+        ("Patient read ≥ 80% of the pgbench ceiling (32 connections)", f"{read_frac:.0%}", read_frac >= 0.8),
+        ("Patient list ≥ 80% of the pgbench ceiling (32 connections)", f"{list_frac:.0%}", list_frac >= 0.8),
+        ("Patient read p99 < 10 ms at half the maximum rate", f"{s['patient_read_fixed']['p99_ms']} ms", s["patient_read_fixed"]["p99_ms"] < 10),
+        ("Patient list p99 < 10 ms at half the maximum rate", f"{s['patient_list_fixed']['p99_ms']} ms", s["patient_list_fixed"]["p99_ms"] < 10),
+        ("Search in the 100,000-patient clinic p95 < 20 ms", f"{s['search_fixed']['p95_ms']} ms", s["search_fixed"]["p95_ms"] < 20),
+        ("Peak RSS < 64 MB at 256 connections (read scenarios)", f"{peak_read} MB", peak_read < 64),
+        ("Idle RSS < 30 MB", f"{a.idle_rss_kb / 1024:.1f} MB", a.idle_rss_kb / 1024 < 30),
+        ("Start-up to ready < 300 ms (migrations applied)", f"{a.startup_ms} ms", a.startup_ms < 300),
+        ("Health p99 < 20 ms during a sign-in flood", f"{s['health_during_login']['p99_ms']} ms", s["health_during_login"]["p99_ms"] < 20),
+        ("Zero 5xx in every scenario", f"{total_5xx}", total_5xx == 0),
+    ]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    result = {
+        "at": stamp, "seconds_per_scenario": a.seconds, "machine": machine,
+        "startup_ms": a.startup_ms, "idle_rss_mb": round(a.idle_rss_kb / 1024, 1),
+        "scenarios": s, "pgbench": pg,
+        "ceiling_fraction": {"patient_read": round(read_frac, 3), "patient_list": round(list_frac, 3)},
+        "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets],
+    }
+    os.makedirs(a.results, exist_ok=True)
+    for name in [f"{stamp}.json", "latest.json"]:
+        with open(os.path.join(a.results, name), "w") as f:
+            json.dump(result, f, indent=2)
+
+    rows = []
+    labels = {
+        "health": "GET /api/v2/health (HTTP floor), 32 conn",
+        "patient_read": "GET /api/v2/patients/{id}, 32 conn, closed loop",
+        "patient_read_fixed": "GET /api/v2/patients/{id}, fixed rate ½ max, latency-corrected",
+        "patient_read_256": "GET /api/v2/patients/{id}, 256 conn",
+        "patient_list": "GET /api/v2/patients?limit=50, 32 conn",
+        "patient_list_fixed": "GET /api/v2/patients?limit=50, fixed rate ½ max",
+        "patient_list_256": "GET /api/v2/patients?limit=50, 256 conn",
+        "search": "search by name, 100,000-patient clinic, 8 conn",
+        "search_fixed": "search by name, fixed rate ½ max",
+        "book_spread": "POST /api/v2/appointments over 50 providers, 64 conn",
+        "book_contended": "POST /api/v2/appointments, one slot, 64 conn",
+        "login_flood": "POST /api/v2/auth/login flood, 32 conn",
+        "health_during_login": "GET /api/v2/health at 100/s during the sign-in flood",
+    }
+    fmt = lambda v: "–" if v is None else f"{v}"
+    for k, label in labels.items():
+        v = s[k]
+        codes = ", ".join(f"{c}: {n}" for c, n in sorted(v["statuses"].items()))
+        rows.append(f"| {label} | {v['rps']} | {fmt(v['p50_ms'])} | {fmt(v.get('p95_ms'))} | {fmt(v['p99_ms'])} | {fmt(v['p999_ms'])} | {five_xx(v)} | {v['errors']} | {fmt(v.get('peak_rss_mb'))} | {codes} |")
+    md = f"""# Molar benchmarks
+
+Measured by `bench/run` (see the README). Everything runs on one machine over loopback:
+the load generator, the server, PostgreSQL and Redis share its cores, so every number is a
+floor for a real deployment, not a ceiling.
+
+- Run: {stamp}, {a.seconds} s per scenario; raw results in `bench/results/latest.json`.
+- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']} memory, Linux {machine['kernel']}.
+- Versions: Molar {machine['molar']}, {machine['postgresql']}, {machine['redis']}, {machine['rustc']}, {machine['oha']}, {machine['wrk']}.
+- Data: 1,000 clinics, 1,000,899 patients (clinic 1 holds 100,000), staff, operatories,
+  about 438,000 appointments over the past year; seeded once by `bench/seed.sql`.
+- Server: release build, `ENVIRONMENT=production`, JSON logs at warn, `DB_POOL_SIZE=16`,
+  Redis for rate limits and cache (limits raised so that they do not interfere).
+- Load: `oha` (closed loop, and fixed rate with `--latency-correction` for the open-loop
+  percentiles) and `wrk` with Lua scripts where each request carries a different body.
+
+## Targets
+
+| target | measured | met |
+|---|---|---|
+""" + "\n".join(f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets) + f"""
+
+## Scenarios
+
+Latencies in milliseconds. Status counts are per response code; errors are connection
+errors of the load generator.
+
+| scenario | req/s | p50 | p95 | p99 | p99.9 | 5xx | errors | peak RSS (MB) | statuses |
+|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+Start-up to ready: {a.startup_ms} ms. Idle RSS: {a.idle_rss_kb / 1024:.1f} MB.
+
+## The database's ceiling
+
+`pgbench -M prepared -c 32 -j 2 -T {a.seconds}` as the server's role (row-level security in
+force), running exactly the statements the server sends for one request: the clinic setting,
+the session check, the query, the audit insert (`bench/read.sql`, `bench/list.sql`). The
+server sends `BEGIN` and the clinic setting in one round trip where pgbench needs two.
+
+| request | pgbench tps | server req/s | fraction |
+|---|---|---|---|
+| patient read | {pg['read']['tps']:.0f} | {s['patient_read']['rps']} | {read_frac:.0%} |
+| patient list | {pg['list']['tps']:.0f} | {s['patient_list']['rps']} | {list_frac:.0%} |
+
+## Search plan
+
+Name search runs inside `patient_search()`, a `SECURITY DEFINER` function owned by
+`molar_auth`, so the trigram index is used (under the server's own row-level security
+the non-leakproof `%` operator could not reach it). The plan for the candidate query in
+the 100,000-patient clinic:
+
+```
+{plan}
+```
+"""
+    with open(a.markdown, "w") as f:
+        f.write(md)
+    print(json.dumps(result["targets"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

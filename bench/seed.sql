@@ -1,0 +1,82 @@
+-- Seeds the benchmark database: 1,000 clinics, 1,000,899 patients (clinic 1 holds
+-- 100,000), staff, operatories and a year of appointments. Run as a superuser with
+-- psql -v hash='<argon2 hash>'. Ids are deterministic so the harness can address them.
+\set ON_ERROR_STOP on
+BEGIN;
+
+CREATE FUNCTION pg_temp.bench_id(kind int, n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE AS
+$$ SELECT (lpad(to_hex(kind), 8, '0') || '-0000-7000-8000-' || lpad(to_hex(n), 12, '0'))::uuid $$;
+
+INSERT INTO clinics (id, name, timezone, currency)
+SELECT pg_temp.bench_id(1, g), 'Bench Clinic ' || g, 'Europe/Berlin', 'EUR'
+FROM generate_series(1, 1000) g;
+
+-- Staff: an owner, a receptionist and two dentists per clinic; clinic 1 has 50 dentists.
+INSERT INTO users (clinic_id, id, email, full_name, role, is_provider, password_hash)
+SELECT pg_temp.bench_id(1, g), pg_temp.bench_id(2, g * 100 + k),
+       CASE k WHEN 0 THEN 'owner' WHEN 1 THEN 'reception' ELSE 'dentist' || (k - 1) END
+           || '@c' || g || '.bench.molar.test',
+       'Staff ' || g || '-' || k,
+       CASE k WHEN 0 THEN 'owner' WHEN 1 THEN 'receptionist' ELSE 'dentist' END,
+       k >= 2, :'hash'
+FROM generate_series(1, 1000) g
+CROSS JOIN LATERAL generate_series(0, CASE WHEN g = 1 THEN 51 ELSE 3 END) k;
+
+INSERT INTO operatories (clinic_id, id, name)
+SELECT pg_temp.bench_id(1, g), pg_temp.bench_id(3, g * 100 + k), 'Chair ' || k
+FROM generate_series(1, 1000) g
+CROSS JOIN LATERAL generate_series(1, CASE WHEN g = 1 THEN 50 ELSE 3 END) k;
+
+-- Dentists work every day, 00:00–23:59 local, so any slot is bookable.
+INSERT INTO working_hours (clinic_id, provider_id, weekday, start_time, end_time)
+SELECT u.clinic_id, u.id, d, '00:00', '23:59'
+FROM users u CROSS JOIN generate_series(1, 7) d
+WHERE u.is_provider AND u.clinic_id = pg_temp.bench_id(1, 1);
+
+-- Patients: names from syllables (tens of thousands of distinct last names).
+DROP INDEX patients_search_name, patients_search_phone, patients_email, patients_dob, patients_by_name;
+WITH names AS (
+    SELECT ARRAY['James','Mary','John','Patricia','Robert','Jennifer','Michael','Linda','William','Elizabeth',
+                 'David','Barbara','Richard','Susan','Joseph','Jessica','Thomas','Sarah','Charles','Karen',
+                 'Lukas','Emma','Leon','Mia','Finn','Hannah','Jonas','Sofia','Elias','Lea',
+                 'Noah','Anna','Paul','Marie','Felix','Lena','Ben','Clara','Louis','Emilia',
+                 'Mateo','Lucia','Hugo','Chloe','Arthur','Ines','Omar','Yasmin','Kenji','Aiko'] AS first,
+           ARRAY['schm','mul','wag','beck','hof','kel','ric','kle','wol','neu','zim','bra','kru','har','lan',
+                 'gar','rod','mar','her','lop','gon','wil','and','tay','tho','moo','jac','whi','cla','lew'] AS a,
+           ARRAY['idt','ler','ner','er','mann','berg','ter','son','ez','ia','ford','ley','ton','ski','ov'] AS b
+),
+plan AS (
+    SELECT 1 AS g, 100000 AS n UNION ALL SELECT g, 901 FROM generate_series(2, 1000) g
+)
+INSERT INTO patients (clinic_id, id, first_name, last_name, date_of_birth, sex, phone, email)
+SELECT pg_temp.bench_id(1, p.g), pg_temp.bench_id(4, p.g * 1000000 + i),
+       names.first[1 + (i * 7 + p.g) % 50],
+       initcap(names.a[1 + (i * 13 + p.g * 3) % 30] || names.b[1 + (i / 30 + p.g) % 15] || CASE WHEN i % 3 = 0 THEN '' ELSE names.a[1 + (i / 7) % 30] END),
+       DATE '1940-01-01' + ((i * 37 + p.g) % 29000),
+       (ARRAY['female','male','other','unknown'])[1 + i % 4],
+       '+49 30 ' || lpad(((i * 7919 + p.g * 104729) % 10000000)::text, 7, '0'),
+       'patient' || i || '.c' || p.g || '@mail.bench.test'
+FROM plan p CROSS JOIN names CROSS JOIN LATERAL generate_series(1, p.n) i;
+CREATE INDEX patients_by_name ON patients (clinic_id, lower(last_name), lower(first_name), id);
+CREATE INDEX patients_search_name ON patients USING gin (clinic_id, search_name gin_trgm_ops);
+CREATE INDEX patients_search_phone ON patients USING gin (clinic_id, phone_digits gin_trgm_ops);
+CREATE INDEX patients_email ON patients (clinic_id, email_lower);
+CREATE INDEX patients_dob ON patients (clinic_id, date_of_birth);
+
+-- A year of past appointments: clinic 1's 50 dentists four a day, the others one a day.
+INSERT INTO appointments (clinic_id, id, patient_id, provider_id, operatory_id, start_at, end_at, status, created_by)
+SELECT pg_temp.bench_id(1, 1), pg_temp.bench_id(5, (k * 400 + d) * 4 + s),
+       pg_temp.bench_id(4, 1000000 + 1 + ((k * 365 + d) * 4 + s) % 100000),
+       pg_temp.bench_id(2, 100 + k + 2), pg_temp.bench_id(3, 100 + k + 1),
+       ts, ts + interval '45 minutes', 'completed', pg_temp.bench_id(2, 100)
+FROM generate_series(0, 49) k, generate_series(1, 365) d, generate_series(0, 3) s,
+     LATERAL (SELECT date_trunc('day', now()) - d * interval '1 day' + (ARRAY[8, 9, 10, 13])[s + 1] * interval '1 hour' AS ts) t;
+INSERT INTO appointments (clinic_id, id, patient_id, provider_id, operatory_id, start_at, end_at, status, created_by)
+SELECT pg_temp.bench_id(1, g), pg_temp.bench_id(6, g * 1000 + d),
+       pg_temp.bench_id(4, g * 1000000 + 1 + d), pg_temp.bench_id(2, g * 100 + 2), pg_temp.bench_id(3, g * 100 + 1),
+       date_trunc('day', now()) - d * interval '1 day' + interval '8 hours',
+       date_trunc('day', now()) - d * interval '1 day' + interval '9 hours', 'completed', pg_temp.bench_id(2, g * 100)
+FROM generate_series(2, 1000) g, generate_series(1, 365) d;
+
+COMMIT;
+ANALYZE;
