@@ -3,7 +3,7 @@
 //! refuses it too); corrections are addenda linked to the signed note, signed in turn.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -19,6 +19,7 @@ use crate::db::Tx;
 use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::idempotency::{self, Created, HashedJson};
 use crate::patients::{self, routes::require};
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -93,18 +94,12 @@ async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
 }
 
 fn note_response(status: StatusCode, note: Note) -> Response {
-    let mut res = (
+    (
         status,
         [(header::ETAG, etag::etag(note.version))],
         Json(&note),
     )
-        .into_response();
-    if status == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/notes/{}", note.id)) {
-            res.headers_mut().insert(header::LOCATION, v);
-        }
-    }
-    res
+        .into_response()
 }
 
 /// Who may sign a note, from the author's role and the signer.
@@ -183,59 +178,69 @@ pub struct NewNote {
 pub async fn create_note(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath(PatientPath { id }): ApiPath<PatientPath>,
-    ApiJson(body): ApiJson<NewNote>,
+    body: HashedJson<NewNote>,
 ) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
     let event = || Event::new("note.create", "note").patient(id);
     require(&state, &caller, Permission::NotesWrite, event).await?;
     let mut errors = Errors::default();
     let text = errors.text("body", &body.body, 20_000);
     errors.finish()?;
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
-    if let Some(target) = body.addendum_to {
-        let t: Option<(Uuid, Option<DateTime<Utc>>)> =
-            sqlx::query_as("SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1")
-                .bind(target)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match t {
-            Some((p, _)) if p != id => {
-                return Err(AppError::validation(
-                    "addendum_to",
-                    "belongs to another patient",
-                ))
+    idempotency::run(&state, &caller, &headers, &hash, || async {
+        let mut tx = caller.begin(&state).await?;
+        patients::ensure_exists(&mut tx, id).await?;
+        if let Some(target) = body.addendum_to {
+            let t: Option<(Uuid, Option<DateTime<Utc>>)> =
+                sqlx::query_as("SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1")
+                    .bind(target)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match t {
+                Some((p, _)) if p != id => {
+                    return Err(AppError::validation(
+                        "addendum_to",
+                        "belongs to another patient",
+                    ))
+                }
+                None => {
+                    return Err(AppError::validation(
+                        "addendum_to",
+                        "does not exist in your clinic",
+                    ))
+                }
+                Some((_, None)) => {
+                    return Err(AppError::conflict(
+                        "only a signed note takes addenda; edit the unsigned note instead",
+                    ))
+                }
+                Some(_) => {}
             }
-            None => {
-                return Err(AppError::validation(
-                    "addendum_to",
-                    "does not exist in your clinic",
-                ))
-            }
-            Some((_, None)) => {
-                return Err(AppError::conflict(
-                    "only a signed note takes addenda; edit the unsigned note instead",
-                ))
-            }
-            Some(_) => {}
         }
-    }
-    let note_id = Uuid::now_v7();
-    let row = sqlx::query_as::<_, NoteRow>(&format!(
-        "INSERT INTO clinical_notes (clinic_id, id, patient_id, author_id, body, addendum_to) \
+        let note_id = Uuid::now_v7();
+        let row = sqlx::query_as::<_, NoteRow>(&format!(
+            "INSERT INTO clinical_notes (clinic_id, id, patient_id, author_id, body, addendum_to) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {NOTE_COLUMNS}"
-    ))
-    .bind(caller.clinic_id)
-    .bind(note_id)
-    .bind(id)
-    .bind(caller.user_id)
-    .bind(&text)
-    .bind(body.addendum_to)
-    .fetch_one(&mut *tx)
-    .await?;
-    audit::record(&mut tx, &caller.audit(), event().resource(note_id)).await?;
-    tx.commit().await?;
-    Ok(note_response(StatusCode::CREATED, row.into()))
+        ))
+        .bind(caller.clinic_id)
+        .bind(note_id)
+        .bind(id)
+        .bind(caller.user_id)
+        .bind(&text)
+        .bind(body.addendum_to)
+        .fetch_one(&mut *tx)
+        .await?;
+        audit::record(&mut tx, &caller.audit(), event().resource(note_id)).await?;
+        let note = Note::from(row);
+        let created = Created {
+            location: format!("/api/v2/notes/{note_id}"),
+            version: Some(note.version),
+            value: note,
+        };
+        Ok((tx, created))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -3,8 +3,8 @@
 //! (probing depth + recession), never stored.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,8 @@ use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::chart::{Numbering, Tooth};
 use crate::error::{AppResult, Problem};
-use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::extract::{ApiPath, ApiQuery};
+use crate::http::idempotency::{self, Created, HashedJson};
 use crate::patients::{self, routes::require};
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -290,14 +291,17 @@ pub async fn list_perio_exams(
 pub async fn create_perio_exam(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath(PatientPath { id }): ApiPath<PatientPath>,
-    ApiJson(body): ApiJson<NewPerioExam>,
+    body: HashedJson<NewPerioExam>,
 ) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
     let event = || Event::new("perio.create", "perio_exam").patient(id);
     require(&state, &caller, Permission::ClinicalWrite, event).await?;
     let mut errors = Errors::default();
     let stored = validate(&body, &mut errors);
     errors.finish()?;
+    idempotency::run(&state, &caller, &headers, &hash, || async {
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let exam_id = Uuid::now_v7();
@@ -315,12 +319,14 @@ pub async fn create_perio_exam(
     .fetch_one(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event().resource(exam_id)).await?;
-    tx.commit().await?;
-    let mut res = (StatusCode::CREATED, Json(render(row, body.numbering))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/patients/{id}/perio-exams")) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(res)
+    let created = Created {
+        location: format!("/api/v2/patients/{id}/perio-exams"),
+        version: None,
+        value: render(row, body.numbering),
+    };
+    Ok((tx, created))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -805,3 +805,45 @@ async fn another_clinics_scheduling_ids_are_404() {
         ids.contains(&p.dentist.user_id.as_str()) && ids.contains(&p.hygienist.user_id.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_retried_booking_with_the_same_idempotency_key_returns_the_first_booking() {
+    let p = practice().await;
+    let pat = p.app.patient(&p.owner.access, "Dou", "Ble").await;
+    let body = booking(
+        &pat,
+        &p.dentist.user_id,
+        &p.op1,
+        "2027-02-10T09:00:00Z",
+        "2027-02-10T09:30:00Z",
+    );
+    let send = || {
+        p.app
+            .client
+            .post(p.app.url("/api/v2/appointments"))
+            .bearer_auth(&p.owner.access)
+            .header("idempotency-key", "booking-42")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.expect("send");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(first.headers()["etag"], "\"1\"");
+    let first: Value = first.json().await.expect("json");
+    let again = send().await.expect("send");
+    assert_eq!(again.status(), StatusCode::CREATED, "a replay, not a 409");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"]);
+    let cal: Value = p
+        .app
+        .get(
+            "/api/v2/appointments?from=2027-02-10T00:00:00Z&to=2027-02-11T00:00:00Z",
+            Some(&p.owner.access),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cal["items"].as_array().expect("items").len(), 1);
+}

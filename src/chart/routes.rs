@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::auth::{Caller, Permission};
 use crate::db::Tx;
 use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::idempotency::{self, Created, HashedJson};
 use crate::patients::{self, routes::require};
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -232,9 +233,11 @@ pub struct NewChartEntry {
 pub async fn add_chart_entry(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath(PatientPath { id }): ApiPath<PatientPath>,
-    ApiJson(body): ApiJson<NewChartEntry>,
+    body: HashedJson<NewChartEntry>,
 ) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
     let event = || Event::new("chart.create", "chart_entry").patient(id);
     require(&state, &caller, Permission::ClinicalWrite, event).await?;
     let mut errors = Errors::default();
@@ -270,6 +273,7 @@ pub async fn add_chart_entry(
     let note = body.note.as_deref().map(|n| errors.text("note", n, 2000));
     errors.finish()?;
     let tooth = tooth.ok_or_else(|| AppError::validation("tooth", "is invalid"))?;
+    idempotency::run(&state, &caller, &headers, &hash, || async {
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let entry_id = Uuid::now_v7();
@@ -288,12 +292,14 @@ pub async fn add_chart_entry(
     .fetch_one(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event().resource(entry_id)).await?;
-    tx.commit().await?;
-    let mut res = (StatusCode::CREATED, Json(entry(row, body.numbering))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/chart-entries/{entry_id}")) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(res)
+    let created = Created {
+        location: format!("/api/v2/chart-entries/{entry_id}"),
+        version: None,
+        value: entry(row, body.numbering),
+    };
+    Ok((tx, created))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -134,7 +134,13 @@ pub async fn begin(
         )),
         Some((_, Some(status), body, location)) => {
             let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
-            let mut res = (status, axum::Json(body.unwrap_or_default())).into_response();
+            let body = body.unwrap_or_default();
+            let version = body["version"].as_i64().and_then(|v| i32::try_from(v).ok());
+            let mut res = (status, axum::Json(body)).into_response();
+            if let Some(v) = version {
+                res.headers_mut()
+                    .insert(header::ETAG, crate::http::etag::etag(v));
+            }
             if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
                 res.headers_mut().insert(header::LOCATION, loc);
             }
@@ -184,5 +190,70 @@ pub async fn release(db: &Db, caller: &Caller, claim: Claim) {
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not release an idempotency key");
+    }
+}
+
+/// What a creating request made: the resource, where it lives, and its version (ETag).
+pub struct Created<T> {
+    pub value: T,
+    pub location: String,
+    pub version: Option<i32>,
+}
+
+/// Runs a creating request under its `Idempotency-Key`: `work` does the work in an open
+/// transaction and returns it with what it created; the response is stored in that
+/// transaction before it commits. Without a key it simply runs.
+pub async fn run<T, F, Fut>(
+    state: &crate::state::AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    request_hash: &[u8],
+    work: F,
+) -> AppResult<Response>
+where
+    T: Serialize,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = AppResult<(Tx, Created<T>)>>,
+{
+    let claim = match begin(&state.db, caller, headers, request_hash).await? {
+        Begin::Replay(res) => return Ok(res),
+        Begin::NoKey => None,
+        Begin::Claimed(c) => Some(c),
+    };
+    let result = async {
+        let (mut tx, created) = work().await?;
+        if let Some(c) = &claim {
+            complete(
+                &mut tx,
+                caller,
+                c,
+                StatusCode::CREATED,
+                &created.value,
+                Some(&created.location),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok::<_, AppError>(created)
+    }
+    .await;
+    match result {
+        Ok(created) => {
+            let mut res = (StatusCode::CREATED, axum::Json(&created.value)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&created.location) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            if let Some(version) = created.version {
+                res.headers_mut()
+                    .insert(header::ETAG, crate::http::etag::etag(version));
+            }
+            Ok(res)
+        }
+        Err(e) => {
+            if let Some(c) = claim {
+                release(&state.db, caller, c).await;
+            }
+            Err(e)
+        }
     }
 }

@@ -23,7 +23,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -91,7 +91,9 @@ pub fn app(state: AppState) -> Router {
                 .unwrap_or("unmatched");
             tracing::info_span!("request", method = %req.method(), route, request_id)
         })
-        .on_response(DefaultOnResponse::new().level(Level::INFO));
+        .on_response(DefaultOnResponse::new().level(Level::INFO))
+        // Server errors are already logged where they arise, with their cause.
+        .on_failure(DefaultOnFailure::new().level(Level::DEBUG));
 
     // Router::layer wraps what is already there, so the last layer added runs first.
     let mut router = router

@@ -1,7 +1,7 @@
 //! `/patients`: list and search, create (idempotent), read, merge-patch, archive.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
@@ -17,7 +17,7 @@ use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::http::idempotency::{self, Begin, HashedJson};
+use crate::http::idempotency::{self, Created, HashedJson};
 use crate::http::pagination::{self, Page};
 use crate::state::AppState;
 use crate::validate::{patch_field, Errors};
@@ -49,18 +49,12 @@ pub async fn require(
 }
 
 fn patient_response(status: StatusCode, patient: &Patient) -> Response {
-    let mut res = (
+    (
         status,
         [(header::ETAG, etag::etag(patient.version))],
         Json(patient),
     )
-        .into_response();
-    if status == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/patients/{}", patient.id)) {
-            res.headers_mut().insert(header::LOCATION, v);
-        }
-    }
-    res
+        .into_response()
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -273,12 +267,7 @@ pub async fn create_patient(
     }
     errors.finish()?;
 
-    let claim = match idempotency::begin(&state.db, &caller, &headers, &body.hash).await? {
-        Begin::Replay(res) => return Ok(res),
-        Begin::NoKey => None,
-        Begin::Claimed(c) => Some(c),
-    };
-    let result = async {
+    idempotency::run(&state, &caller, &headers, &body.hash, || async {
         let mut tx = caller.begin(&state).await?;
         if let Some(id) = b.preferred_provider_id {
             check_provider(&mut tx, id, "preferred_provider_id").await?;
@@ -315,23 +304,14 @@ pub async fn create_patient(
         )
         .await?;
         let patient = load(&mut tx, id, false).await?;
-        if let Some(c) = &claim {
-            let location = format!("/api/v2/patients/{id}");
-            idempotency::complete(&mut tx, &caller, c, StatusCode::CREATED, &patient, Some(&location)).await?;
-        }
-        tx.commit().await?;
-        Ok::<_, AppError>(patient)
-    }
-    .await;
-    match result {
-        Ok(patient) => Ok(patient_response(StatusCode::CREATED, &patient)),
-        Err(e) => {
-            if let Some(c) = claim {
-                idempotency::release(&state.db, &caller, c).await;
-            }
-            Err(e)
-        }
-    }
+        let created = Created {
+            location: format!("/api/v2/patients/{id}"),
+            version: Some(patient.version),
+            value: patient,
+        };
+        Ok((tx, created))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

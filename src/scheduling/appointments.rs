@@ -21,6 +21,7 @@ use crate::db::Tx;
 use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::idempotency::{self, Created, HashedJson};
 use crate::http::pagination::{self, Page};
 use crate::patients::routes::require;
 use crate::state::AppState;
@@ -296,6 +297,7 @@ pub struct NewAppointment {
 /// the patient is a 409 listing the conflicts; two concurrent requests for one slot: one wins.
 #[utoipa::path(post, path = "/appointments", tag = "scheduling", security(("bearer" = [])),
     request_body = NewAppointment,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried booking safe")),
     responses(
         (status = 201, description = "Booked", body = Appointment, headers(("Location" = String))),
         (status = 403, description = "Role lacks appointments.write", body = Problem),
@@ -304,8 +306,10 @@ pub struct NewAppointment {
 pub async fn book_appointment(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<NewAppointment>,
+    headers: HeaderMap,
+    body: HashedJson<NewAppointment>,
 ) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
     require(&state, &caller, Permission::AppointmentsWrite, || {
         Event::new("appointment.create", "appointment").patient(body.patient_id)
     })
@@ -324,39 +328,45 @@ pub async fn book_appointment(
         start: body.start_at,
         end: body.end_at,
     };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = book_once(
-            &state,
-            &caller,
-            &body,
-            &slot,
-            reason.as_deref(),
-            notes.as_deref(),
-        )
-        .await;
-        match result {
-            Err(e) if attempt < 3 && is_retryable(&e) => continue,
-            Err(AppError::Database(e))
-                if violated_constraint(&e).is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) =>
-            {
-                let conflict =
-                    find_conflicts(&state, &caller, &slot, body.patient_id, None).await?;
-                audit::record_failure(
-                    &state.db,
-                    &caller.audit(),
-                    Event::new("appointment.create", "appointment").patient(body.patient_id),
-                )
-                .await;
-                return Err(conflict);
+    idempotency::run(&state, &caller, &headers, &hash, || async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = book_once(
+                &state,
+                &caller,
+                &body,
+                &slot,
+                reason.as_deref(),
+                notes.as_deref(),
+            )
+            .await;
+            match result {
+                Err(e) if attempt < 3 && is_retryable(&e) => continue,
+                Err(AppError::Database(e))
+                    if violated_constraint(&e)
+                        .is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) =>
+                {
+                    let conflict =
+                        find_conflicts(&state, &caller, &slot, body.patient_id, None).await?;
+                    audit::record_failure(
+                        &state.db,
+                        &caller.audit(),
+                        Event::new("appointment.create", "appointment").patient(body.patient_id),
+                    )
+                    .await;
+                    return Err(conflict);
+                }
+                Err(e) if is_retryable(&e) => {
+                    return Err(
+                        find_conflicts(&state, &caller, &slot, body.patient_id, None).await?,
+                    )
+                }
+                other => return other,
             }
-            Err(e) if is_retryable(&e) => {
-                return Err(find_conflicts(&state, &caller, &slot, body.patient_id, None).await?)
-            }
-            other => return other,
         }
-    }
+    })
+    .await
 }
 
 async fn book_once(
@@ -366,7 +376,7 @@ async fn book_once(
     slot: &Slot,
     reason: Option<&str>,
     notes: Option<&str>,
-) -> AppResult<Response> {
+) -> AppResult<(Tx, Created<Appointment>)> {
     let mut tx = caller.begin(state).await?;
     check_references(
         &mut tx,
@@ -421,8 +431,13 @@ async fn book_once(
         event = event.details(serde_json::json!({"override": "outside_working_hours"}));
     }
     audit::record(&mut tx, &caller.audit(), event).await?;
-    tx.commit().await?;
-    Ok(respond(StatusCode::CREATED, &row.into()))
+    let appointment = Appointment::from(row);
+    let created = Created {
+        location: format!("/api/v2/appointments/{id}"),
+        version: Some(appointment.version),
+        value: appointment,
+    };
+    Ok((tx, created))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

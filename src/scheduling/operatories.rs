@@ -1,7 +1,7 @@
 //! Operatories (chairs and rooms) and the providers who can be booked.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -16,6 +16,7 @@ use crate::auth::{Caller, Permission, Role};
 use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::idempotency::{self, Created, HashedJson};
 use crate::patients::routes::require;
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -90,13 +91,7 @@ fn conflict_on_name(e: sqlx::Error) -> AppError {
 }
 
 fn operatory_response(status: StatusCode, o: Operatory) -> Response {
-    let mut res = (status, [(header::ETAG, etag::etag(o.version))], Json(&o)).into_response();
-    if status == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/operatories/{}", o.id)) {
-            res.headers_mut().insert(header::LOCATION, v);
-        }
-    }
-    res
+    (status, [(header::ETAG, etag::etag(o.version))], Json(&o)).into_response()
 }
 
 /// Adds an operatory (owner and admin).
@@ -109,8 +104,10 @@ fn operatory_response(status: StatusCode, o: Operatory) -> Response {
 pub async fn create_operatory(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<NewOperatory>,
+    headers: HeaderMap,
+    body: HashedJson<NewOperatory>,
 ) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
     require(&state, &caller, Permission::ScheduleManage, || {
         Event::new("operatory.create", "operatory")
     })
@@ -118,6 +115,7 @@ pub async fn create_operatory(
     let mut errors = Errors::default();
     let name = errors.text("name", &body.name, 100);
     errors.finish()?;
+    idempotency::run(&state, &caller, &headers, &hash, || async {
     let mut tx = caller.begin(&state).await?;
     let id = Uuid::now_v7();
     let o = sqlx::query_as::<_, Operatory>(&format!(
@@ -136,8 +134,14 @@ pub async fn create_operatory(
         Event::new("operatory.create", "operatory").resource(id),
     )
     .await?;
-    tx.commit().await?;
-    Ok(operatory_response(StatusCode::CREATED, o))
+    let created = Created {
+        location: format!("/api/v2/operatories/{id}"),
+        version: Some(o.version),
+        value: o,
+    };
+    Ok((tx, created))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
