@@ -395,3 +395,19 @@ async fn the_binary_refuses_wildcard_origins_and_missing_redis_in_production() {
     assert!(stderr.contains("ALLOWED_ORIGINS"), "{stderr}");
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn metrics_move_to_their_own_port_when_one_is_configured() {
+    let port = free_port();
+    let app = spawn_with(|v| {
+        v.insert("METRICS_PORT".into(), port.to_string());
+        v.insert("HOST".into(), "127.0.0.1".into());
+    })
+    .await;
+    expect_problem(app.get("/metrics", None).await, StatusCode::NOT_FOUND).await;
+    let res = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("the metrics port answers");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.expect("text").contains("molar_build_info"));
+}
