@@ -140,7 +140,7 @@ floor for a real deployment, not a ceiling.
 - Run: {stamp}, {a.seconds} s per scenario; raw results in `bench/results/latest.json`.
 - Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']} memory, Linux {machine['kernel']}.
 - Versions: Molar {machine['molar']}, {machine['postgresql']}, {machine['redis']}, {machine['rustc']}, {machine['oha']}, {machine['wrk']}.
-- Data: 1,000 clinics, 1,000,899 patients (clinic 1 holds 100,000), staff, operatories,
+- Data: 1,000 clinics, 1,000,099 patients (clinic 1 holds 100,000), staff, operatories,
   about 438,000 appointments over the past year; seeded once by `bench/seed.sql`.
 - Server: release build, `ENVIRONMENT=production`, JSON logs at warn, `DB_POOL_SIZE=16`,
   Redis for rate limits and cache (limits raised so that they do not interfere).

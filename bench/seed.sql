@@ -1,4 +1,4 @@
--- Seeds the benchmark database: 1,000 clinics, 1,000,899 patients (clinic 1 holds
+-- Seeds the benchmark database: 1,000 clinics, 1,000,099 patients (clinic 1 holds
 -- 100,000), staff, operatories and a year of appointments. Run as a superuser with
 -- psql -v hash='<argon2 hash>'. Ids are deterministic so the harness can address them.
 \set ON_ERROR_STOP on

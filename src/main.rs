@@ -73,6 +73,10 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The container health check needs only the address, not a valid configuration.
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        return healthcheck_only(url.clone());
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -117,7 +121,7 @@ fn main() -> ExitCode {
             }
             Command::Audit { command } => audit(config, command).await,
             Command::HashPassword => hash_password(&config).await,
-            Command::Healthcheck { url } => healthcheck(&config, url).await,
+            Command::Healthcheck { .. } => Ok(()),
         }
     });
     match result {
@@ -155,17 +159,37 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result<()> {
-    let host = match config.host.as_str() {
-        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
-        h => h,
+fn healthcheck_only(url: Option<String>) -> ExitCode {
+    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let host = match host.as_str() {
+        "0.0.0.0" | "::" | "[::]" | "" => "127.0.0.1".to_owned(),
+        h => h.to_owned(),
     };
-    let url = url.unwrap_or_else(|| format!("http://{host}:{}/api/v2/health", config.port));
-    let status = molar::http::client::get_status(&url, std::time::Duration::from_secs(3)).await?;
-    if status == 200 {
-        Ok(())
-    } else {
-        anyhow::bail!("{url} answered {status}")
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
+    let url = url.unwrap_or_else(|| format!("http://{host}:{port}/api/v2/health"));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("molar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(molar::http::client::get_status(
+        &url,
+        std::time::Duration::from_secs(3),
+    )) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("molar: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("molar: {url}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -525,6 +525,17 @@ async fn rescheduling_follows_the_same_rules_and_honours_if_match() {
     let moved: Value = ok.json().await.expect("json");
     assert_eq!(moved["start_at"], "2027-02-08T11:00:00Z");
     assert_eq!(moved["version"], 2);
+    // `null` clears an optional field.
+    let noted = app.patch(&path, t, json!({"notes": "bring x-rays"})).await;
+    assert_eq!(
+        noted.json::<Value>().await.expect("json")["notes"],
+        "bring x-rays"
+    );
+    let cleared = app.patch(&path, t, json!({"notes": null})).await;
+    assert_eq!(
+        cleared.json::<Value>().await.expect("json")["notes"],
+        Value::Null
+    );
     // Moving onto its own old time is not a clash with itself.
     let back = app
         .patch(

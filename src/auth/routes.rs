@@ -285,8 +285,7 @@ pub struct Login {
     responses(
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 401, description = "Wrong email or password", body = Problem),
-        (status = 429, description = "Too many attempts", body = Problem),
-        (status = 503, description = "Rate limiting is unavailable", body = Problem)))]
+        (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

@@ -431,7 +431,8 @@ pub async fn update_patient(
             .resource(id)
             .patient(id)
     };
-    if patch.touches_demographics() {
+    // Any change, even an empty one, needs a write permission.
+    if patch.touches_demographics() || patch.medical_alerts.is_none() {
         require(&state, &caller, Permission::PatientsWrite, event).await?;
     }
     if patch.medical_alerts.is_some() {

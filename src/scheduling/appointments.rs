@@ -25,7 +25,7 @@ use crate::http::idempotency::{self, Created, HashedJson};
 use crate::http::pagination::{self, Page};
 use crate::patients::routes::require;
 use crate::state::AppState;
-use crate::validate::Errors;
+use crate::validate::{patch_field, Errors};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -481,8 +481,14 @@ pub struct AppointmentPatch {
     end_at: Option<DateTime<Utc>>,
     provider_id: Option<Uuid>,
     operatory_id: Option<Uuid>,
-    reason: Option<String>,
-    notes: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    reason: Option<Option<String>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    notes: Option<Option<String>>,
     #[serde(default)]
     r#override: bool,
 }
@@ -510,12 +516,12 @@ pub async fn reschedule_appointment(
     let mut errors = Errors::default();
     let reason = patch
         .reason
-        .as_deref()
-        .map(|r| errors.text("reason", r, 500));
+        .as_ref()
+        .map(|r| r.as_deref().map(|r| errors.text("reason", r, 500)));
     let notes = patch
         .notes
-        .as_deref()
-        .map(|n| errors.text("notes", n, 2000));
+        .as_ref()
+        .map(|n| n.as_deref().map(|n| errors.text("notes", n, 2000)));
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
     let current = load(&mut tx, id, true).await?;
@@ -562,8 +568,14 @@ pub async fn reschedule_appointment(
     .bind(slot.operatory)
     .bind(slot.start)
     .bind(slot.end)
-    .bind(reason.or(current.reason.clone()))
-    .bind(notes.or(current.notes.clone()))
+    .bind(match reason {
+        None => current.reason.clone(),
+        Some(r) => r,
+    })
+    .bind(match notes {
+        None => current.notes.clone(),
+        Some(n) => n,
+    })
     .bind(outside)
     .fetch_one(&mut *tx)
     .await;
