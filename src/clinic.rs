@@ -19,7 +19,7 @@ use crate::error::{AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
-use crate::validate::{merge_patch, patch_field, Errors};
+use crate::validate::{merge_nested, merge_patch, patch_field, Errors};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_clinic, update_clinic))
@@ -172,9 +172,10 @@ pub struct ClinicPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<String>)]
     phone: Option<Option<String>>,
+    /// Merged into the current address (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Address>)]
-    address: Option<Option<Address>>,
+    address: Option<Option<serde_json::Value>>,
     /// Merged into the current settings (RFC 7396).
     #[schema(value_type = Option<Object>)]
     settings: Option<serde_json::Value>,
@@ -217,9 +218,6 @@ pub async fn update_clinic(
         .phone
         .as_ref()
         .map(|p| p.as_deref().map(|p| errors.phone("phone", p)));
-    if let Some(Some(a)) = &patch.address {
-        a.validate("address", &mut errors);
-    }
     if let Some(s) = &patch.settings {
         if !s.is_object() {
             errors.add("settings", "must be an object");
@@ -236,9 +234,23 @@ pub async fn update_clinic(
     if let Some(s) = &patch.settings {
         merge_patch(&mut settings, s);
     }
-    let address = match &patch.address {
+    let mut errors = Errors::default();
+    let merged = merge_nested(
+        current.address.as_ref(),
+        &patch
+            .address
+            .clone()
+            .map(|a| a.unwrap_or(serde_json::Value::Null)),
+        "address",
+        &mut errors,
+    );
+    if let Some(Some(a)) = &merged {
+        a.validate("address", &mut errors);
+    }
+    errors.finish()?;
+    let address = match merged {
         None => current.address.clone(),
-        Some(a) => a.clone(),
+        Some(a) => a,
     };
     let address_json = address
         .map(serde_json::to_value)

@@ -116,6 +116,7 @@ impl AppError {
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Database(e) if db_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Database(e) if concurrent_update(e) => StatusCode::CONFLICT,
             AppError::Database(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -162,6 +163,12 @@ impl AppError {
                 None,
                 None,
             ),
+            AppError::Database(e) if concurrent_update(e) => (
+                "conflict",
+                "a concurrent change got in the way; retry the request".into(),
+                None,
+                None,
+            ),
             AppError::Database(_) | AppError::Internal(_) => (
                 "internal-error",
                 "an internal error occurred; quote the request id when reporting it".into(),
@@ -204,6 +211,11 @@ pub fn db_unavailable(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// A deadlock or serialization failure: the request lost a race and may simply be retried.
+pub fn concurrent_update(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// The name of the constraint a database error violated, if any.

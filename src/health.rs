@@ -166,8 +166,15 @@ pub struct StartupCheck {
     responses(
         (status = 200, description = "All required checks pass (status ok or degraded)", body = StartupCheck),
         (status = 503, description = "A required check failed", body = StartupCheck)))]
-pub async fn startup_check(State(state): State<AppState>) -> Response {
-    let report = run_startup_checks(&state).await;
+pub async fn startup_check(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut report = run_startup_checks(&state).await;
+    // In production the details (role name, migration versions) are for operators only:
+    // probes get the statuses and reasons, the metrics token holder everything.
+    if state.config.is_production() && !metrics_authorized(&state, &headers) {
+        for check in report.checks.values_mut() {
+            check.details = None;
+        }
+    }
     let code = if report.status == "fail" {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -292,23 +299,25 @@ async fn storage_writable(path: &std::path::Path) -> Result<(), String> {
 
 /// Prometheus text exposition. Open in development; in production it needs
 /// `Authorization: Bearer <METRICS_TOKEN>` (or is served only on `METRICS_PORT`).
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !state.config.metrics_open() {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let allowed = match (&state.config.metrics_token, presented) {
-            (Some(expected), Some(given)) => {
-                use subtle::ConstantTimeEq;
-                bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes()))
-            }
-            _ => false,
-        };
-        if !allowed {
-            return AppError::Unauthorized("metrics need the metrics bearer token".into())
-                .into_response();
+/// Whether the request carries the metrics bearer token.
+fn metrics_authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&state.config.metrics_token, presented) {
+        (Some(expected), Some(given)) => {
+            use subtle::ConstantTimeEq;
+            bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes()))
         }
+        _ => false,
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.config.metrics_open() && !metrics_authorized(&state, &headers) {
+        return AppError::Unauthorized("metrics need the metrics bearer token".into())
+            .into_response();
     }
     render_metrics(&state).into_response()
 }

@@ -104,6 +104,38 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Applies a merge patch to one nested object of a resource: absent keeps `current`,
+/// `null` clears it, an object is merged into it (RFC 7396) and the result must still be
+/// a valid `T` (else a 422 on `field`). `None` means "unchanged".
+pub fn merge_nested<T: serde::Serialize + serde::de::DeserializeOwned>(
+    current: Option<&T>,
+    patch: &Option<serde_json::Value>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<Option<T>> {
+    match patch {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(p) => {
+            let mut base = current
+                .and_then(|c| serde_json::to_value(c).ok())
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+            merge_patch(&mut base, p);
+            match serde_json::from_value::<T>(base) {
+                Ok(v) => Some(Some(v)),
+                Err(e) => {
+                    let msg = e.to_string();
+                    errors.add(
+                        field,
+                        msg.split(" at line ").next().unwrap_or(&msg).to_owned(),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Applies an RFC 7396 merge patch to a JSON document.
 pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     use serde_json::Value;

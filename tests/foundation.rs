@@ -411,3 +411,39 @@ async fn metrics_move_to_their_own_port_when_one_is_configured() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.expect("text").contains("molar_build_info"));
 }
+
+#[tokio::test]
+async fn in_production_startup_check_details_need_the_metrics_token() {
+    let app = spawn_with(|v| {
+        v.insert("ENVIRONMENT".into(), "production".into());
+        v.insert(
+            "METRICS_TOKEN".into(),
+            "operators-metrics-token-0123".into(),
+        );
+    })
+    .await;
+    let anonymous: Value = app
+        .get("/api/v2/startup-check", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(anonymous["status"], "ok", "{anonymous}");
+    assert!(
+        anonymous["checks"]["database_role"]["details"].is_null(),
+        "{anonymous}"
+    );
+    let operator: Value = app
+        .get(
+            "/api/v2/startup-check",
+            Some("operators-metrics-token-0123"),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        operator["checks"]["database_role"]["details"]["role"],
+        SERVER_ROLE
+    );
+}

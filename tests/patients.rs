@@ -818,3 +818,129 @@ async fn receptionists_edit_demographics_and_alerts_and_billing_only_reads() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn billing_sees_demographics_but_not_medical_alerts() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Alerts").await;
+    let billing = app.staff(&owner.access, "billing").await;
+    let res = app
+        .post(
+            "/api/v2/patients",
+            Some(&owner.access),
+            json!({"first_name": "Al", "last_name": "Lergic", "date_of_birth": "1980-01-01",
+                   "medical_alerts": [{"kind": "allergy", "description": "Latex", "severity": "high"}]}),
+        )
+        .await;
+    let id = res.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let seen: Value = app
+        .get(&format!("/api/v2/patients/{id}"), Some(&billing.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["last_name"], "Lergic");
+    assert_eq!(
+        seen["medical_alerts"],
+        Value::Null,
+        "hidden, not an empty list"
+    );
+    let listed: Value = app
+        .get("/api/v2/patients", Some(&billing.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["items"][0]["medical_alerts"], Value::Null);
+    let owner_view: Value = app
+        .get(&format!("/api/v2/patients/{id}"), Some(&owner.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(owner_view["medical_alerts"][0]["description"], "Latex");
+}
+
+#[tokio::test]
+async fn nested_objects_merge_instead_of_being_replaced() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Nested").await;
+    let res = app
+        .post(
+            "/api/v2/patients",
+            Some(&owner.access),
+            json!({"first_name": "Ne", "last_name": "Sted", "date_of_birth": "1980-01-01",
+                   "address": {"line1": "Hauptstr. 1", "city": "Berlin", "country": "DE"},
+                   "emergency_contact": {"name": "Kim", "phone": "+49 30 111"}}),
+        )
+        .await;
+    let id = res.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let path = format!("/api/v2/patients/{id}");
+    let body: Value = app
+        .patch(&path, Some(&owner.access), json!({"address": {"city": "Hamburg", "line2": null}, "emergency_contact": {"relationship": "sister"}}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["address"]["line1"], "Hauptstr. 1");
+    assert_eq!(body["address"]["city"], "Hamburg");
+    assert_eq!(body["emergency_contact"]["name"], "Kim");
+    assert_eq!(body["emergency_contact"]["relationship"], "sister");
+    let problem = expect_problem(
+        app.patch(
+            &path,
+            Some(&owner.access),
+            json!({"emergency_contact": {"name": null}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "emergency_contact");
+    let cleared: Value = app
+        .patch(&path, Some(&owner.access), json!({"address": null}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cleared["address"], Value::Null);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_on_another_patient_is_not_a_replay() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Keys").await;
+    let dentist = app.staff(&owner.access, "dentist").await;
+    let a = app.patient(&owner.access, "Ay", "One").await;
+    let b = app.patient(&owner.access, "Bee", "Two").await;
+    let send = |patient: &str| {
+        app.client
+            .post(app.url(&format!("/api/v2/patients/{patient}/notes")))
+            .bearer_auth(&dentist.access)
+            .header("idempotency-key", "note-1")
+            .json(&json!({"body": "Routine check, no findings"}))
+            .send()
+    };
+    assert_eq!(send(&a).await.expect("send").status(), StatusCode::CREATED);
+    let other = send(&b).await.expect("send");
+    expect_problem(other, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let notes: Value = app
+        .get(
+            &format!("/api/v2/patients/{b}/notes"),
+            Some(&dentist.access),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        notes["items"].as_array().expect("items").is_empty(),
+        "nothing was written to B"
+    );
+}

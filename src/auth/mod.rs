@@ -244,8 +244,9 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| AppError::Unauthorized("a bearer access token is required".into()))?;
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+            .map(|_| &header[7..])
             .ok_or_else(|| AppError::Unauthorized("a bearer access token is required".into()))?;
         // The rate limiter may already have verified this token.
         let claims = match parts.extensions.get::<tokens::VerifiedClaims>() {

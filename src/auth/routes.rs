@@ -180,7 +180,7 @@ pub async fn register_clinic(
     if !state.config.allow_clinic_signup {
         return Err(AppError::NotFound("no resource at this path".into()));
     }
-    let ip_key = ip.map(|i| i.to_string()).unwrap_or_default();
+    let ip_key = ip.map(crate::http::client_ip::rate_key).unwrap_or_default();
     if let Err(res) = limit(
         &state,
         &[(
@@ -297,7 +297,7 @@ pub async fn login(
         &[
             (
                 Quota::per_minute("login-ip", state.config.login_ip_rate_limit_per_minute),
-                ip.map(|i| i.to_string()).unwrap_or_default(),
+                ip.map(crate::http::client_ip::rate_key).unwrap_or_default(),
             ),
             (
                 Quota::per_minute("login-account", state.config.login_rate_limit_per_minute),
@@ -448,7 +448,16 @@ pub async fn refresh(
         .bind(family)
         .execute(&mut *tx)
         .await?;
+        // The thief may also hold an access token from this family: end those too.
+        sqlx::query("UPDATE users SET auth_version = auth_version + 1 WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
+        state
+            .cache
+            .invalidate(state.redis.as_ref(), token.clinic_id)
+            .await;
         audit::record_failure(
             &state.db,
             &ctx,

@@ -185,6 +185,8 @@ pub struct RoleCheck {
     pub member_of_app_role: bool,
     pub owns_tables: bool,
     pub member_of_auth_role: bool,
+    pub create_role: bool,
+    pub create_in_schema: bool,
 }
 
 impl RoleCheck {
@@ -203,6 +205,12 @@ impl RoleCheck {
         if self.member_of_auth_role {
             f.push("the server's database role is a member of molar_auth");
         }
+        if self.create_role {
+            f.push("the server's database role has CREATEROLE");
+        }
+        if self.create_in_schema {
+            f.push("the server's database role may create objects in schema public");
+        }
         if !self.member_of_app_role {
             f.push("the server's database role is not a member of molar_app");
         }
@@ -212,7 +220,7 @@ impl RoleCheck {
 
 /// Inspects the catalogue for the role the server is connected as.
 pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
-    let row: (String, bool, bool, bool, bool, bool) = sqlx::query_as(
+    let row: (String, bool, bool, bool, bool, bool, bool, bool) = sqlx::query_as(
         r#"
         SELECT r.rolname::text,
                r.rolsuper,
@@ -228,7 +236,9 @@ pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
                      AND pg_has_role(current_user, c.relowner, 'MEMBER')
                ),
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'molar_auth')
-                    THEN pg_has_role(current_user, 'molar_auth', 'MEMBER') ELSE false END
+                    THEN pg_has_role(current_user, 'molar_auth', 'MEMBER') ELSE false END,
+               r.rolcreaterole,
+               has_schema_privilege(current_user, 'public', 'CREATE')
         FROM pg_roles r WHERE r.rolname = current_user
         "#,
     )
@@ -241,5 +251,7 @@ pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
         member_of_app_role: row.3,
         owns_tables: row.4,
         member_of_auth_role: row.5,
+        create_role: row.6,
+        create_in_schema: row.7,
     })
 }

@@ -25,12 +25,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HashedJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // The key covers the target too: the same body sent to another patient's
+        // route is a different request.
+        let target = format!("{} {}\n", req.method(), req.uri().path());
         let ApiJson(raw) = ApiJson::<serde_json::Value>::from_request(req, state).await?;
         let canonical = serde_json::to_vec(&raw).map_err(|e| AppError::Internal(e.into()))?;
         let value = parse_json::<T>(&canonical)?;
+        let mut hash = Sha256::new();
+        hash.update(target.as_bytes());
+        hash.update(&canonical);
         Ok(HashedJson {
             value,
-            hash: Sha256::digest(&canonical).to_vec(),
+            hash: hash.finalize().to_vec(),
         })
     }
 }
@@ -78,7 +84,7 @@ fn key_of(headers: &HeaderMap) -> AppResult<Option<String>> {
 
 /// Claims the request's key, or answers with the stored response, 409 or 422.
 pub async fn begin(
-    db: &Db,
+    state: &crate::state::AppState,
     caller: &Caller,
     headers: &HeaderMap,
     request_hash: &[u8],
@@ -86,7 +92,8 @@ pub async fn begin(
     let Some(key) = key_of(headers)? else {
         return Ok(Begin::NoKey);
     };
-    let mut tx = db.clinic_tx(caller.clinic_id).await?;
+    // The caller's session is checked before anything is claimed or replayed.
+    let mut tx = caller.begin(state).await?;
     // Keys expire after 24 hours; an abandoned claim (the server died mid-request) after 10 minutes.
     sqlx::query(
         "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND \
@@ -215,7 +222,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = AppResult<(Tx, Created<T>)>>,
 {
-    let claim = match begin(&state.db, caller, headers, request_hash).await? {
+    let claim = match begin(state, caller, headers, request_hash).await? {
         Begin::Replay(res) => return Ok(res),
         Begin::NoKey => None,
         Begin::Claimed(c) => Some(c),

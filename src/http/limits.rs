@@ -14,12 +14,13 @@ use crate::http::client_ip::client_ip_of;
 use crate::ratelimit::{Decision, Quota, WhenRedisDown};
 use crate::state::AppState;
 
-/// Probes, docs and the document are never limited.
+/// Liveness, readiness, docs and the document are never limited (the deep start-up check
+/// is, as an anonymous route).
 fn exempt(path: &str) -> bool {
     !path.starts_with("/api/v2/")
         || matches!(
             path,
-            "/api/v2/health" | "/api/v2/ready" | "/api/v2/startup-check" | "/api/v2/openapi.json"
+            "/api/v2/health" | "/api/v2/ready" | "/api/v2/openapi.json"
         )
         || path.starts_with("/api/v2/docs")
 }
@@ -37,7 +38,11 @@ pub async fn api_rate_limit(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
         .and_then(|t| state.tokens.verify_access(t.trim()).ok());
     let checks = match &claims {
         Some(c) => vec![
@@ -52,7 +57,7 @@ pub async fn api_rate_limit(
         ],
         None => {
             let ip = client_ip_of(req.headers(), req.extensions(), &config.trusted_proxies)
-                .map(|i| i.to_string())
+                .map(crate::http::client_ip::rate_key)
                 .unwrap_or_default();
             vec![(
                 Quota::per_minute("anonymous", config.rate_limit_anon_per_minute),

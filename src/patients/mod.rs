@@ -98,7 +98,8 @@ pub struct Patient {
     pub phone: Option<String>,
     pub address: Option<Address>,
     pub preferred_provider_id: Option<Uuid>,
-    pub medical_alerts: Vec<MedicalAlert>,
+    /// `null` when the caller's role may not see medical information (billing).
+    pub medical_alerts: Option<Vec<MedicalAlert>>,
     pub emergency_contact: Option<Contact>,
     pub guardian: Option<Contact>,
     /// Another patient who pays (a family account).
@@ -147,7 +148,7 @@ impl From<PatientRow> for Patient {
             phone: r.phone,
             address: r.address.map(|a| a.0),
             preferred_provider_id: r.preferred_provider_id,
-            medical_alerts: r.medical_alerts.0,
+            medical_alerts: Some(r.medical_alerts.0),
             emergency_contact: r.emergency_contact.map(|c| c.0),
             guardian: r.guardian.map(|c| c.0),
             responsible_party_id: r.responsible_party_id,
@@ -157,6 +158,18 @@ impl From<PatientRow> for Patient {
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
+    }
+}
+
+impl Patient {
+    /// Leaves out what the role may not see: medical alerts are for clinical roles,
+    /// the front desk and managers, not for billing.
+    pub fn for_role(mut self, role: crate::auth::Role) -> Patient {
+        use crate::auth::Permission;
+        if !role.can(Permission::MedicalAlertsWrite) && !role.can(Permission::ClinicalRead) {
+            self.medical_alerts = None;
+        }
+        self
     }
 }
 

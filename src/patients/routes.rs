@@ -20,7 +20,7 @@ use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson};
 use crate::http::pagination::{self, Page};
 use crate::state::AppState;
-use crate::validate::{patch_field, Errors};
+use crate::validate::{merge_nested, patch_field, Errors};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -169,7 +169,10 @@ pub async fn list_patients(
             (rows.into_iter().map(|r| r.1).collect(), scores)
         }
     };
-    let mut items: Vec<Patient> = rows.into_iter().map(Patient::from).collect();
+    let mut items: Vec<Patient> = rows
+        .into_iter()
+        .map(|r| Patient::from(r).for_role(caller.role))
+        .collect();
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|last| match q {
@@ -337,7 +340,21 @@ pub async fn get_patient(
     })
     .await?;
     let mut tx = caller.begin(&state).await?;
-    let patient = load(&mut tx, id, false).await?;
+    let patient = match load(&mut tx, id, false).await {
+        Ok(p) => p.for_role(caller.role),
+        Err(e @ AppError::NotFound(_)) => {
+            drop(tx);
+            // A probe for a patient that is not there is a failed read of patient data.
+            audit::record_failure(
+                &state.db,
+                &caller.audit(),
+                Event::new("patient.read", "patient").resource(id),
+            )
+            .await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     audit::record(
         &mut tx,
         &caller.audit(),
@@ -372,9 +389,10 @@ pub struct PatientPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<String>)]
     phone: Option<Option<String>>,
+    /// Merged into the current value (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Address>)]
-    address: Option<Option<Address>>,
+    address: Option<Option<serde_json::Value>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Uuid>)]
     preferred_provider_id: Option<Option<Uuid>>,
@@ -382,12 +400,14 @@ pub struct PatientPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Vec<MedicalAlert>>)]
     medical_alerts: Option<Option<Vec<MedicalAlert>>>,
+    /// Merged into the current value (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Contact>)]
-    emergency_contact: Option<Option<Contact>>,
+    emergency_contact: Option<Option<serde_json::Value>>,
+    /// Merged into the current value (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Contact>)]
-    guardian: Option<Option<Contact>>,
+    guardian: Option<Option<serde_json::Value>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Uuid>)]
     responsible_party_id: Option<Option<Uuid>>,
@@ -471,17 +491,8 @@ pub async fn update_patient(
         .phone
         .clone()
         .map(|p| p.map(|p| errors.phone("phone", &p)));
-    if let Some(Some(a)) = &patch.address {
-        a.validate("address", &mut errors);
-    }
     if let Some(Some(alerts)) = &patch.medical_alerts {
         validate_alerts(alerts, &mut errors);
-    }
-    if let Some(Some(c)) = &patch.emergency_contact {
-        validate_contact(c, "emergency_contact", &mut errors);
-    }
-    if let Some(Some(c)) = &patch.guardian {
-        validate_contact(c, "guardian", &mut errors);
     }
     if patch.responsible_party_id == Some(Some(id)) {
         errors.add("responsible_party_id", "must be another patient");
@@ -491,6 +502,39 @@ pub async fn update_patient(
     let mut tx = caller.begin(&state).await?;
     let current = load(&mut tx, id, true).await?;
     etag::check(&headers, current.version)?;
+    // Nested objects merge into what is stored; the result must still be valid.
+    let nested = |v: &Option<Option<serde_json::Value>>| {
+        v.clone().map(|x| x.unwrap_or(serde_json::Value::Null))
+    };
+    let mut errors = Errors::default();
+    let address = merge_nested(
+        current.address.as_ref(),
+        &nested(&patch.address),
+        "address",
+        &mut errors,
+    );
+    let emergency = merge_nested(
+        current.emergency_contact.as_ref(),
+        &nested(&patch.emergency_contact),
+        "emergency_contact",
+        &mut errors,
+    );
+    let guardian = merge_nested(
+        current.guardian.as_ref(),
+        &nested(&patch.guardian),
+        "guardian",
+        &mut errors,
+    );
+    if let Some(Some(a)) = &address {
+        a.validate("address", &mut errors);
+    }
+    if let Some(Some(c)) = &emergency {
+        validate_contact(c, "emergency_contact", &mut errors);
+    }
+    if let Some(Some(c)) = &guardian {
+        validate_contact(c, "guardian", &mut errors);
+    }
+    errors.finish()?;
     if let Some(Some(pid)) = patch.preferred_provider_id {
         check_provider(&mut tx, pid, "preferred_provider_id").await?;
     }
@@ -522,18 +566,18 @@ pub async fn update_patient(
         None => current.phone.clone(),
         Some(p) => p,
     })
-    .bind(pick(&patch.address, current.address.clone()).map(SqlJson))
+    .bind(pick(&address, current.address.clone()).map(SqlJson))
     .bind(pick(&patch.preferred_provider_id, current.preferred_provider_id))
     .bind(SqlJson(
-        pick(&patch.medical_alerts, Some(current.medical_alerts.clone())).unwrap_or_default(),
+        pick(&patch.medical_alerts, current.medical_alerts.clone()).unwrap_or_default(),
     ))
-    .bind(pick(&patch.emergency_contact, current.emergency_contact.clone()).map(SqlJson))
-    .bind(pick(&patch.guardian, current.guardian.clone()).map(SqlJson))
+    .bind(pick(&emergency, current.emergency_contact.clone()).map(SqlJson))
+    .bind(pick(&guardian, current.guardian.clone()).map(SqlJson))
     .bind(pick(&patch.responsible_party_id, current.responsible_party_id))
     .execute(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
-    let updated = load(&mut tx, id, false).await?;
+    let updated = load(&mut tx, id, false).await?.for_role(caller.role);
     tx.commit().await?;
     Ok(patient_response(StatusCode::OK, &updated))
 }

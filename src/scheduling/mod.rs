@@ -152,7 +152,15 @@ pub fn working_intervals(
         .filter(|(s, e)| e > s)
         .collect();
     out.sort();
-    out
+    // Touching or overlapping intervals (09–12 and 12–17) are one stretch of work.
+    let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::with_capacity(out.len());
+    for (s, e) in out {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
 }
 
 /// Every grid start inside the working intervals where `duration` fits without touching a
@@ -285,6 +293,31 @@ mod tests {
         }];
         let hours = working_intervals(tz, day, &weekly, &short);
         assert_eq!(hours[0].1.to_rfc3339(), "2026-12-24T12:00:00+00:00");
+    }
+
+    #[test]
+    fn touching_intervals_make_one_stretch() {
+        let tz: Tz = "UTC".parse().expect("tz");
+        let weekly = [
+            WeeklyInterval {
+                weekday: 1,
+                interval: LocalInterval {
+                    start: t(12, 0),
+                    end: t(17, 0),
+                },
+            },
+            WeeklyInterval {
+                weekday: 1,
+                interval: LocalInterval {
+                    start: t(9, 0),
+                    end: t(12, 0),
+                },
+            },
+        ];
+        let hours = working_intervals(tz, d(2026, 11, 30), &weekly, &[]);
+        assert_eq!(hours.len(), 1);
+        assert_eq!(hours[0].0.format("%H:%M").to_string(), "09:00");
+        assert_eq!(hours[0].1.format("%H:%M").to_string(), "17:00");
     }
 
     #[test]
