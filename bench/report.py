@@ -142,7 +142,7 @@ floor for a real deployment, not a ceiling.
 - Versions: Molar {machine['molar']}, {machine['postgresql']}, {machine['redis']}, {machine['rustc']}, {machine['oha']}, {machine['wrk']}.
 - Data: 1,000 clinics, 1,000,099 patients (clinic 1 holds 100,000), staff, operatories,
   about 438,000 appointments over the past year; seeded once by `bench/seed.sql`.
-- Server: release build, `ENVIRONMENT=production`, JSON logs at warn, `DB_POOL_SIZE=16`,
+- Server: release build, `ENVIRONMENT=production`, JSON logs at warn, `DB_POOL_SIZE=32`,
   Redis for rate limits and cache (limits raised so that they do not interfere).
 - Load: `oha` (closed loop, and fixed rate with `--latency-correction` for the open-loop
   percentiles) and `wrk` with Lua scripts where each request carries a different body.

@@ -160,7 +160,12 @@ impl Server {
         if let Some(t) = metrics_task {
             let _ = t.await;
         }
-        state.db.close().await;
+        if tokio::time::timeout(Duration::from_secs(10), state.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close within 10 s");
+        }
         if let Some(pg) = &self.embedded {
             pg.stop().await;
         }

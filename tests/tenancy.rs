@@ -11,7 +11,12 @@ use sqlx::Row;
 use uuid::Uuid;
 
 /// Tables that hold no clinic's data (global by design) and so carry no clinic policy.
-const GLOBAL_TABLES: &[&str] = &["_sqlx_migrations", "security_events", "audit_retention"];
+const GLOBAL_TABLES: &[&str] = &[
+    "_sqlx_migrations",
+    "security_events",
+    "audit_retention",
+    "audit_seal_state",
+];
 
 async fn db_with_pool(size: u32) -> (Db, String) {
     let name = fresh_database().await;

@@ -1,6 +1,7 @@
 -- POST /api/v2/appointments spread over clinic 1's 50 dentists: request i of thread t
 -- books provider (i % 50) in its own chair at slot (i / 50), 30 minutes each, from
--- BENCH_BASE_EPOCH on; patients rotate through 100 so no two bookings overlap.
+-- BENCH_BASE_EPOCH on (20-minute appointments, so the last one of a day still ends
+-- inside the 00:00–23:59 working hours); patients rotate through 100 so no two overlap.
 -- BENCH_CONTENDED=1 books one slot for everyone instead (exactly one may win).
 local counter, step = 0, 1
 local threads = {}
@@ -38,7 +39,7 @@ function request()
   local start = base + slot * 1800
   local body = string.format(
     '{"patient_id":"%s","provider_id":"%s","operatory_id":"%s","start_at":"%s","end_at":"%s"}',
-    patients[(i % #patients) + 1], uuid(2, 100 + k + 2), uuid(3, 100 + k + 1), iso(start), iso(start + 1800))
+    patients[(i % #patients) + 1], uuid(2, 100 + k + 2), uuid(3, 100 + k + 1), iso(start), iso(start + 1200))
   return wrk.format("POST", "/api/v2/appointments",
     {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
 end

@@ -86,14 +86,21 @@ impl PasswordHashing {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> AppResult<T> {
-        let _permit = self
+        // The permit moves into the blocking task, so that a request that gives up (its
+        // client went away) cannot let more hashes run at once than allowed.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| AppError::Unavailable("password hashing is shutting down".into()))?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("hashing task failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("hashing task failed: {e}")))
     }
 
     pub async fn hash(&self, password: &str) -> AppResult<String> {

@@ -250,6 +250,31 @@ async fn find_conflicts(
     })
 }
 
+/// Serialises bookings that share a provider, an operatory or a patient: transaction-level
+/// advisory locks taken in one global order, so that conflicting requests queue instead of
+/// deadlocking inside the exclusion constraints (the constraints still decide).
+async fn lock_resources(tx: &mut Tx, slot: &Slot, patient: Uuid) -> AppResult<()> {
+    let key = |salt: u64, id: Uuid| {
+        let (hi, lo) = id.as_u64_pair();
+        (hi ^ lo ^ salt) as i64
+    };
+    let mut keys = [
+        key(0x7072_6f76, slot.provider),
+        key(0x6f70_6572, slot.operatory),
+        key(0x7061_7469, patient),
+    ];
+    keys.sort_unstable();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2), pg_advisory_xact_lock($3)",
+    )
+    .bind(keys[0])
+    .bind(keys[1])
+    .bind(keys[2])
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Where and when an appointment takes place.
 struct Slot {
     provider: Uuid,
@@ -393,8 +418,9 @@ async fn book_once(
             "is outside the provider's working hours; set override to book anyway",
         ));
     }
+    lock_resources(&mut tx, slot, body.patient_id).await?;
     let id = Uuid::now_v7();
-    let row = sqlx::query_as::<_, Row>(&format!(
+    let inserted = sqlx::query_as::<_, Row>(&format!(
         "INSERT INTO appointments (clinic_id, id, patient_id, provider_id, operatory_id, start_at, end_at, \
          reason, notes, outside_hours, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          RETURNING {COLUMNS}"
@@ -411,7 +437,15 @@ async fn book_once(
     .bind(!inside)
     .bind(caller.user_id)
     .fetch_one(&mut *tx)
-    .await?;
+    .await;
+    let row = match inserted {
+        Ok(r) => r,
+        Err(e) => {
+            // End the transaction cleanly so the connection goes back to the pool as is.
+            let _ = tx.rollback().await;
+            return Err(e.into());
+        }
+    };
     sqlx::query(
         "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, to_status, to_start_at, to_end_at, changed_by) \
          VALUES ($1, $2, $3, 'created', 'scheduled', $4, $5, $6)",
@@ -558,6 +592,9 @@ pub async fn reschedule_appointment(
         }
         outside = !inside;
     }
+    if moved {
+        lock_resources(&mut tx, &slot, current.patient_id).await?;
+    }
     let updated = sqlx::query_as::<_, Row>(&format!(
         "UPDATE appointments SET provider_id = $2, operatory_id = $3, start_at = $4, end_at = $5, \
          reason = $6, notes = $7, outside_hours = $8, version = version + 1, updated_at = now() \
@@ -582,7 +619,7 @@ pub async fn reschedule_appointment(
     let row = match updated {
         Ok(r) => r,
         Err(e) if violated_constraint(&e).is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) => {
-            drop(tx);
+            let _ = tx.rollback().await;
             return Err(
                 find_conflicts(&state, &caller, &slot, current.patient_id, Some(id)).await?,
             );
