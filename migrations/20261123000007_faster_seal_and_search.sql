@@ -1,6 +1,10 @@
 -- Sealing looks only at events since the last seal (a global watermark), not at the whole
 -- trail; and name search scores only its best trigram candidates.
 
+-- Load pg_trgm in this session, so that its settings are known (not placeholders, which
+-- only a superuser may attach to a function).
+SELECT similarity('molar', 'molar');
+
 CREATE INDEX audit_events_at ON audit_events (at);
 
 CREATE TABLE audit_seal_state (
@@ -73,8 +77,7 @@ CREATE OR REPLACE FUNCTION patient_search(
 ) RETURNS TABLE (id uuid, score real)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = public, pg_temp
-SET pg_trgm.similarity_threshold = 0.2
-SET pg_trgm.word_similarity_threshold = 0.5
+SET pg_trgm.similarity_threshold = 0.3
 AS $$
 DECLARE
     c uuid := nullif(current_setting('app.clinic_id', true), '')::uuid;
@@ -114,19 +117,33 @@ BEGIN
               AND (include_archived OR p.archived_at IS NULL)
               AND (after_id IS NULL OR (1.0::real, p.id) < (after_score, after_id))
             ORDER BY 2 DESC, 1 DESC LIMIT lim;
+    ELSIF length(needle) < 3 THEN
+        -- Too short for trigrams: names that start with it.
+        RETURN QUERY
+            SELECT p.id, 1.0::real FROM patients p
+            WHERE p.clinic_id = c
+              AND (lower(p.last_name) LIKE needle || '%' OR lower(p.first_name) LIKE needle || '%')
+              AND (include_archived OR p.archived_at IS NULL)
+              AND (after_id IS NULL OR (1.0::real, p.id) < (after_score, after_id))
+            ORDER BY 2 DESC, 1 DESC LIMIT lim;
     ELSE
-        -- Candidates from the trigram index, the best 200 by trigram similarity; then
-        -- the score adds the share of query words that match a name word by prefix or
-        -- within a small edit distance (so "Jonh Smiht" ranks John Smith first).
+        -- Trigram candidates at similarity 0.3; when that finds few (a badly mistyped
+        -- name), widen to 0.2. The choice depends on the query alone, so every page of
+        -- one search uses the same candidates.
+        IF (SELECT count(*) FROM (SELECT 1 FROM patients p
+                                  WHERE p.clinic_id = c AND p.search_name % needle LIMIT 20) x) < 20 THEN
+            PERFORM set_config('pg_trgm.similarity_threshold', '0.2', true);
+        END IF;
+        -- The best 200 by trigram similarity are scored: the share of query words that
+        -- match a name word by prefix or within a small edit distance is added (so
+        -- "Jonh Smiht" ranks John Smith first).
         RETURN QUERY
             WITH candidates AS (
                 SELECT p.id, p.search_name,
                        greatest(similarity(p.search_name, needle),
                                 word_similarity(needle, p.search_name)) AS sim
                 FROM patients p
-                WHERE p.clinic_id = c
-                  AND (p.search_name % needle OR needle <% p.search_name
-                       OR p.search_name LIKE '%' || needle || '%')
+                WHERE p.clinic_id = c AND p.search_name % needle
                   AND (include_archived OR p.archived_at IS NULL)
                 ORDER BY sim DESC, p.id DESC
                 LIMIT 200
