@@ -78,6 +78,8 @@ CREATE OR REPLACE FUNCTION patient_search(
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = public, pg_temp
 SET pg_trgm.similarity_threshold = 0.3
+-- A cached generic plan cannot know how selective a search term is; plan each search.
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     c uuid := nullif(current_setting('app.clinic_id', true), '')::uuid;
