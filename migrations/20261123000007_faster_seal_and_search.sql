@@ -76,6 +76,8 @@ CREATE OR REPLACE FUNCTION patient_search(
     q text, include_archived boolean, after_score real, after_id uuid, lim integer
 ) RETURNS TABLE (id uuid, score real)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
+-- A page of results, so the caller's join to patients goes by primary key.
+ROWS 50
 SET search_path = public, pg_temp
 SET pg_trgm.similarity_threshold = 0.3
 -- A cached generic plan cannot know how selective a search term is; plan each search.
