@@ -27,7 +27,7 @@ use crate::validate::Errors;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_notes, create_note))
-        .routes(routes!(update_note))
+        .routes(routes!(get_note, update_note))
         .routes(routes!(sign_note))
 }
 
@@ -83,8 +83,12 @@ impl From<NoteRow> for Note {
 }
 
 async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
+    load_with(tx, id, " FOR UPDATE").await
+}
+
+async fn load_with(tx: &mut Tx, id: Uuid, suffix: &str) -> AppResult<Note> {
     sqlx::query_as::<_, NoteRow>(&format!(
-        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE id = $1 FOR UPDATE"
+        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE id = $1{suffix}"
     ))
     .bind(id)
     .fetch_optional(&mut **tx)
@@ -253,6 +257,36 @@ pub struct NotePath {
 #[serde(deny_unknown_fields)]
 pub struct NotePatch {
     body: Option<String>,
+}
+
+/// One note (clinical roles, owner and admin).
+#[utoipa::path(get, path = "/notes/{id}", tag = "notes", security(("bearer" = [])),
+    params(NotePath),
+    responses(
+        (status = 200, description = "The note", body = Note),
+        (status = 403, description = "Role lacks clinical.read", body = Problem),
+        (status = 404, description = "No such note in your clinic", body = Problem)))]
+pub async fn get_note(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(NotePath { id }): ApiPath<NotePath>,
+) -> AppResult<Response> {
+    require(&state, &caller, Permission::ClinicalRead, || {
+        Event::new("note.read", "note").resource(id)
+    })
+    .await?;
+    let mut tx = caller.begin(&state).await?;
+    let note = load_with(&mut tx, id, "").await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("note.read", "note")
+            .resource(id)
+            .patient(note.patient_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(note_response(StatusCode::OK, note))
 }
 
 /// Edits an unsigned note (its author only); a signed note is 409.

@@ -22,7 +22,7 @@ use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::pagination::{self, Page};
 use crate::state::AppState;
-use crate::validate::Errors;
+use crate::validate::{patch_field, Errors};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -321,11 +321,53 @@ pub async fn get_user(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    full_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Role>)]
+    role: Option<Option<Role>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<bool>)]
+    is_provider: Option<Option<bool>>,
+    /// `false` deactivates the user and ends their sessions.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<bool>)]
+    active: Option<Option<bool>>,
+}
+
+impl UserPatch {
+    /// None of a user's fields may be cleared: `null` is a 422 naming the field.
+    fn nulls(&self) -> Vec<&'static str> {
+        [
+            ("email", self.email.as_ref().is_some_and(Option::is_none)),
+            (
+                "full_name",
+                self.full_name.as_ref().is_some_and(Option::is_none),
+            ),
+            ("role", self.role.as_ref().is_some_and(Option::is_none)),
+            (
+                "is_provider",
+                self.is_provider.as_ref().is_some_and(Option::is_none),
+            ),
+            ("active", self.active.as_ref().is_some_and(Option::is_none)),
+        ]
+        .into_iter()
+        .filter(|(_, null)| *null)
+        .map(|(f, _)| f)
+        .collect()
+    }
+}
+
+/// A user patch with its `null`s refused.
+struct PlainUserPatch {
     email: Option<String>,
     full_name: Option<String>,
     role: Option<Role>,
     is_provider: Option<bool>,
-    /// `false` deactivates the user and ends their sessions.
     active: Option<bool>,
 }
 
@@ -346,8 +388,20 @@ pub async fn update_user(
     caller: Caller,
     headers: HeaderMap,
     ApiPath(UserPath { id }): ApiPath<UserPath>,
-    ApiJson(patch): ApiJson<UserPatch>,
+    ApiJson(raw): ApiJson<UserPatch>,
 ) -> AppResult<Response> {
+    let mut errors = Errors::default();
+    for field in raw.nulls() {
+        errors.add(field, "cannot be cleared");
+    }
+    errors.finish()?;
+    let patch = PlainUserPatch {
+        email: raw.email.flatten(),
+        full_name: raw.full_name.flatten(),
+        role: raw.role.flatten(),
+        is_provider: raw.is_provider.flatten(),
+        active: raw.active.flatten(),
+    };
     let event = || Event::new("user.update", "user").resource(id);
     let privileged = patch.role.is_some() || patch.is_provider.is_some() || patch.active.is_some();
     let is_self = id == caller.user_id;

@@ -628,6 +628,18 @@ async fn nobody_raises_their_own_role_or_grants_above_it() {
         StatusCode::FORBIDDEN,
     )
     .await;
+    // Nothing about a user can be cleared with null.
+    let problem = expect_problem(
+        app.patch(
+            &format!("/api/v2/users/{}", reception.user_id),
+            Some(&owner.access),
+            json!({"full_name": null}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "full_name");
     // But anyone may fix their own name.
     let res = app
         .patch(

@@ -220,6 +220,18 @@ async fn notes_are_signed_by_the_right_people_and_then_never_change() {
         .expect("json");
     let note_path = format!("/api/v2/notes/{}", note["id"].as_str().expect("id"));
     assert_eq!(note["author_id"], json!(assistant.user_id));
+    let read: Value = app
+        .get(&note_path, Some(&c.dentist.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read["body"], "Pt reports sensitivity 36");
+    expect_problem(
+        app.get(&note_path, Some(&reception.access)).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     // An assistant cannot sign, a hygienist cannot sign an assistant's note, a dentist can.
     expect_problem(
         app.post(

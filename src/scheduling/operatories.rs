@@ -24,7 +24,7 @@ use crate::validate::Errors;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_operatories, create_operatory))
-        .routes(routes!(update_operatory))
+        .routes(routes!(get_operatory, update_operatory))
         .routes(routes!(list_providers))
 }
 
@@ -155,6 +155,28 @@ pub struct OperatoryPath {
 pub struct OperatoryPatch {
     name: Option<String>,
     active: Option<bool>,
+}
+
+/// One operatory.
+#[utoipa::path(get, path = "/operatories/{id}", tag = "scheduling", security(("bearer" = [])),
+    params(OperatoryPath),
+    responses((status = 200, description = "The operatory", body = Operatory),
+              (status = 404, description = "No such operatory in your clinic", body = Problem)))]
+pub async fn get_operatory(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(OperatoryPath { id }): ApiPath<OperatoryPath>,
+) -> AppResult<Response> {
+    caller.require(Permission::AppointmentsRead)?;
+    let mut tx = caller.begin(&state).await?;
+    let o =
+        sqlx::query_as::<_, Operatory>(&format!("SELECT {COLUMNS} FROM operatories WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| AppError::not_found("operatory"))?;
+    tx.commit().await?;
+    Ok(operatory_response(StatusCode::OK, o))
 }
 
 /// Renames or (de)activates an operatory (owner and admin).
