@@ -58,6 +58,19 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The 429 for a set of decisions when any of them refused, counted in the metrics.
+    pub fn rejection(decisions: &[Decision]) -> Option<axum::response::Response> {
+        use axum::response::IntoResponse;
+        let denied = decisions.iter().find(|d| !d.allowed)?;
+        metrics::counter!("rate_limit_rejections_total", "quota" => denied.quota.name).increment(1);
+        let mut res = crate::error::AppError::RateLimited {
+            retry_after_secs: denied.retry_after_secs,
+        }
+        .into_response();
+        Decision::apply_headers(decisions, res.headers_mut());
+        Some(res)
+    }
+
     /// IETF `RateLimit-Policy` / `RateLimit` headers (structured-field form).
     pub fn apply_headers(decisions: &[Decision], headers: &mut HeaderMap) {
         if decisions.is_empty() {

@@ -195,16 +195,10 @@ pub async fn list_users(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let mut items: Vec<User> = rows.into_iter().map(from_row).collect();
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|u| state.cursors.encode(&(u.full_name.clone(), u.id)))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    let page = Page::from_overfetch(rows.into_iter().map(from_row).collect(), limit, |u| {
+        state.cursors.encode(&(u.full_name.clone(), u.id))
+    });
+    Ok(Json(page))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

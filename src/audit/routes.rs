@@ -121,7 +121,7 @@ pub async fn list_audit_events(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let mut items: Vec<AuditEvent> = rows
+    let items: Vec<AuditEvent> = rows
         .into_iter()
         .map(|r| AuditEvent {
             id: r.0,
@@ -137,11 +137,7 @@ pub async fn list_audit_events(
             details: r.10,
         })
         .collect();
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|e| state.cursors.encode(&(e.at, e.id)))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::from_overfetch(items, limit, |e| {
+        state.cursors.encode(&(e.at, e.id))
+    })))
 }

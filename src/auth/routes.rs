@@ -113,13 +113,7 @@ async fn limit(state: &AppState, checks: &[(Quota, String)]) -> Result<Vec<Decis
         .limiter
         .check_all(state.redis.as_ref(), checks, WhenRedisDown::LocalLimit)
         .await;
-    if let Some(denied) = decisions.iter().find(|d| !d.allowed) {
-        metrics::counter!("rate_limit_rejections_total", "quota" => denied.quota.name).increment(1);
-        let mut res = AppError::RateLimited {
-            retry_after_secs: denied.retry_after_secs,
-        }
-        .into_response();
-        Decision::apply_headers(&decisions, res.headers_mut());
+    if let Some(res) = Decision::rejection(&decisions) {
         return Err(res);
     }
     Ok(decisions)

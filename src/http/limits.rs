@@ -6,10 +6,9 @@
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::auth::tokens::VerifiedClaims;
-use crate::error::AppError;
 use crate::http::client_ip::client_ip_of;
 use crate::ratelimit::{Decision, Quota, WhenRedisDown};
 use crate::state::AppState;
@@ -72,13 +71,7 @@ pub async fn api_rate_limit(
         .limiter
         .check_all(state.redis.as_ref(), &checks, WhenRedisDown::Allow)
         .await;
-    if let Some(denied) = decisions.iter().find(|d| !d.allowed) {
-        metrics::counter!("rate_limit_rejections_total", "quota" => denied.quota.name).increment(1);
-        let mut res = AppError::RateLimited {
-            retry_after_secs: denied.retry_after_secs,
-        }
-        .into_response();
-        Decision::apply_headers(&decisions, res.headers_mut());
+    if let Some(res) = Decision::rejection(&decisions) {
         return res;
     }
     let mut res = next.run(req).await;

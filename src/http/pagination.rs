@@ -21,6 +21,24 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from a query that fetched `limit + 1` rows: the extra row only says that
+    /// there is more, and the cursor points after the last row kept.
+    pub fn from_overfetch(
+        mut items: Vec<T>,
+        limit: u32,
+        cursor_after: impl FnOnce(&T) -> String,
+    ) -> Page<T> {
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(cursor_after)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
 /// The requested page size: absent means 50, above 200 means 200, 0 is invalid.
 pub fn limit(requested: Option<u32>) -> AppResult<u32> {
     match requested {

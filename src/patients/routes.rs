@@ -169,28 +169,23 @@ pub async fn list_patients(
             (rows.into_iter().map(|r| r.1).collect(), scores)
         }
     };
-    let mut items: Vec<Patient> = rows
+    let items: Vec<Patient> = rows
         .into_iter()
         .map(|r| Patient::from(r).for_role(caller.role))
         .collect();
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|last| match q {
-            None => state.cursors.encode(&Position::Name(
-                last.last_name.to_lowercase(),
-                last.first_name.to_lowercase(),
-                last.id,
-            )),
-            Some(q) => state.cursors.encode(&Position::Search(
-                q.to_owned(),
-                scores.get(items.len() - 1).copied().unwrap_or(0.0),
-                last.id,
-            )),
-        })
-    } else {
-        None
-    };
-    let ids: Vec<Uuid> = items.iter().map(|p| p.id).collect();
+    // The score of the last row kept, for a search's cursor.
+    let last_score = scores.get(limit as usize - 1).copied().unwrap_or(0.0);
+    let page = Page::from_overfetch(items, limit, |last| match q {
+        None => state.cursors.encode(&Position::Name(
+            last.last_name.to_lowercase(),
+            last.first_name.to_lowercase(),
+            last.id,
+        )),
+        Some(q) => state
+            .cursors
+            .encode(&Position::Search(q.to_owned(), last_score, last.id)),
+    });
+    let ids: Vec<Uuid> = page.items.iter().map(|p| p.id).collect();
     audit::record(
         &mut tx,
         &caller.audit(),
@@ -198,7 +193,7 @@ pub async fn list_patients(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(page))
 }
 
 #[derive(sqlx::FromRow)]

@@ -860,16 +860,12 @@ pub async fn list_appointments(
     .bind(limit as i64 + 1)
     .fetch_all(&mut *tx)
     .await?;
-    let mut items: Vec<Appointment> = rows.into_iter().map(Appointment::from).collect();
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|a| state.cursors.encode(&(a.start_at, a.id)))
-    } else {
-        None
-    };
-    let ids: Vec<Uuid> = items.iter().map(|a| a.id).collect();
+    let page = Page::from_overfetch(
+        rows.into_iter().map(Appointment::from).collect(),
+        limit,
+        |a| state.cursors.encode(&(a.start_at, a.id)),
+    );
+    let ids: Vec<Uuid> = page.items.iter().map(|a| a.id).collect();
     audit::record(
         &mut tx,
         &caller.audit(),
@@ -877,7 +873,7 @@ pub async fn list_appointments(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(page))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
