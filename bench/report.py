@@ -55,26 +55,51 @@ def gaps(cpu, pg, s, seconds):
     r, b = cpu["patient_read"], cpu["pgbench_read"]
     per_req = (r["busy_cpu_s"] * 1000) / (s["patient_read"]["rps"] * seconds)
     per_tx = (b["busy_cpu_s"] * 1000) / (pg["read"]["tps"] * seconds)
+    server_share = r["server_ms_per_request"] / per_req if per_req else 0
     return f"""### Why the ceiling fraction is what it is
 
 Every closed-loop run keeps both cores busy (the "busy" column is close to the
 {os.cpu_count() * seconds} CPU-seconds available), so throughput is the machine's CPU divided
 by the CPU one request costs, load generator included. A patient read through the API
 costs {per_req:.2f} ms of CPU in all: the server {r['server_ms_per_request']} ms (HTTP,
-JSON, token check, rate limiter and audit details), PostgreSQL {r['postgres_ms_per_request']} ms,
+JSON, token check, rate limiter), PostgreSQL {r['postgres_ms_per_request']} ms,
 Redis {round(1000 * r['redis_cpu_s'] / (s['patient_read']['rps'] * seconds), 3)} ms, and oha with
 the kernel {r['other_ms_per_request']} ms. The same statements through pgbench cost
 {per_tx:.2f} ms per transaction (PostgreSQL {b['postgres_ms_per_request']} ms, the pgbench client
-{b['other_ms_per_request']} ms). PostgreSQL's own cost per request is about the same either
-way; the fraction ({per_tx / per_req:.0%} by this arithmetic) is the server's own CPU per
-request, about as large as the database's, competing for the same two cores. On a
-deployment where PostgreSQL has cores of its own, the server's share does not take
-throughput from the database.
+{b['other_ms_per_request']} ms). The fraction ({per_tx / per_req:.0%} by this arithmetic) is
+the CPU the server, Redis and the HTTP load generator need per request next to what the
+database needs, all on the same two cores: the server alone is {server_share:.0%} of the
+total. PostgreSQL's own cost per request is higher through the server than through pgbench
+because the server's first round trip is a simple query (parsed and planned on every
+request, where pgbench's are prepared) and because the connection pool checks each
+connection with a `Sync` when it comes back. 80% on this machine would leave the server,
+Redis and oha together about a quarter of the database's CPU per request; oha alone uses
+about that much. On a deployment where PostgreSQL has cores of its own, the server's share
+does not take throughput from the database.
 
-The open-loop p99 tail at half the closed-loop rate has not been profiled further: at that
-rate the machine is still about half busy, and the minute-by-minute audit sealing,
-autovacuum of the audit table and checkpoints each take a core for a moment, which on two
-cores shows directly in p99."""
+The profile of the server during the closed-loop read is below ("Server profile")."""
+
+
+def profile(o):
+    """perf's view of the server during the profiled closed-loop read, when perf could sample."""
+    dso, top = f"{o}/patient_read_profile.perf-dso.txt", f"{o}/patient_read_profile.perf-top.txt"
+    if not (os.path.exists(dso) and os.path.exists(top)):
+        return "perf could not sample on this machine; no server profile in this run."
+    return f"""`perf record -e cpu-clock` on the server during a second closed-loop patient read
+(32 connections). Share of the server's samples by object:
+
+```
+{open(dso).read().rstrip()}
+```
+
+The top functions (self time):
+
+```
+{open(top).read().rstrip()}
+```"""
+
+
+HISTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
 
 
 def five_xx(s):
@@ -222,9 +247,10 @@ Start-up to ready: {a.startup_ms} ms. Idle RSS: {a.idle_rss_kb / 1024:.1f} MB.
 ## The database's ceiling
 
 `pgbench -M prepared -c 32 -j 2 -T {a.seconds}` as the server's role (row-level security in
-force), running exactly the statements the server sends for one request: the clinic setting,
-the session check, the query, the audit insert (`bench/read.sql`, `bench/list.sql`). The
-server sends `BEGIN` and the clinic setting in one round trip where pgbench needs two.
+force), running exactly the statements the server sends for one request
+(`bench/read.sql`, `bench/list.sql`): the session check, `BEGIN` and the clinic setting
+(one simple query from the server, one pipeline from pgbench), the query with its audit
+insert in the same statement, and `COMMIT`.
 
 | request | pgbench tps | server req/s | fraction |
 |---|---|---|---|
@@ -242,6 +268,12 @@ generator (oha or pgbench) and the kernel's network work.
 """ + "\n".join(f"| {k} | {v['busy_cpu_s']} | {v['server_cpu_s']} | {v['postgres_cpu_s']} | {v['redis_cpu_s']} | {v['other_cpu_s']} | {v['server_ms_per_request']} | {v['postgres_ms_per_request']} | {v['other_ms_per_request']} |" for k, v in cpu.items()) + f"""
 
 {gaps(cpu, pg, s, a.seconds)}
+
+## Server profile
+
+{profile(o)}
+
+""" + (open(HISTORY).read() if os.path.exists(HISTORY) else "") + f"""
 
 ## Search plan
 

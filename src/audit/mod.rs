@@ -78,6 +78,46 @@ const INSERT: &str = "INSERT INTO audit_events \
     (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
+/// A data-modifying CTE named `audit` that records one successful event per row of `FROM
+/// {from}`, for reads whose audit event travels in the same statement as the read itself.
+/// `action`, `resource_type` and the three expressions are SQL written in this crate, never
+/// input; the caller's context is bound at `$first`..`$first+4` by [`bind_context`].
+pub fn cte(
+    first: usize,
+    action: &str,
+    resource_type: &str,
+    resource_id: &str,
+    patient_id: &str,
+    details: &str,
+    from: &str,
+) -> String {
+    let n = |i: usize| first + i;
+    format!(
+        "audit AS (INSERT INTO audit_events \
+         (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
+         SELECT ${}, ${}, ${}, '{action}', '{resource_type}', {resource_id}, {patient_id}, ${}, ${}, 'success', {details} \
+         FROM {from})",
+        n(0),
+        n(1),
+        n(2),
+        n(3),
+        n(4)
+    )
+}
+
+/// Binds the caller's context to the parameters of a [`cte`], in its order.
+pub fn bind_context<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ctx: &'q AuditContext,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(ctx.clinic_id)
+        .bind(Uuid::now_v7())
+        .bind(ctx.user_id)
+        .bind(ctx.request_id.as_deref())
+        .bind(ctx.ip.map(ipnet_of))
+}
+
 /// Records a successful action inside the transaction that performs it.
 pub async fn record(tx: &mut Tx, ctx: &AuditContext, event: Event) -> Result<(), sqlx::Error> {
     insert(tx, ctx, event, Outcome::Success).await

@@ -200,28 +200,26 @@ impl Caller {
         }
     }
 
-    /// Opens the caller's clinic transaction and confirms, in it, that the account is still
+    /// Opens the caller's clinic transaction after confirming, in the same round trip, that the account is still
     /// active with the same role and credentials as when the token was issued, so that
     /// deactivation, role changes and password changes cut access off on the next request.
     pub async fn begin(&self, state: &AppState) -> AppResult<Tx> {
-        let mut tx = state.db.clinic_tx(self.clinic_id).await?;
-        let current: Option<(bool, String, i32)> = sqlx::query_as(
-            "SELECT active, role, auth_version FROM users WHERE clinic_id = $1 AND id = $2",
-        )
-        .bind(self.clinic_id)
-        .bind(self.user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match current {
-            Some((true, role, version))
-                if version == self.auth_version && role == self.role.as_str() =>
-            {
-                Ok(tx)
-            }
-            _ => Err(AppError::Unauthorized(
-                "the session is no longer valid; sign in again".into(),
-            )),
-        }
+        state
+            .db
+            .session_tx(
+                self.clinic_id,
+                self.user_id,
+                self.auth_version,
+                self.role.as_str(),
+            )
+            .await
+            .map_err(|e| {
+                if crate::db::is_session_invalid(&e) {
+                    AppError::Unauthorized("the session is no longer valid; sign in again".into())
+                } else {
+                    e.into()
+                }
+            })
     }
 
     pub fn audit(&self) -> crate::audit::AuditContext {

@@ -26,6 +26,14 @@ pub const AUTH_ROLE: &str = "molar_auth";
 
 pub type Tx = Transaction<'static, Postgres>;
 
+/// The SQLSTATE `auth_check_session` raises for a session that is no longer valid.
+pub const SESSION_INVALID: &str = "ML401";
+
+/// Whether `e` is [`Db::session_tx`] refusing the session.
+pub fn is_session_invalid(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(SESSION_INVALID))
+}
+
 /// The server's database handles. Tenant data is reached only through [`Db::clinic_tx`].
 #[derive(Clone)]
 pub struct Db {
@@ -52,6 +60,29 @@ impl Db {
     /// The setting is transaction-local and travels with `BEGIN` in one round trip.
     pub async fn clinic_tx(&self, clinic_id: Uuid) -> Result<Tx, sqlx::Error> {
         self.begin_scoped(&self.pool, Some(clinic_id)).await
+    }
+
+    /// [`Db::clinic_tx`] for a signed-in caller, with the session check in the same round
+    /// trip: `auth_check_session` runs before `BEGIN` in one simple query and raises
+    /// [`SESSION_INVALID`] when the account is inactive or its role or credentials changed
+    /// (see [`is_session_invalid`]). Raising before `BEGIN` leaves the connection idle.
+    pub async fn session_tx(
+        &self,
+        clinic_id: Uuid,
+        user_id: Uuid,
+        auth_version: i32,
+        role: &'static str,
+    ) -> Result<Tx, sqlx::Error> {
+        // Uuids, an integer and a role name from a fixed list: nothing here needs quoting.
+        debug_assert!(role.bytes().all(|b| b.is_ascii_lowercase()));
+        let sql = format!(
+            "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}'); \
+             BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true)"
+        );
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let tx = self.pool.begin_with(sql).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        tx
     }
 
     /// The same on the read replica (or the primary when none is configured).

@@ -18,7 +18,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
-use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -137,10 +138,19 @@ pub fn app(state: AppState) -> Router {
         ));
     router
         .layer(security)
-        .layer(CompressionLayer::new())
+        .layer(compression_layer())
         .layer(cors)
         .layer(trace)
         .layer(axum::middleware::from_fn(middleware::request_id))
+}
+
+/// Gzip for bodies worth it: below a kilobyte (a single patient, a problem document) the
+/// compressor's set-up costs more than the bytes it saves. The fastest level keeps a page
+/// of patients at about a fifth of its size for a fraction of the default level's CPU.
+fn compression_layer() -> CompressionLayer<impl Predicate> {
+    CompressionLayer::new()
+        .quality(CompressionLevel::Fastest)
+        .compress_when(DefaultPredicate::new().and(SizeAbove::new(1024)))
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

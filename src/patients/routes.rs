@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -110,6 +111,8 @@ pub async fn list_patients(
         .map(|c| state.cursors.decode(c))
         .transpose()?;
     let mut tx = caller.begin(&state).await?;
+    let ctx = caller.audit();
+    // Each page and its audit event in one statement.
     let (rows, scores): (Vec<PatientRow>, Vec<f32>) = match q {
         None => {
             let after = match position {
@@ -121,19 +124,23 @@ pub async fn list_patients(
                     ))
                 }
             };
-            let rows = sqlx::query_as::<_, PatientRow>(&format!(
-                "SELECT {PATIENT_COLUMNS} FROM patients \
-                 WHERE ($1 OR archived_at IS NULL) \
-                   AND ($2::text IS NULL OR (lower(last_name), lower(first_name), id) > ($2, $3, $4)) \
-                 ORDER BY lower(last_name), lower(first_name), id LIMIT $5"
-            ))
-            .bind(p.include_archived)
-            .bind(after.as_ref().map(|a| a.0.clone()))
-            .bind(after.as_ref().map(|a| a.1.clone()))
-            .bind(after.as_ref().map(|a| a.2))
-            .bind(limit as i64 + 1)
-            .fetch_all(&mut *tx)
-            .await?;
+            static LIST: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT {PATIENT_COLUMNS} FROM patients \
+                     WHERE ($1 OR archived_at IS NULL) \
+                       AND ($2::text IS NULL OR (lower(last_name), lower(first_name), id) > ($2, $3, $4)) \
+                     ORDER BY lower(last_name), lower(first_name), id LIMIT $5) t), {} \
+                     SELECT * FROM page ORDER BY n",
+                    audit::cte(6, "patient.list", "patient", "NULL", "NULL", SHOWN_IDS, "(SELECT 1) AS one")
+                )
+            });
+            let query = sqlx::query_as::<_, PatientRow>(&LIST)
+                .bind(p.include_archived)
+                .bind(after.as_ref().map(|a| a.0.clone()))
+                .bind(after.as_ref().map(|a| a.1.clone()))
+                .bind(after.as_ref().map(|a| a.2))
+                .bind(limit as i64 + 1);
+            let rows = audit::bind_context(query, &ctx).fetch_all(&mut *tx).await?;
             (rows, vec![])
         }
         Some(q) => {
@@ -146,25 +153,31 @@ pub async fn list_patients(
                     ))
                 }
             };
-            let rows: Vec<(f32, PatientRow)> = sqlx::query_as::<_, ScoredRow>(&format!(
-                "SELECT s.score, {} FROM patient_search($1, $2, $3, $4, $5) s \
-                 JOIN patients p ON p.id = s.id ORDER BY s.score DESC, s.id DESC",
-                PATIENT_COLUMNS
+            static SEARCH: LazyLock<String> = LazyLock::new(|| {
+                let columns = PATIENT_COLUMNS
                     .split(", ")
                     .map(|c| format!("p.{}", c.trim()))
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .bind(q)
-            .bind(p.include_archived)
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .bind(limit as i32 + 1)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|r| (r.score, r.row))
-            .collect();
+                    .join(", ");
+                format!(
+                    "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
+                     s.score, {columns} FROM patient_search($1, $2, $3, $4, $5) s \
+                     JOIN patients p ON p.id = s.id), {} SELECT * FROM page ORDER BY n",
+                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", SHOWN_IDS, "(SELECT 1) AS one")
+                )
+            });
+            let query = sqlx::query_as::<_, ScoredRow>(&SEARCH)
+                .bind(q)
+                .bind(p.include_archived)
+                .bind(after.map(|a| a.0))
+                .bind(after.map(|a| a.1))
+                .bind(limit as i32 + 1);
+            let rows: Vec<(f32, PatientRow)> = audit::bind_context(query, &ctx)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| (r.score, r.row))
+                .collect();
             let scores = rows.iter().map(|r| r.0).collect();
             (rows.into_iter().map(|r| r.1).collect(), scores)
         }
@@ -185,16 +198,14 @@ pub async fn list_patients(
             .cursors
             .encode(&Position::Search(q.to_owned(), last_score, last.id)),
     });
-    let ids: Vec<Uuid> = page.items.iter().map(|p| p.id).collect();
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        Event::new(action, "patient").details(serde_json::json!({ "ids": ids })),
-    )
-    .await?;
     tx.commit().await?;
     Ok(Json(page))
 }
+
+/// The audit details of a page: the ids shown, in order, without the row fetched only to
+/// learn whether another page follows (`page.n` numbers the rows; `$5` is the limit + 1).
+const SHOWN_IDS: &str = "jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) \
+     FROM page WHERE n < $5), '[]'::jsonb))";
 
 #[derive(sqlx::FromRow)]
 struct ScoredRow {
@@ -335,9 +346,21 @@ pub async fn get_patient(
     })
     .await?;
     let mut tx = caller.begin(&state).await?;
-    let patient = match load(&mut tx, id, false).await {
-        Ok(p) => p.for_role(caller.role),
-        Err(e @ AppError::NotFound(_)) => {
+    // The read and its audit event in one statement: the event is written exactly when
+    // the patient is found.
+    static READ: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH p AS (SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1), {} SELECT * FROM p",
+            audit::cte(2, "patient.read", "patient", "p.id", "p.id", "NULL", "p")
+        )
+    });
+    let ctx = caller.audit();
+    let found = audit::bind_context(sqlx::query_as::<_, PatientRow>(&READ).bind(id), &ctx)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let patient = match found {
+        Some(row) => Patient::from(row).for_role(caller.role),
+        None => {
             drop(tx);
             // A probe for a patient that is not there is a failed read of patient data.
             audit::record_failure(
@@ -346,18 +369,9 @@ pub async fn get_patient(
                 Event::new("patient.read", "patient").resource(id),
             )
             .await;
-            return Err(e);
+            return Err(AppError::not_found("patient"));
         }
-        Err(e) => return Err(e),
     };
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        Event::new("patient.read", "patient")
-            .resource(id)
-            .patient(id),
-    )
-    .await?;
     tx.commit().await?;
     Ok(patient_response(StatusCode::OK, &patient))
 }
