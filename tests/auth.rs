@@ -521,6 +521,35 @@ async fn deactivating_a_user_cuts_them_off_on_the_next_request() {
 }
 
 #[tokio::test]
+async fn a_refused_session_leaves_the_connection_usable() {
+    // One connection: the session check that refuses runs before BEGIN, so the next
+    // request on the same connection is not inside a failed transaction.
+    let app = spawn_with(|v| {
+        v.insert("DB_POOL_SIZE".into(), "1".into());
+    })
+    .await;
+    let owner = app.register_clinic("One connection").await;
+    let dentist = app.staff(&owner.access, "dentist").await;
+    let res = app
+        .patch(
+            &format!("/api/v2/users/{}", dentist.user_id),
+            Some(&owner.access),
+            json!({"active": false}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    for _ in 0..3 {
+        expect_problem(
+            app.get("/api/v2/patients", Some(&dentist.access)).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+        let res = app.get("/api/v2/patients", Some(&owner.access)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
 async fn a_role_change_takes_effect_on_the_next_request() {
     let app = spawn().await;
     let owner = app.register_clinic("Roles").await;
