@@ -518,6 +518,28 @@ async fn search_finds_names_with_typos_phones_emails_and_birth_dates_best_first(
     .expect("audit");
     assert_eq!(details.len(), 5);
     assert_eq!(details[2]["ids"].as_array().expect("ids").len(), 1);
+    // A page's event holds exactly the ids shown, in order: not the row fetched only to
+    // learn that another page follows.
+    let page: Value = app
+        .get("/api/v2/patients?limit=2", Some(&owner.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let shown: Vec<Value> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
+    let listed: Value = sqlx::query_scalar(
+        "SELECT details FROM audit_events WHERE action = 'patient.list' ORDER BY at DESC LIMIT 1",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("audit");
+    assert_eq!(listed["ids"], Value::Array(shown));
 }
 
 #[tokio::test]
