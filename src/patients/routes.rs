@@ -124,22 +124,39 @@ pub async fn list_patients(
                     ))
                 }
             };
-            static LIST: LazyLock<String> = LazyLock::new(|| {
-                format!(
-                    "WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT {PATIENT_COLUMNS} FROM patients \
-                     WHERE ($1 OR archived_at IS NULL) \
-                       AND ($2::text IS NULL OR (lower(last_name), lower(first_name), id) > ($2, $3, $4)) \
-                     ORDER BY lower(last_name), lower(first_name), id LIMIT $5) t), {} \
-                     SELECT * FROM page ORDER BY n",
-                    audit::cte(6, "patient.list", "patient", "NULL", "NULL", SHOWN_IDS, "(SELECT 1) AS one")
-                )
+            // One statement per shape (archived or not, first page or later), so that the
+            // planner sees which filters apply: a later page starts in the name index at
+            // the cursor instead of filtering every row before it.
+            static LIST: LazyLock<[String; 4]> = LazyLock::new(|| {
+                let sql = |archived: bool, after: bool| {
+                    format!(
+                        "WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT {PATIENT_COLUMNS} FROM patients \
+                         WHERE {} {} ORDER BY lower(last_name), lower(first_name), id LIMIT $1) t), {} \
+                         SELECT * FROM page ORDER BY n",
+                        if archived { "true" } else { "archived_at IS NULL" },
+                        if after {
+                            "AND (lower(last_name), lower(first_name), id) > ($7, $8, $9)"
+                        } else {
+                            ""
+                        },
+                        audit::cte(2, "patient.list", "patient", "NULL", "NULL", &shown_ids(1), "(SELECT 1) AS one")
+                    )
+                };
+                [
+                    sql(false, false),
+                    sql(false, true),
+                    sql(true, false),
+                    sql(true, true),
+                ]
             });
-            let query = sqlx::query_as::<_, PatientRow>(&LIST)
-                .bind(p.include_archived)
-                .bind(after.as_ref().map(|a| a.0.clone()))
-                .bind(after.as_ref().map(|a| a.1.clone()))
-                .bind(after.as_ref().map(|a| a.2))
-                .bind(limit as i64 + 1);
+            let shape = usize::from(p.include_archived) * 2 + usize::from(after.is_some());
+            let mut query = audit::bind_context(
+                sqlx::query_as::<_, PatientRow>(&LIST[shape]).bind(limit as i64 + 1),
+                &ctx,
+            );
+            if let Some((last, first, id)) = after {
+                query = query.bind(last).bind(first).bind(id);
+            }
             let rows = audit::bind_context(query, &ctx).fetch_all(&mut *tx).await?;
             (rows, vec![])
         }
@@ -163,7 +180,7 @@ pub async fn list_patients(
                     "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
                      s.score, {columns} FROM patient_search($1, $2, $3, $4, $5) s \
                      JOIN patients p ON p.id = s.id), {} SELECT * FROM page ORDER BY n",
-                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", SHOWN_IDS, "(SELECT 1) AS one")
+                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", &shown_ids(5), "(SELECT 1) AS one")
                 )
             });
             let query = sqlx::query_as::<_, ScoredRow>(&SEARCH)
@@ -203,9 +220,14 @@ pub async fn list_patients(
 }
 
 /// The audit details of a page: the ids shown, in order, without the row fetched only to
-/// learn whether another page follows (`page.n` numbers the rows; `$5` is the limit + 1).
-const SHOWN_IDS: &str = "jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) \
-     FROM page WHERE n < $5), '[]'::jsonb))";
+/// learn whether another page follows (`page.n` numbers the rows; parameter `$limit` holds
+/// the limit + 1).
+fn shown_ids(limit: usize) -> String {
+    format!(
+        "jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) \
+         FROM page WHERE n < ${limit}), '[]'::jsonb))"
+    )
+}
 
 #[derive(sqlx::FromRow)]
 struct ScoredRow {
