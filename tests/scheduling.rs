@@ -131,6 +131,15 @@ async fn each_kind_of_overlap_is_a_conflict_and_back_to_back_is_fine() {
         assert_eq!(conflicts[0]["appointment_id"], first["id"]);
         assert_eq!(conflicts[0]["start_at"], "2027-02-01T09:00:00Z");
     }
+    // Each refused booking is a failed action in the audit trail.
+    let mut db = app.admin_db().await;
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'appointment.create' AND outcome = 'failure'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("audit");
+    assert_eq!(failed, 3);
     // Half-open intervals: ending at 09:00 or starting at 10:00 touches nothing.
     for (start, end) in [
         ("2027-02-01T08:00:00Z", "2027-02-01T09:00:00Z"),
