@@ -126,38 +126,38 @@ pub async fn list_patients(
             };
             // One statement per shape (archived or not, first page or later), so that the
             // planner sees which filters apply: a later page starts in the name index at
-            // the cursor instead of filtering every row before it.
-            static LIST: LazyLock<[String; 4]> = LazyLock::new(|| {
-                let sql = |archived: bool, after: bool| {
-                    format!(
-                        "WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT {PATIENT_COLUMNS} FROM patients \
-                         WHERE {} {} ORDER BY lower(last_name), lower(first_name), id LIMIT $1) t), {} \
-                         SELECT * FROM page ORDER BY n",
-                        if archived { "true" } else { "archived_at IS NULL" },
-                        if after {
-                            "AND (lower(last_name), lower(first_name), id) > ($7, $8, $9)"
-                        } else {
-                            ""
-                        },
-                        audit::cte(2, "patient.list", "patient", "NULL", "NULL", &shown_ids(1), "(SELECT 1) AS one")
-                    )
-                };
-                [
-                    sql(false, false),
-                    sql(false, true),
-                    sql(true, false),
-                    sql(true, true),
-                ]
+            // the cursor instead of filtering every row before it. The page size is written
+            // into the statement (an integer of ours): with `LIMIT $1` PostgreSQL plans
+            // every execution afresh, since a generic plan cannot know the limit.
+            static AUDIT: LazyLock<String> = LazyLock::new(|| {
+                audit::cte(
+                    1,
+                    "patient.list",
+                    "patient",
+                    "NULL",
+                    "NULL",
+                    &shown_ids_below(None),
+                    "(SELECT 1) AS one",
+                )
             });
-            let shape = usize::from(p.include_archived) * 2 + usize::from(after.is_some());
-            let mut query = audit::bind_context(
-                sqlx::query_as::<_, PatientRow>(&LIST[shape]).bind(limit as i64 + 1),
-                &ctx,
+            let fetch = limit as i64 + 1;
+            let sql = format!(
+                "WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT {PATIENT_COLUMNS} FROM patients \
+                 WHERE {} {} ORDER BY lower(last_name), lower(first_name), id LIMIT {fetch}) t), {} \
+                 SELECT * FROM page ORDER BY n",
+                if p.include_archived { "true" } else { "archived_at IS NULL" },
+                if after.is_some() {
+                    "AND (lower(last_name), lower(first_name), id) > ($6, $7, $8)"
+                } else {
+                    ""
+                },
+                AUDIT.replace("{shown}", &fetch.to_string()),
             );
+            let mut query = audit::bind_context(sqlx::query_as::<_, PatientRow>(&sql), &ctx);
             if let Some((last, first, id)) = after {
                 query = query.bind(last).bind(first).bind(id);
             }
-            let rows = audit::bind_context(query, &ctx).fetch_all(&mut *tx).await?;
+            let rows = query.fetch_all(&mut *tx).await?;
             (rows, vec![])
         }
         Some(q) => {
@@ -180,7 +180,7 @@ pub async fn list_patients(
                     "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
                      s.score, {columns} FROM patient_search($1, $2, $3, $4, $5) s \
                      JOIN patients p ON p.id = s.id), {} SELECT * FROM page ORDER BY n",
-                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", &shown_ids(5), "(SELECT 1) AS one")
+                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", &shown_ids_below(Some(5)), "(SELECT 1) AS one")
                 )
             });
             let query = sqlx::query_as::<_, ScoredRow>(&SEARCH)
@@ -220,12 +220,13 @@ pub async fn list_patients(
 }
 
 /// The audit details of a page: the ids shown, in order, without the row fetched only to
-/// learn whether another page follows (`page.n` numbers the rows; parameter `$limit` holds
-/// the limit + 1).
-fn shown_ids(limit: usize) -> String {
+/// learn whether another page follows (`page.n` numbers the rows; the rows shown are those
+/// below the limit + 1, parameter `$limit`, or `{shown}` for the caller to fill in).
+fn shown_ids_below(limit: Option<usize>) -> String {
+    let below = limit.map_or_else(|| "{shown}".to_owned(), |n| format!("${n}"));
     format!(
         "jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) \
-         FROM page WHERE n < ${limit}), '[]'::jsonb))"
+         FROM page WHERE n < {below}), '[]'::jsonb))"
     )
 }
 
