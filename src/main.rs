@@ -71,21 +71,16 @@ enum AuditCommand {
     },
 }
 
-/// mimalloc: about a tenth less of the server's CPU per request than glibc's malloc in the
-/// benchmark's reads and lists (see BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `include/mimalloc.h` (the bindings name no
-/// constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the operating system at once: without this, argon2's 19 MiB
-/// working memory per sign-in stays resident after a burst of sign-ins.
+/// Large blocks (argon2's 19 MiB working memory) are always mapped and unmapped, not
+/// kept in per-thread malloc arenas: without this, every thread that ever hashed a
+/// password would keep its 19 MiB.
 fn tune_allocator() {
-    // SAFETY: sets one allocator option; called first in main, before any thread starts
-    // (the option setter is not thread safe).
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters and is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn main() -> ExitCode {
