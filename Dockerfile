@@ -21,6 +21,7 @@ RUN mkdir src \
 
 # The real sources. `sqlx::migrate!("./migrations")` embeds migrations/ and
 # `include_bytes!`/`include_str!` embed assets/, so both must be present at build time.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY assets ./assets

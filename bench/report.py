@@ -67,15 +67,16 @@ Redis {round(1000 * r['redis_cpu_s'] / (s['patient_read']['rps'] * seconds), 3)}
 the kernel {r['other_ms_per_request']} ms. The same statements through pgbench cost
 {per_tx:.2f} ms per transaction (PostgreSQL {b['postgres_ms_per_request']} ms, the pgbench client
 {b['other_ms_per_request']} ms). The fraction ({per_tx / per_req:.0%} by this arithmetic) is
-the CPU the server, Redis and the HTTP load generator need per request next to what the
-database needs, all on the same two cores: the server alone is {server_share:.0%} of the
-total. PostgreSQL's own cost per request is higher through the server than through pgbench
-because the server's first round trip is a simple query (parsed and planned on every
-request, where pgbench's are prepared) and because the connection pool checks each
-connection with a `Sync` when it comes back. 80% on this machine would leave the server,
-Redis and oha together about a quarter of the database's CPU per request; oha alone uses
-about that much. On a deployment where PostgreSQL has cores of its own, the server's share
-does not take throughput from the database.
+what the server, Redis and the HTTP load generator add next to the database, all on the
+same two cores: the server alone is {server_share:.0%} of the total. And PostgreSQL's own
+share is larger through the server ({r['postgres_ms_per_request']} ms) than through pgbench
+({b['postgres_ms_per_request']} ms). The likely reasons, not yet measured one by one: the
+server's first round trip is a simple query (three statements parsed and planned on every
+request, where pgbench's are prepared), and the connection pool sends a `Sync` each time a connection comes back, one more round trip
+that pgbench does not make. Even if the server, Redis and oha cost nothing, the fraction
+could reach only {per_tx / r['postgres_ms_per_request']:.0%} on this machine. On a deployment
+where PostgreSQL has cores of its own, the server's share does not take throughput from
+the database.
 
 The profile of the server during the closed-loop read is below ("Server profile")."""
 

@@ -203,14 +203,16 @@ const OVERLAP_CONSTRAINTS: [&str; 3] = [
     "appointments_patient_overlap",
 ];
 
-/// The appointments that a booking of [start, end) would clash with, as the transaction
-/// sees them.
-async fn conflicts_in(
-    tx: &mut Tx,
+/// The appointments that a booking of [start, end) would clash with (read after the
+/// failed insert rolled back: an exclusion violation does not name the other row).
+async fn find_conflicts(
+    state: &AppState,
+    caller: &Caller,
     slot: &Slot,
     patient: Uuid,
     exclude: Option<Uuid>,
-) -> AppResult<Vec<Conflict>> {
+) -> AppResult<AppError> {
+    let mut tx = caller.begin(state).await?;
     let rows: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "SELECT id, r.resource, start_at, end_at FROM appointments a \
          CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2), \
@@ -225,9 +227,10 @@ async fn conflicts_in(
     .bind(slot.start)
     .bind(slot.end)
     .bind(exclude)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
+    tx.commit().await?;
+    let conflicts: Vec<Conflict> = rows
         .into_iter()
         .map(|(appointment_id, resource, start_at, end_at)| Conflict {
             appointment_id,
@@ -235,35 +238,16 @@ async fn conflicts_in(
             start_at,
             end_at,
         })
-        .collect())
-}
-
-/// The 409 for a double booking, listing the clashes.
-fn double_booking(conflicts: Vec<Conflict>) -> AppError {
+        .collect();
     let mut extra = serde_json::Map::new();
     extra.insert(
         "conflicts".into(),
         serde_json::to_value(&conflicts).unwrap_or_default(),
     );
-    AppError::Conflict {
+    Ok(AppError::Conflict {
         detail: "the provider, the operatory or the patient is already booked then".into(),
         extra: Some(extra),
-    }
-}
-
-/// The clashes of a booking that failed on an exclusion constraint (read after the failed
-/// insert rolled back: an exclusion violation does not name the other row).
-async fn find_conflicts(
-    state: &AppState,
-    caller: &Caller,
-    slot: &Slot,
-    patient: Uuid,
-    exclude: Option<Uuid>,
-) -> AppResult<AppError> {
-    let mut tx = caller.begin(state).await?;
-    let conflicts = conflicts_in(&mut tx, slot, patient, exclude).await?;
-    tx.commit().await?;
-    Ok(double_booking(conflicts))
+    })
 }
 
 /// Serialises bookings that share a provider, an operatory or a patient: transaction-level
@@ -403,15 +387,6 @@ pub async fn book_appointment(
                         find_conflicts(&state, &caller, &slot, body.patient_id, None).await?,
                     )
                 }
-                Err(e @ AppError::Conflict { .. }) => {
-                    audit::record_failure(
-                        &state.db,
-                        &caller.audit(),
-                        Event::new("appointment.create", "appointment").patient(body.patient_id),
-                    )
-                    .await;
-                    return Err(e);
-                }
                 other => return other,
             }
         }
@@ -442,13 +417,6 @@ async fn book_once(
             "start_at",
             "is outside the provider's working hours; set override to book anyway",
         ));
-    }
-    // A clash that is already committed is refused at once, without queueing for the
-    // locks behind every other request for the same slot; the constraints still decide
-    // between bookings that are in flight together.
-    let visible = conflicts_in(&mut tx, slot, body.patient_id, None).await?;
-    if !visible.is_empty() {
-        return Err(double_booking(visible));
     }
     lock_resources(&mut tx, slot, body.patient_id).await?;
     let id = Uuid::now_v7();
