@@ -2,6 +2,8 @@
 //! double booking is a 409 listing what it clashes with), the status machine with its
 //! history, the calendar, and availability computed on the server.
 
+use std::sync::LazyLock;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -203,8 +205,69 @@ const OVERLAP_CONSTRAINTS: [&str; 3] = [
     "appointments_patient_overlap",
 ];
 
-/// The appointments that a booking of [start, end) would clash with (read after the
-/// failed insert rolled back: an exclusion violation does not name the other row).
+/// The appointments that a booking of [start, end) would clash with, as the transaction
+/// sees them. With `longest`, only appointments starting within that long before `start`
+/// are considered: a bound on `start_at` that the calendar index answers (under row-level
+/// security the range operator `&&` is not leakproof, so it can filter but never narrow an
+/// index scan). The exclusion constraints stay the authority either way.
+async fn conflicts_in(
+    tx: &mut Tx,
+    slot: &Slot,
+    patient: Uuid,
+    exclude: Option<Uuid>,
+    longest: Option<Duration>,
+) -> AppResult<Vec<Conflict>> {
+    const SELECT: &str = "SELECT id, r.resource, start_at, end_at FROM appointments a \
+         CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2), \
+                                    ('patient', a.patient_id = $3)) AS r(resource, hit) \
+         WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show') \
+           AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)";
+    static ANY_START: LazyLock<String> =
+        LazyLock::new(|| format!("{SELECT} ORDER BY start_at, id"));
+    static RECENT_START: LazyLock<String> = LazyLock::new(|| {
+        format!("{SELECT} AND a.start_at > $7 AND a.start_at < $5 ORDER BY start_at, id")
+    });
+    let query = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>, DateTime<Utc>)>(match longest {
+        None => &ANY_START,
+        Some(_) => &RECENT_START,
+    })
+    .bind(slot.provider)
+    .bind(slot.operatory)
+    .bind(patient)
+    .bind(slot.start)
+    .bind(slot.end)
+    .bind(exclude);
+    let query = match longest {
+        Some(d) => query.bind(slot.start - d),
+        None => query,
+    };
+    let rows = query.fetch_all(&mut **tx).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(appointment_id, resource, start_at, end_at)| Conflict {
+            appointment_id,
+            resource,
+            start_at,
+            end_at,
+        })
+        .collect())
+}
+
+/// The 409 for a double booking, listing the clashes.
+fn double_booking(conflicts: Vec<Conflict>) -> AppError {
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "conflicts".into(),
+        serde_json::to_value(&conflicts).unwrap_or_default(),
+    );
+    AppError::Conflict {
+        detail: "the provider, the operatory or the patient is already booked then".into(),
+        extra: Some(extra),
+    }
+}
+
+/// The clashes of a booking that failed on an exclusion constraint (read after the failed
+/// insert rolled back: an exclusion violation does not name the other row).
 async fn find_conflicts(
     state: &AppState,
     caller: &Caller,
@@ -213,41 +276,9 @@ async fn find_conflicts(
     exclude: Option<Uuid>,
 ) -> AppResult<AppError> {
     let mut tx = caller.begin(state).await?;
-    let rows: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, r.resource, start_at, end_at FROM appointments a \
-         CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2), \
-                                    ('patient', a.patient_id = $3)) AS r(resource, hit) \
-         WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show') \
-           AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6) \
-         ORDER BY start_at, id",
-    )
-    .bind(slot.provider)
-    .bind(slot.operatory)
-    .bind(patient)
-    .bind(slot.start)
-    .bind(slot.end)
-    .bind(exclude)
-    .fetch_all(&mut *tx)
-    .await?;
+    let conflicts = conflicts_in(&mut tx, slot, patient, exclude, None).await?;
     tx.commit().await?;
-    let conflicts: Vec<Conflict> = rows
-        .into_iter()
-        .map(|(appointment_id, resource, start_at, end_at)| Conflict {
-            appointment_id,
-            resource,
-            start_at,
-            end_at,
-        })
-        .collect();
-    let mut extra = serde_json::Map::new();
-    extra.insert(
-        "conflicts".into(),
-        serde_json::to_value(&conflicts).unwrap_or_default(),
-    );
-    Ok(AppError::Conflict {
-        detail: "the provider, the operatory or the patient is already booked then".into(),
-        extra: Some(extra),
-    })
+    Ok(double_booking(conflicts))
 }
 
 /// Serialises bookings that share a provider, an operatory or a patient: transaction-level
@@ -387,6 +418,15 @@ pub async fn book_appointment(
                         find_conflicts(&state, &caller, &slot, body.patient_id, None).await?,
                     )
                 }
+                Err(e @ AppError::Conflict { .. }) => {
+                    audit::record_failure(
+                        &state.db,
+                        &caller.audit(),
+                        Event::new("appointment.create", "appointment").patient(body.patient_id),
+                    )
+                    .await;
+                    return Err(e);
+                }
                 other => return other,
             }
         }
@@ -417,6 +457,14 @@ async fn book_once(
             "start_at",
             "is outside the provider's working hours; set override to book anyway",
         ));
+    }
+    // A clash that is already committed is refused at once, without queueing for the
+    // locks behind every other request for the same slot; the constraints still decide
+    // between bookings that are in flight together.
+    let longest = Duration::minutes(state.config.appointment_max_minutes as i64);
+    let visible = conflicts_in(&mut tx, slot, body.patient_id, None, Some(longest)).await?;
+    if !visible.is_empty() {
+        return Err(double_booking(visible));
     }
     lock_resources(&mut tx, slot, body.patient_id).await?;
     let id = Uuid::now_v7();
