@@ -200,9 +200,10 @@ impl Caller {
         }
     }
 
-    /// Opens the caller's clinic transaction after confirming, in the same round trip, that the account is still
-    /// active with the same role and credentials as when the token was issued, so that
-    /// deactivation, role changes and password changes cut access off on the next request.
+    /// Opens the caller's clinic transaction after confirming, in the same round trip, that
+    /// the account is still active with the same role and credentials as when the token was
+    /// issued, so that deactivation, role changes and password changes cut access off on the
+    /// next request.
     pub async fn begin(&self, state: &AppState) -> AppResult<Tx> {
         state
             .db

@@ -79,10 +79,7 @@ impl Db {
             "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}'); \
              BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true)"
         );
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let tx = self.pool.begin_with(sql).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        tx
+        self.begin_counted(&self.pool, sql).await
     }
 
     /// The same on the read replica (or the primary when none is configured).
@@ -102,6 +99,11 @@ impl Db {
             Some(id) => format!("BEGIN; SELECT set_config('app.clinic_id', '{id}', true)"),
             None => "BEGIN".to_owned(),
         };
+        self.begin_counted(pool, sql).await
+    }
+
+    /// Begins with `sql`, counted in [`Db::waiting`] while a connection is awaited.
+    async fn begin_counted(&self, pool: &PgPool, sql: String) -> Result<Tx, sqlx::Error> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let tx = pool.begin_with(sql).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);

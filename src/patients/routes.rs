@@ -129,17 +129,6 @@ pub async fn list_patients(
             // the cursor instead of filtering every row before it. The page size is written
             // into the statement (an integer of ours): with `LIMIT $1` PostgreSQL plans
             // every execution afresh, since a generic plan cannot know the limit.
-            static AUDIT: LazyLock<String> = LazyLock::new(|| {
-                audit::cte(
-                    1,
-                    "patient.list",
-                    "patient",
-                    "NULL",
-                    "NULL",
-                    &shown_ids_below(None),
-                    "(SELECT 1) AS one",
-                )
-            });
             let fetch = limit as i64 + 1;
             let sql = format!(
                 "WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT {PATIENT_COLUMNS} FROM patients \
@@ -151,7 +140,15 @@ pub async fn list_patients(
                 } else {
                     ""
                 },
-                AUDIT.replace("{shown}", &fetch.to_string()),
+                audit::cte(
+                    1,
+                    "patient.list",
+                    "patient",
+                    "NULL",
+                    "NULL",
+                    &shown_ids_below(&fetch.to_string()),
+                    "(SELECT 1) AS one"
+                ),
             );
             let mut query = audit::bind_context(sqlx::query_as::<_, PatientRow>(&sql), &ctx);
             if let Some((last, first, id)) = after {
@@ -180,7 +177,7 @@ pub async fn list_patients(
                     "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
                      s.score, {columns} FROM patient_search($1, $2, $3, $4, $5) s \
                      JOIN patients p ON p.id = s.id), {} SELECT * FROM page ORDER BY n",
-                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", &shown_ids_below(Some(5)), "(SELECT 1) AS one")
+                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", &shown_ids_below("$5"), "(SELECT 1) AS one")
                 )
             });
             let query = sqlx::query_as::<_, ScoredRow>(&SEARCH)
@@ -220,13 +217,12 @@ pub async fn list_patients(
 }
 
 /// The audit details of a page: the ids shown, in order, without the row fetched only to
-/// learn whether another page follows (`page.n` numbers the rows; the rows shown are those
-/// below the limit + 1, parameter `$limit`, or `{shown}` for the caller to fill in).
-fn shown_ids_below(limit: Option<usize>) -> String {
-    let below = limit.map_or_else(|| "{shown}".to_owned(), |n| format!("${n}"));
+/// learn whether another page follows (`page.n` numbers the rows; `fetched` is the
+/// limit + 1, a parameter or a literal).
+fn shown_ids_below(fetched: &str) -> String {
     format!(
         "jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) \
-         FROM page WHERE n < {below}), '[]'::jsonb))"
+         FROM page WHERE n < {fetched}), '[]'::jsonb))"
     )
 }
 

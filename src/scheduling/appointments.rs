@@ -397,38 +397,29 @@ pub async fn book_appointment(
                 notes.as_deref(),
             )
             .await;
-            match result {
+            let refused = match result {
                 Err(e) if attempt < 3 && is_retryable(&e) => continue,
                 Err(AppError::Database(e))
                     if violated_constraint(&e)
                         .is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) =>
                 {
-                    let conflict =
-                        find_conflicts(&state, &caller, &slot, body.patient_id, None).await?;
-                    audit::record_failure(
-                        &state.db,
-                        &caller.audit(),
-                        Event::new("appointment.create", "appointment").patient(body.patient_id),
-                    )
-                    .await;
-                    return Err(conflict);
+                    find_conflicts(&state, &caller, &slot, body.patient_id, None).await?
                 }
                 Err(e) if is_retryable(&e) => {
                     return Err(
                         find_conflicts(&state, &caller, &slot, body.patient_id, None).await?,
                     )
                 }
-                Err(e @ AppError::Conflict { .. }) => {
-                    audit::record_failure(
-                        &state.db,
-                        &caller.audit(),
-                        Event::new("appointment.create", "appointment").patient(body.patient_id),
-                    )
-                    .await;
-                    return Err(e);
-                }
+                Err(e @ AppError::Conflict { .. }) => e,
                 other => return other,
-            }
+            };
+            audit::record_failure(
+                &state.db,
+                &caller.audit(),
+                Event::new("appointment.create", "appointment").patient(body.patient_id),
+            )
+            .await;
+            return Err(refused);
         }
     })
     .await
