@@ -81,23 +81,93 @@ the database.
 The profile of the server during the closed-loop read is below ("Server profile")."""
 
 
+PERF_ROW = re.compile(r"^\s*([\d.]+)%\s+(\d+)\s+(.*?)\s*$")
+PERF_HZ = 999
+
+
+def perf_rows(path):
+    """(name, samples) from a `perf report -n` summary bench/run kept."""
+    rows = []
+    if os.path.exists(path):
+        for line in open(path):
+            m = PERF_ROW.match(line)
+            if m:
+                rows.append((m.group(3), int(m.group(2))))
+    return rows
+
+
+def completed(o, name):
+    """Requests (oha) or transactions (pgbench) completed in a profiled run."""
+    if os.path.exists(f"{o}/{name}.json"):
+        return sum(json.load(open(f"{o}/{name}.json")).get("statusCodeDistribution", {}).values())
+    if os.path.exists(f"{o}/{name}.txt"):
+        m = re.search(r"number of transactions actually processed: (\d+)", open(f"{o}/{name}.txt").read())
+        return int(m.group(1)) if m else 0
+    return 0
+
+
+def block(rows, limit):
+    return "\n".join(f"{100 * n / max(1, sum(c for _, c in rows)):6.2f}%  {name}" for name, n in rows[:limit])
+
+
 def profile(o):
     """perf's view of the server during the profiled closed-loop read, when perf could sample."""
-    dso, top = f"{o}/patient_read_profile.perf-dso.txt", f"{o}/patient_read_profile.perf-top.txt"
-    if not (os.path.exists(dso) and os.path.exists(top)):
+    dso = perf_rows(f"{o}/patient_read_profile.server-dso.txt")
+    top = perf_rows(f"{o}/patient_read_profile.server-sym.txt")
+    if not dso or not top:
         return "perf could not sample on this machine; no server profile in this run."
-    return f"""`perf record -e cpu-clock` on the server during a second closed-loop patient read
-(32 connections). Share of the server's samples by object:
+    return f"""`perf record -e cpu-clock -a` during a second closed-loop patient read (32 connections),
+the server's samples. Share by object:
 
 ```
-{open(dso).read().rstrip()}
+{block(dso, 6)}
 ```
 
 The top functions (self time):
 
 ```
-{open(top).read().rstrip()}
+{block(top, 30)}
 ```"""
+
+
+def pg_profile(o):
+    """PostgreSQL's CPU per request through the server against per transaction through
+    pgbench, for the same statements, from perf samples of both closed-loop reads."""
+    srv, bench = "patient_read_profile", "pgbench_read_profile"
+    ns, nb = completed(o, srv), completed(o, bench)
+    tables = {}
+    for key in ("dso", "sym"):
+        tables[key] = (dict(perf_rows(f"{o}/{srv}.postgres-{key}.txt")),
+                       dict(perf_rows(f"{o}/{bench}.postgres-{key}.txt")))
+    if not (ns and nb and tables["dso"][0] and tables["dso"][1]):
+        return "perf could not sample PostgreSQL in this run."
+    us = lambda samples, n: 1e6 * samples / PERF_HZ / n
+
+    def rows(key, limit):
+        a, b = tables[key]
+        names = sorted(set(a) | set(b), key=lambda k: -abs(us(a.get(k, 0), ns) - us(b.get(k, 0), nb)))
+        return "\n".join(
+            f"| `{k}` | {us(a.get(k, 0), ns):.1f} | {us(b.get(k, 0), nb):.1f} | {us(a.get(k, 0), ns) - us(b.get(k, 0), nb):+.1f} |"
+            for k in names[:limit])
+    total_a = us(sum(tables["dso"][0].values()), ns)
+    total_b = us(sum(tables["dso"][1].values()), nb)
+    return f"""`perf record -e cpu-clock -a` during a closed-loop patient read through the server
+({ns:,} requests) and during the same statements through pgbench ({nb:,} transactions),
+PostgreSQL's backends only, in microseconds of CPU per request (one sample at
+{PERF_HZ} Hz is about 1 ms). In all: {total_a:.0f} µs through the server, {total_b:.0f} µs
+through pgbench.
+
+By object:
+
+| object | through the server | through pgbench | difference |
+|---|---|---|---|
+{rows("dso", 8)}
+
+The functions (self time) that differ most:
+
+| function | through the server | through pgbench | difference |
+|---|---|---|---|
+{rows("sym", 25)}"""
 
 
 HISTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
@@ -105,6 +175,32 @@ HISTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
 
 def five_xx(s):
     return sum(v for k, v in s["statuses"].items() if k.startswith("5"))
+
+
+PLAN_NODE = re.compile(r"^(Limit|Aggregate|Result|Function Scan|Sort|HashAggregate|GroupAggregate|"
+                       r"Nested Loop|Hash Join|Merge Join|Index|Bitmap|Seq Scan|Append|Subquery Scan|Unique)")
+
+
+def search_plan(path):
+    """auto_explain's log of the search: each statement's first line and its plan, without
+    the rest of the statement's text."""
+    if not os.path.exists(path):
+        return ""
+    out, in_text = [], False
+    for line in open(path).read().splitlines():
+        if "LOG:  duration:" in line:
+            out.append("")
+            out.append(line.split("LOG:  ", 1)[1])
+            in_text = False
+        elif line.startswith("Query Text:"):
+            out.append(line[:110] + (" …" if len(line) > 110 else ""))
+            in_text = True
+        elif in_text and PLAN_NODE.match(line):
+            in_text = False
+            out.append(line)
+        elif not in_text and out:
+            out.append(line)
+    return "\n".join(out).strip()
 
 
 def main():
@@ -148,7 +244,7 @@ def main():
             "postgres_ms_per_request": round(1000 * d[1] / count, 3) if count else None,
             "other_ms_per_request": round(1000 * (d[3] - d[0] - d[1] - d[2]) / count, 3) if count else None,
         }
-    plan = open(f"{o}/search_plan.txt").read().strip() if os.path.exists(f"{o}/search_plan.txt") else ""
+    plan = search_plan(f"{o}/search_plan.txt")
 
     machine = {
         "cpu": sh("lscpu | sed -n 's/^Model name: *//p'") or platform.processor(),
@@ -274,14 +370,20 @@ generator (oha or pgbench) and the kernel's network work.
 
 {profile(o)}
 
+## PostgreSQL through the server and through pgbench
+
+{pg_profile(o)}
+
 """ + (open(HISTORY).read() if os.path.exists(HISTORY) else "") + f"""
 
 ## Search plan
 
 Name search runs inside `patient_search()`, a `SECURITY DEFINER` function owned by
-`molar_auth`, so the trigram index is used (under the server's own row-level security
-the non-leakproof `%` operator could not reach it). The plan for the candidate query in
-the 100,000-patient clinic:
+`molar_auth`, so the trigram index on the name lexicon is used (under the server's own
+row-level security the non-leakproof `%` operator could not reach it). The statements it
+runs for "Emma Hofmann" in the 100,000-patient clinic, from `auto_explain`: per query
+word, the lexicon's words like it; then the clinic's patients carrying them, index only;
+then the best 100 scored:
 
 ```
 {plan}

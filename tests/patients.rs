@@ -543,71 +543,120 @@ async fn search_finds_names_with_typos_phones_emails_and_birth_dates_best_first(
 }
 
 #[tokio::test]
-async fn name_search_uses_the_trigram_index_inside_the_search_function() {
+async fn name_search_reads_only_the_callers_clinic_words_and_follows_renames() {
     let app = spawn().await;
-    let owner = app.register_clinic("Explain").await;
-    app.patient(&owner.access, "John", "Smith").await;
+    let owner = app.register_clinic("Words").await;
+    let other = app.register_clinic("Other words").await;
+    let id = app.patient(&owner.access, "John", "Smith").await;
+    let elsewhere = app.patient(&other.access, "John", "Smithson").await;
     let mut db = app.admin_db().await;
+    // Many more patients elsewhere, with words the search must not mistake for the caller's.
     sqlx::query(
         "INSERT INTO patients (clinic_id, id, first_name, last_name, date_of_birth) \
-         SELECT $1::uuid, gen_random_uuid(), 'First' || g, 'Name' || md5(g::text), DATE '1980-01-01' + g % 9000 \
-         FROM generate_series(1, 5000) g",
+         SELECT $1::uuid, gen_random_uuid(), 'John' || g % 7, 'Smith' || chr(97 + g % 26), DATE '1980-01-01' + g % 9000 \
+         FROM generate_series(1, 3000) g",
     )
-    .bind(&owner.clinic_id)
+    .bind(&other.clinic_id)
     .execute(&mut db)
     .await
     .expect("seed");
-    sqlx::query("ANALYZE patients")
+    let search = |q: &str| {
+        let path = format!("/api/v2/patients?q={}&limit=50", urlencode(q));
+        let (app, token) = (&app, owner.access.clone());
+        async move {
+            let found: Value = app
+                .get(&path, Some(&token))
+                .await
+                .json()
+                .await
+                .expect("json");
+            found["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|p| p["id"].as_str().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(search("jonh smiht").await, vec![id.clone()]);
+    assert_eq!(
+        search("smithson").await,
+        vec![id.clone()],
+        "only the caller's clinic"
+    );
+    assert!(!search("john").await.contains(&elsewhere));
+
+    // A rename moves the patient's words: the old name no longer finds them.
+    let res = app
+        .patch(
+            &format!("/api/v2/patients/{id}"),
+            Some(&owner.access),
+            json!({"last_name": "Smyth-Jones"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(search("smyth").await, vec![id.clone()]);
+    assert_eq!(search("jones").await, vec![id.clone()]);
+    let words: Vec<String> = sqlx::query_scalar(
+        "SELECT word FROM patient_name_words WHERE patient_id = $1::uuid ORDER BY word",
+    )
+    .bind(&id)
+    .fetch_all(&mut db)
+    .await
+    .expect("words");
+    assert_eq!(words, ["john", "jones", "smyth"]);
+
+    // The words tables are the search function's alone: the server's role cannot read them.
+    let mut server = app.server_db().await;
+    for table in ["name_lexicon", "patient_name_words"] {
+        let err = sqlx::query(&format!("SELECT * FROM {table} LIMIT 1"))
+            .fetch_all(&mut server)
+            .await
+            .expect_err("no access");
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{table}: {err}"
+        );
+    }
+
+    // Inside the search function, the trigram operator reaches the lexicon's index (under
+    // the server's row-level security it could not: pg_trgm's operators are not
+    // leakproof), and a clinic's words are read from the B-tree alone.
+    sqlx::query("ANALYZE name_lexicon, patient_name_words")
         .execute(&mut db)
         .await
         .expect("analyze");
-    // On a table this small the planner prefers to filter row by row; making each
-    // operator call expensive (as it is at 100,000 rows) shows which plans are possible.
-    let explain = |role: &'static str| {
-        let clinic = owner.clinic_id.clone();
-        let db_name = app.db_name.clone();
-        async move {
-            let mut db = admin_connection(&db_name).await;
-            let mut tx = sqlx::Connection::begin(&mut db).await.expect("begin");
-            for sql in [
-                format!("SET LOCAL ROLE {role}"),
-                "SET LOCAL cpu_operator_cost = 1".to_owned(),
-                format!("SELECT set_config('app.clinic_id', '{clinic}', true)"),
-            ] {
-                sqlx::query(&sql).execute(&mut *tx).await.expect("setup");
-            }
-            let plan: Vec<String> = sqlx::query_scalar(&format!(
-                "EXPLAIN SELECT id FROM patients p WHERE p.clinic_id = '{clinic}' AND p.search_name % 'jonh smith'"
-            ))
-            .fetch_all(&mut *tx)
-            .await
-            .expect("explain");
-            plan.join("\n")
-        }
-    };
-    let definer = explain("molar_auth").await;
+    let mut tx = sqlx::Connection::begin(&mut db).await.expect("begin");
+    for sql in [
+        "SET LOCAL ROLE molar_auth",
+        "SET LOCAL cpu_operator_cost = 1",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.expect("setup");
+    }
+    let lexicon = explain(&mut tx, "SELECT word FROM name_lexicon WHERE word % 'jonh'").await;
     assert!(
-        definer
+        lexicon
             .lines()
             .any(|l| l.contains("Index Cond") && l.contains('%')),
-        "the search function's role filters by trigram in the index:\n{definer}"
+        "{lexicon}"
     );
-    let server = explain(SERVER_ROLE).await;
-    assert!(
-        !server.lines().any(|l| l.contains("Index Cond") && l.contains('%')),
-        "under the server's row-level security the trigram operator cannot reach the index:\n{server}"
-    );
-    // And through the API the typo still finds the one real match first.
-    let found: Value = app
-        .get(
-            "/api/v2/patients?q=jonh%20smiht&limit=3",
-            Some(&owner.access),
-        )
+    let clinic_words = explain(
+        &mut tx,
+        &format!(
+            "SELECT patient_id FROM patient_name_words WHERE clinic_id = '{}' AND word = 'john'",
+            owner.clinic_id
+        ),
+    )
+    .await;
+    assert!(clinic_words.contains("Index Only Scan"), "{clinic_words}");
+}
+
+async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> String {
+    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+        .fetch_all(conn)
         .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(found["items"][0]["last_name"], "Smith");
+        .expect("explain");
+    lines.join("\n")
 }
 
 #[tokio::test]

@@ -16,6 +16,8 @@ const GLOBAL_TABLES: &[&str] = &[
     "security_events",
     "audit_retention",
     "audit_seal_state",
+    // Name words linked to no clinic or patient; only the search function reads it.
+    "name_lexicon",
 ];
 
 async fn db_with_pool(size: u32) -> (Db, String) {
