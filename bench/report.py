@@ -56,6 +56,24 @@ def gaps(cpu, pg, s, seconds):
     per_req = (r["busy_cpu_s"] * 1000) / (s["patient_read"]["rps"] * seconds)
     per_tx = (b["busy_cpu_s"] * 1000) / (pg["read"]["tps"] * seconds)
     server_share = r["server_ms_per_request"] / per_req if per_req else 0
+    pg_srv, pg_b = r["postgres_ms_per_request"], b["postgres_ms_per_request"]
+    bound = per_tx / pg_srv if pg_srv else 0
+    if bound < 1:
+        bound_text = (f"Even if the server, Redis and oha cost nothing, the fraction could reach only "
+                      f"{bound:.0%} on this machine.")
+    else:
+        bound_text = ("Were the server, Redis and oha free, the server's path would pass the ceiling "
+                      f"({bound:.0%}): the gap is their CPU on the same two cores.")
+    list_text = ""
+    if "patient_list" in cpu and "pgbench_list" in cpu and "list" in pg:
+        l, lb = cpu["patient_list"], cpu["pgbench_list"]
+        list_text = f"""
+A page of 50 patients costs the server {l['server_ms_per_request']} ms of CPU (50 rows decoded, 50
+patients serialised to JSON and the page gzipped, as the client accepts it) next to
+PostgreSQL's {l['postgres_ms_per_request']} ms through the server ({lb['postgres_ms_per_request']} ms
+through pgbench): the server's share of a page is larger than of a single read, so the
+list's fraction is lower.
+"""
     return f"""### Why the ceiling fraction is what it is
 
 Every closed-loop run keeps both cores busy (the "busy" column is close to the
@@ -68,32 +86,33 @@ the kernel {r['other_ms_per_request']} ms. The same statements through pgbench c
 {per_tx:.2f} ms per transaction (PostgreSQL {b['postgres_ms_per_request']} ms, the pgbench client
 {b['other_ms_per_request']} ms). The fraction ({per_tx / per_req:.0%} by this arithmetic) is
 what the server, Redis and the HTTP load generator add next to the database, all on the
-same two cores: the server alone is {server_share:.0%} of the total. And PostgreSQL's own
-share is larger through the server ({r['postgres_ms_per_request']} ms) than through pgbench
-({b['postgres_ms_per_request']} ms). The likely reasons, not yet measured one by one: the
-server's first round trip is a simple query (three statements parsed and planned on every
-request, where pgbench's are prepared), and the connection pool sends a `Sync` each time a connection comes back, one more round trip
-that pgbench does not make. Even if the server, Redis and oha cost nothing, the fraction
-could reach only {per_tx / r['postgres_ms_per_request']:.0%} on this machine. On a deployment
+same two cores: the server alone is {server_share:.0%} of the total. PostgreSQL itself
+spends {"more" if pg_srv > pg_b else "less"} CPU per request through the server ({pg_srv} ms)
+than per transaction through pgbench ({pg_b} ms): "PostgreSQL through the server and through
+pgbench" below compares the two function by function. {bound_text} On a deployment
 where PostgreSQL has cores of its own, the server's share does not take throughput from
 the database.
-
+{list_text}
 The profile of the server during the closed-loop read is below ("Server profile")."""
 
 
-PERF_ROW = re.compile(r"^\s*([\d.]+)%\s+(\d+)\s+(.*?)\s*$")
+PERF_ROW = re.compile(r"^\s*[\d.]+%\s+(\d+)\s+(\d+):(\S+)\s+(.*?)\s*$")
 PERF_HZ = 999
 
 
-def perf_rows(path):
-    """(name, samples) from a `perf report -n` summary bench/run kept."""
-    rows = []
-    if os.path.exists(path):
-        for line in open(path):
-            m = PERF_ROW.match(line)
-            if m:
-                rows.append((m.group(3), int(m.group(2))))
-    return rows
+def perf_rows(o, name, key, who):
+    """[(object or function, samples)] of the server's threads or of PostgreSQL's processes,
+    from a `perf report -n --sort pid,<key>` that bench/run kept."""
+    path = f"{o}/{name}.{key}.txt"
+    if not os.path.exists(path):
+        return []
+    tids = set(open(f"{o}/{name}.server-tids").read().split()) if os.path.exists(f"{o}/{name}.server-tids") else set()
+    agg = {}
+    for line in open(path):
+        m = PERF_ROW.match(line)
+        if m and ((who == "postgres" and m.group(3) == "postgres") or (who == "server" and m.group(2) in tids)):
+            agg[m.group(4)] = agg.get(m.group(4), 0) + int(m.group(1))
+    return sorted(agg.items(), key=lambda kv: -kv[1])
 
 
 def completed(o, name):
@@ -110,10 +129,30 @@ def block(rows, limit):
     return "\n".join(f"{100 * n / max(1, sum(c for _, c in rows)):6.2f}%  {name}" for name, n in rows[:limit])
 
 
+def tail(cpu):
+    """Why the fixed-rate percentiles depend on the machine's state, from this run's CPU."""
+    pairs = [(c, f) for c, f in (("patient_read", "patient_read_fixed"), ("patient_list", "patient_list_fixed"))
+             if c in cpu and f in cpu]
+    if not pairs:
+        return ""
+    parts = [f"{c.replace('patient_', '')}: {cpu[f]['busy_share']:.0%} busy, "
+             f"{cpu[f]['switches_per_request']} context switches per request against "
+             f"{cpu[c]['switches_per_request']} in the closed loop" for c, f in pairs]
+    return f"""### Why the fixed-rate tail varies
+
+Half the closed-loop maximum is not half the machine: a request that arrives alone is
+woken alone, and costs more CPU and more context switches than one of 32 in flight, so at
+half the rate the machine is far busier than half ({"; ".join(parts)}). At that load,
+with the load generator, the server, PostgreSQL and Redis sharing two cores, the 99th
+percentile follows whatever else the host does (see "The open-loop tail" in the history
+below).
+"""
+
+
 def profile(o):
     """perf's view of the server during the profiled closed-loop read, when perf could sample."""
-    dso = perf_rows(f"{o}/patient_read_profile.server-dso.txt")
-    top = perf_rows(f"{o}/patient_read_profile.server-sym.txt")
+    dso = perf_rows(o, "patient_read_profile", "dso", "server")
+    top = perf_rows(o, "patient_read_profile", "sym", "server")
     if not dso or not top:
         return "perf could not sample on this machine; no server profile in this run."
     return f"""`perf record -e cpu-clock -a` during a second closed-loop patient read (32 connections),
@@ -137,8 +176,7 @@ def pg_profile(o):
     ns, nb = completed(o, srv), completed(o, bench)
     tables = {}
     for key in ("dso", "sym"):
-        tables[key] = (dict(perf_rows(f"{o}/{srv}.postgres-{key}.txt")),
-                       dict(perf_rows(f"{o}/{bench}.postgres-{key}.txt")))
+        tables[key] = (dict(perf_rows(o, srv, key, "postgres")), dict(perf_rows(o, bench, key, "postgres")))
     if not (ns and nb and tables["dso"][0] and tables["dso"][1]):
         return "perf could not sample PostgreSQL in this run."
     us = lambda samples, n: 1e6 * samples / PERF_HZ / n
@@ -223,13 +261,16 @@ def main():
             s[name]["peak_rss_mb"] = round(rss(name), 1)
     pg = {k: pgbench(f"{o}/pgbench_{k}.txt") for k in ["read", "list"]}
     cpu = {}
-    for name, requests in [("patient_read", None), ("patient_list", None), ("pgbench_read", "read"), ("pgbench_list", "list")]:
+    for name, requests in [("patient_read", None), ("patient_read_fixed", None), ("patient_list", None),
+                           ("patient_list_fixed", None), ("search_fixed", None),
+                           ("pgbench_read", "read"), ("pgbench_list", "list")]:
         path = f"{o}/{name}.cpu"
         if not os.path.exists(path):
             continue
         v = [float(x) for x in open(path).read().split()]
-        before, after = v[:5], v[5:]
+        before, after = v[:len(v) // 2], v[len(v) // 2:]
         tick = after[4]
+        switches = after[5] - before[5] if len(after) > 5 else None
         d = [(after[i] - before[i]) / tick for i in range(4)]
         count = s[name]["rps"] * a_seconds if requests is None else pg[requests]["tps"] * a_seconds
         client = f"{o}/{name}.client"
@@ -243,6 +284,8 @@ def main():
             "server_ms_per_request": round(1000 * d[0] / count, 3) if count else None,
             "postgres_ms_per_request": round(1000 * d[1] / count, 3) if count else None,
             "other_ms_per_request": round(1000 * (d[3] - d[0] - d[1] - d[2]) / count, 3) if count else None,
+            "busy_share": round(d[3] / (os.cpu_count() * a_seconds), 2),
+            "switches_per_request": round(switches / count, 1) if switches is not None and count else None,
         }
     plan = search_plan(f"{o}/search_plan.txt")
 
@@ -356,13 +399,16 @@ insert in the same statement, and `COMMIT`.
 
 ## Where the CPU goes
 
-CPU seconds spent during the closed-loop scenarios, from `/proc` (the machine has
-{os.cpu_count()} cores, so {os.cpu_count() * a.seconds} CPU-seconds per {a.seconds} s scenario). "Other" is the load
-generator (oha or pgbench) and the kernel's network work.
+CPU seconds spent during the closed-loop and fixed-rate scenarios, from `/proc` (the
+machine has {os.cpu_count()} cores, so {os.cpu_count() * a.seconds} CPU-seconds per {a.seconds} s scenario). "Other" is the load
+generator (oha or pgbench) and the kernel's network work; "busy" is the share of the
+machine in use, and "switches" the machine's context switches per request.
 
-| run | busy | server | PostgreSQL | Redis | other | server ms/req | PostgreSQL ms/req | other ms/req |
-|---|---|---|---|---|---|---|---|---|
-""" + "\n".join(f"| {k} | {v['busy_cpu_s']} | {v['server_cpu_s']} | {v['postgres_cpu_s']} | {v['redis_cpu_s']} | {v['other_cpu_s']} | {v['server_ms_per_request']} | {v['postgres_ms_per_request']} | {v['other_ms_per_request']} |" for k, v in cpu.items()) + f"""
+| run | busy | server | PostgreSQL | Redis | other | server ms/req | PostgreSQL ms/req | other ms/req | switches/req |
+|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(f"| {k} | {v['busy_cpu_s']} ({v['busy_share']:.0%}) | {v['server_cpu_s']} | {v['postgres_cpu_s']} | {v['redis_cpu_s']} | {v['other_cpu_s']} | {v['server_ms_per_request']} | {v['postgres_ms_per_request']} | {v['other_ms_per_request']} | {v['switches_per_request']} |" for k, v in cpu.items()) + f"""
+
+{tail(cpu)}
 
 {gaps(cpu, pg, s, a.seconds)}
 
