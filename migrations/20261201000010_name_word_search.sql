@@ -5,8 +5,9 @@
 -- every clinic, so a search in one clinic read the entries of a million patients and then
 -- re-checked thousands of rows on the heap. Now:
 --   * name_lexicon holds every distinct name word once, with no link to any clinic or
---     patient; its trigram index finds the words that equal, start with or resemble each
---     word of the query (a small index: names repeat across clinics);
+--     patient; its trigram index finds the words that start with or resemble each word
+--     of the query (a small index: names repeat across clinics), of which only those the
+--     caller's clinic carries are kept;
 --   * patient_name_words holds (clinic, word, patient), so the patients of one clinic
 --     carrying those words are read from one B-tree, index only;
 --   * the best 100 are scored as before (whole-name similarity plus the share of query
@@ -39,10 +40,12 @@ CREATE INDEX name_lexicon_similar ON name_lexicon USING gin (word gin_trgm_ops);
 CREATE INDEX name_lexicon_prefix ON name_lexicon (word text_pattern_ops);
 
 CREATE TABLE patient_name_words (
-    clinic_id  uuid NOT NULL,
-    word       text NOT NULL,
-    patient_id uuid NOT NULL,
-    PRIMARY KEY (clinic_id, word, patient_id),
+    clinic_id  uuid    NOT NULL,
+    word       text    NOT NULL,
+    patient_id uuid    NOT NULL,
+    -- The patient's, so that archived patients are left out before the best are chosen.
+    archived   boolean NOT NULL,
+    PRIMARY KEY (clinic_id, word, patient_id) INCLUDE (archived),
     FOREIGN KEY (clinic_id, patient_id) REFERENCES patients (clinic_id, id) ON DELETE CASCADE
 );
 CREATE INDEX patient_name_words_patient ON patient_name_words (clinic_id, patient_id);
@@ -57,7 +60,7 @@ ALTER TABLE patient_name_words FORCE ROW LEVEL SECURITY;
 -- The trigger and search functions filter by clinic themselves (from the patient row,
 -- or from the transaction's clinic setting).
 CREATE POLICY search ON patient_name_words TO molar_auth USING (true) WITH CHECK (true);
-GRANT SELECT, INSERT, DELETE ON patient_name_words TO molar_auth;
+GRANT SELECT, INSERT, UPDATE, DELETE ON patient_name_words TO molar_auth;
 
 CREATE FUNCTION patients_sync_name_words() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -67,15 +70,19 @@ DECLARE
     new_words text[] := name_words_of(NEW.search_name);
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        IF NEW.clinic_id = OLD.clinic_id AND new_words = name_words_of(OLD.search_name) THEN
+        IF new_words = name_words_of(OLD.search_name) THEN
+            IF (NEW.archived_at IS NULL) <> (OLD.archived_at IS NULL) THEN
+                UPDATE patient_name_words w SET archived = NEW.archived_at IS NOT NULL
+                WHERE w.clinic_id = NEW.clinic_id AND w.patient_id = NEW.id;
+            END IF;
             RETURN NULL;
         END IF;
         DELETE FROM patient_name_words w
         WHERE w.clinic_id = OLD.clinic_id AND w.patient_id = OLD.id;
     END IF;
     INSERT INTO name_lexicon (word) SELECT unnest(new_words) ON CONFLICT DO NOTHING;
-    INSERT INTO patient_name_words (clinic_id, word, patient_id)
-    SELECT NEW.clinic_id, unnest(new_words), NEW.id;
+    INSERT INTO patient_name_words (clinic_id, word, patient_id, archived)
+    SELECT NEW.clinic_id, unnest(new_words), NEW.id, NEW.archived_at IS NOT NULL;
     RETURN NULL;
 END
 $$;
@@ -83,7 +90,7 @@ ALTER FUNCTION patients_sync_name_words() OWNER TO molar_auth;
 REVOKE EXECUTE ON FUNCTION patients_sync_name_words() FROM PUBLIC;
 
 CREATE TRIGGER patients_name_words
-    AFTER INSERT OR UPDATE OF first_name, last_name ON patients
+    AFTER INSERT OR UPDATE OF first_name, last_name, archived_at ON patients
     FOR EACH ROW EXECUTE FUNCTION patients_sync_name_words();
 
 -- Existing patients. The trigger came first: its lock holds back other writers to patients
@@ -92,8 +99,9 @@ CREATE TRIGGER patients_name_words
 -- molar_auth, whose policy on patients reads every clinic.
 INSERT INTO name_lexicon (word)
 SELECT DISTINCT unnest(name_words_of(p.search_name)) FROM patients p;
-INSERT INTO patient_name_words (clinic_id, word, patient_id)
-SELECT p.clinic_id, unnest(name_words_of(p.search_name)), p.id FROM patients p;
+INSERT INTO patient_name_words (clinic_id, word, patient_id, archived)
+SELECT p.clinic_id, unnest(name_words_of(p.search_name)), p.id, p.archived_at IS NOT NULL
+FROM patients p;
 
 -- Name search no longer reads the whole-table trigram index.
 DROP INDEX patients_search_name;
@@ -160,10 +168,12 @@ BEGIN
               AND (after_id IS NULL OR (1.0::real, p.id) < (after_score, after_id))
             ORDER BY 2 DESC, 1 DESC LIMIT lim;
     ELSE
-        -- For each word of the query, the lexicon's words like it, with how well each
-        -- matches: the word itself 1, words it begins 0.9 (the 200 shortest; from two
-        -- letters on), the 10 most similar by trigrams their similarity.
-        -- One query per word, so that the trigram index sees the word as a constant.
+        -- For each word of the query, the words like it that this clinic's patients
+        -- carry, with how well each matches: the word itself 1, words it begins 0.9 (the
+        -- 200 shortest; from two letters on), the 10 most similar by trigrams their
+        -- similarity. Only the clinic's own words compete for those places, so another
+        -- clinic's names never change what a search finds. One query per word, so that
+        -- the trigram index sees the word as a constant.
         FOREACH qword IN ARRAY name_words_of(needle) LOOP
             -- Short words need the lower bar ("jonh" is 0.25 like "john"); longer ones
             -- have enough trigrams for 0.3, which keeps the index's candidates few.
@@ -178,13 +188,19 @@ BEGIN
                      FROM name_lexicon x
                      WHERE length(qword) >= 2
                        AND x.word ~>=~ qword AND x.word ~<~ (qword || chr(1114111))
+                       AND EXISTS (SELECT 1 FROM patient_name_words w
+                                   WHERE w.clinic_id = c AND w.word = x.word
+                                     AND (include_archived OR NOT w.archived))
                      ORDER BY length(x.word), x.word LIMIT 200)
                     UNION ALL
-                    (SELECT x.word, 1.0::real FROM name_lexicon x WHERE x.word = qword)
+                    (SELECT qword, 1.0::real)
                     UNION ALL
                     (SELECT x.word, similarity(x.word, qword)
                      FROM name_lexicon x
                      WHERE x.word % qword
+                       AND EXISTS (SELECT 1 FROM patient_name_words w
+                                   WHERE w.clinic_id = c AND w.word = x.word
+                                     AND (include_archived OR NOT w.archived))
                      ORDER BY similarity(x.word, qword) DESC, x.word LIMIT 10)
                 ) l
                 GROUP BY l.word
@@ -200,6 +216,7 @@ BEGIN
                 SELECT w.patient_id
                 FROM matches m
                 JOIN patient_name_words w ON w.clinic_id = c AND w.word = m.word
+                WHERE include_archived OR NOT w.archived
                 GROUP BY w.patient_id
                 ORDER BY sum(m.weight) DESC, w.patient_id DESC
                 LIMIT 100
@@ -214,9 +231,12 @@ BEGIN
                            WHERE EXISTS (
                                SELECT 1 FROM unnest(regexp_split_to_array(p.search_name, '\s+')) nw
                                WHERE nw LIKE qw || '%'
-                                  OR (length(qw) > 3 AND levenshtein(qw, nw) <= 2)
-                                  OR (length(qw) BETWEEN 2 AND 3 AND levenshtein(qw, nw) <= 1
-                                      AND length(nw) <= 4)))::real
+                                  -- (levenshtein() takes at most 255 characters)
+                                  OR CASE WHEN length(qw) BETWEEN 4 AND 255
+                                          THEN levenshtein(qw, nw) <= 2
+                                          WHEN length(qw) BETWEEN 2 AND 3 AND length(nw) <= 4
+                                          THEN levenshtein(qw, nw) <= 1
+                                          ELSE false END))::real
                           / greatest(cardinality(words), 1))::real AS score
                 FROM candidates k
                 JOIN patients p ON p.clinic_id = c AND p.id = k.patient_id

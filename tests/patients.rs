@@ -591,12 +591,13 @@ async fn name_search_reads_only_the_callers_clinic_words_and_follows_renames() {
         .patch(
             &format!("/api/v2/patients/{id}"),
             Some(&owner.access),
-            json!({"last_name": "Smyth-Jones"}),
+            json!({"last_name": "Okafor-Jones"}),
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(search("smyth").await, vec![id.clone()]);
+    assert_eq!(search("okafor").await, vec![id.clone()]);
     assert_eq!(search("jones").await, vec![id.clone()]);
+    assert!(search("smith").await.is_empty(), "the old name is gone");
     let words: Vec<String> = sqlx::query_scalar(
         "SELECT word FROM patient_name_words WHERE patient_id = $1::uuid ORDER BY word",
     )
@@ -604,7 +605,7 @@ async fn name_search_reads_only_the_callers_clinic_words_and_follows_renames() {
     .fetch_all(&mut db)
     .await
     .expect("words");
-    assert_eq!(words, ["john", "jones", "smyth"]);
+    assert_eq!(words, ["john", "jones", "okafor"]);
 
     // The words tables are the search function's alone: the server's role cannot read them.
     let mut server = app.server_db().await;
@@ -649,6 +650,69 @@ async fn name_search_reads_only_the_callers_clinic_words_and_follows_renames() {
     )
     .await;
     assert!(clinic_words.contains("Index Only Scan"), "{clinic_words}");
+}
+
+#[tokio::test]
+async fn other_clinics_names_and_archived_patients_never_crowd_out_a_match() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Crowded").await;
+    let other = app.register_clinic("Crowding").await;
+    let anna = app.patient(&owner.access, "Anna", "Klefordneu").await;
+    let zed = app.patient(&owner.access, "Zed", "Active").await;
+    let mut db = app.admin_db().await;
+    // Elsewhere, names far closer to the query than the caller's one real match.
+    sqlx::query(
+        "INSERT INTO patients (clinic_id, id, first_name, last_name, date_of_birth) \
+         SELECT $1::uuid, gen_random_uuid(), 'Kelfordneu', 'Kelfordneu' || chr(96 + g), DATE '1980-01-01' \
+         FROM generate_series(1, 26) g",
+    )
+    .bind(&other.clinic_id)
+    .execute(&mut db)
+    .await
+    .expect("other clinic");
+    // In the caller's clinic, 150 archived namesakes that sort before the active one.
+    sqlx::query(
+        "INSERT INTO patients (clinic_id, id, first_name, last_name, date_of_birth, archived_at) \
+         SELECT $1::uuid, ('ffffffff-ffff-4fff-8fff-' || lpad(g::text, 12, '0'))::uuid, 'Zed', 'Active', \
+                DATE '1980-01-01', now() \
+         FROM generate_series(1, 150) g",
+    )
+    .bind(&owner.clinic_id)
+    .execute(&mut db)
+    .await
+    .expect("archived");
+    let ids = |q: &'static str| {
+        let (app, token) = (&app, owner.access.clone());
+        async move {
+            let found: Value = app
+                .get(&format!("/api/v2/patients?q={q}&limit=5"), Some(&token))
+                .await
+                .json()
+                .await
+                .expect("json");
+            found["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|p| p["id"].as_str().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids("kelfordneu").await, vec![anna]);
+    assert_eq!(ids("zed%20active").await, vec![zed.clone()]);
+    // Archived patients come back when asked for.
+    let found: Value = app
+        .get(
+            "/api/v2/patients?q=zed%20active&include_archived=true&limit=20",
+            Some(&owner.access),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let items = found["items"].as_array().expect("items");
+    assert_eq!(items.len(), 20);
+    assert!(items.iter().any(|p| p["archived"] == true), "{found}");
 }
 
 async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> String {

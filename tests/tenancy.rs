@@ -51,7 +51,11 @@ async fn every_tenant_table_has_forced_row_level_security_and_a_policy() {
         SELECT c.relname::text AS name, c.relrowsecurity, c.relforcerowsecurity,
                EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
                        AND a.attname = 'clinic_id' AND NOT a.attisdropped) AS has_clinic,
-               (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
+               (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies,
+               has_table_privilege('molar_app', c.oid, 'SELECT') AS app_reads,
+               EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid
+                       AND (0::oid = ANY (p.polroles) OR 'molar_app'::regrole::oid = ANY (p.polroles)))
+                   AS app_policy
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
           AND NOT c.relispartition
@@ -83,6 +87,12 @@ async fn every_tenant_table_has_forced_row_level_security_and_a_policy() {
             "{table}: RLS not forced"
         );
         assert!(row.get::<i64, _>("policies") > 0, "{table}: no policy");
+        // A table the server's role can read needs a policy that applies to it; one only
+        // a definer role reads (the search's words) may have its policy for that role.
+        assert!(
+            !row.get::<bool, _>("app_reads") || row.get::<bool, _>("app_policy"),
+            "{table}: molar_app reads it, yet no policy applies to molar_app"
+        );
     }
     assert!(tenant_tables >= 1);
     // Partitions inherit the parent's policies only when queried through it; forbid direct grants.
