@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns one bench/run output directory into bench/results/*.json and BENCHMARKS.md."""
-import argparse, datetime, json, os, platform, re, subprocess, sys
+import argparse, datetime, glob, json, os, platform, re, statistics, subprocess, sys
 
 
 def sh(cmd):
@@ -21,6 +21,37 @@ def oha(path):
         "p50_ms": ms("p50"), "p95_ms": ms("p95"), "p99_ms": ms("p99"), "p999_ms": ms("p99.9"),
         "statuses": codes, "errors": errors,
     }
+
+
+def oha_repeated(o, name):
+    """A fixed-rate scenario run several times (<name>_r<i>.json): the median of each figure,
+    with every repetition's p95 and p99 kept; or the single run <name>.json."""
+    paths = sorted(glob.glob(f"{o}/{name}_r*.json"))
+    if not paths:
+        return oha(f"{o}/{name}.json")
+    runs = [oha(p) for p in paths]
+    out = {}
+    for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "p999_ms"):
+        values = [r[k] for r in runs if r[k] is not None]
+        out[k] = round(statistics.median(values), 3) if values else None
+    out["statuses"] = {}
+    for r in runs:
+        for code, n in r["statuses"].items():
+            out["statuses"][code] = out["statuses"].get(code, 0) + n
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["repeats"] = [{"p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"]} for r in runs]
+    return out
+
+
+def repeats_note(s, labels):
+    """Every repetition of the fixed-rate scenarios, under the table of medians."""
+    lines = [f"- {labels[k]}: p95 " + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
+             + "; p99 " + ", ".join(str(r["p99_ms"]) for r in v["repeats"])
+             for k, v in s.items() if "repeats" in v and k in labels]
+    if not lines:
+        return ""
+    return ("\nThe fixed-rate scenarios run several times in a row; the table shows the median of\n"
+            "each figure, and every repetition's p95 and p99 (ms) follow:\n\n" + "\n".join(lines) + "\n")
 
 
 def wrk(path):
@@ -253,7 +284,7 @@ def main():
     s = {}
     for name in ["health", "patient_read", "patient_read_fixed", "patient_read_256", "patient_list",
                  "patient_list_fixed", "patient_list_256", "search", "search_fixed", "health_during_login"]:
-        s[name] = oha(f"{o}/{name}.json")
+        s[name] = oha_repeated(o, name)
     for name in ["book_spread", "book_contended", "login_flood"]:
         s[name] = wrk(f"{o}/{name}.txt")
     for name in s:
@@ -381,7 +412,7 @@ errors of the load generator.
 | scenario | req/s | p50 | p95 | p99 | p99.9 | 5xx | errors | peak RSS (MB) | statuses |
 |---|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
-
+{repeats_note(s, labels)}
 Start-up to ready: {a.startup_ms} ms. Idle RSS: {a.idle_rss_kb / 1024:.1f} MB.
 
 ## The database's ceiling
