@@ -682,6 +682,24 @@ async fn other_clinics_names_and_archived_patients_never_crowd_out_a_match() {
     assert!(items.iter().any(|p| p["archived"] == true), "{found}");
 }
 
+#[tokio::test]
+async fn lookalike_names_count_only_when_the_clinic_lacks_the_word_typed() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Lookalikes").await;
+    let emma = app.patient(&owner.access, "Emma", "Okoro").await;
+    let emmerich = app.patient(&owner.access, "Emmerich", "Adeyemi").await;
+    let emmi = app.patient(&owner.access, "Emmi", "Lindqvist").await;
+    let ids = |q: &'static str| found_ids(&app, &owner.access, q, 10);
+    // "emma" is carried: Emmi is one edit away and still comes, after Emma; Emmerich only
+    // shares trigrams with it and does not.
+    assert_eq!(ids("emma").await, vec![emma.clone(), emmi.clone()]);
+    // "emmy" is carried by no one: every resembling name is offered.
+    let found = ids("emmy").await;
+    for id in [&emma, &emmerich, &emmi] {
+        assert!(found.contains(id), "{found:?}");
+    }
+}
+
 /// The ids a name search returns, best first.
 async fn found_ids(app: &TestApp, token: &str, q: &str, limit: u32) -> Vec<String> {
     let found: Value = app
