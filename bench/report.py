@@ -79,6 +79,25 @@ def pgbench(path):
 
 
 
+def pg_tail(o, script):
+    """Percentiles of pgbench's fixed-rate run of <script> from its per-transaction logs
+    (latency from the scheduled start), leaving out the first second; None without logs."""
+    rows = []
+    for path in glob.glob(f"{o}/pgbench_{script}_fixed/pgbench_log.*"):
+        for line in open(path):
+            f = line.split()
+            if len(f) >= 6 and f[2].isdigit():
+                rows.append((int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1000))
+    if not rows:
+        return None
+    start = min(t for t, _ in rows) + 1
+    v = sorted(ms for t, ms in rows if t > start)
+    if not v:
+        return None
+    q = lambda p: round(v[min(len(v) - 1, int(len(v) * p))], 3)
+    return {"transactions": len(v), "p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99)}
+
+
 def gaps(cpu, pg, s, seconds):
     """The explanation of the ceiling gap, computed from this run's CPU profile."""
     if "patient_read" not in cpu or "pgbench_read" not in cpu:
@@ -160,12 +179,31 @@ def block(rows, limit):
     return "\n".join(f"{100 * n / max(1, sum(c for _, c in rows)):6.2f}%  {name}" for name, n in rows[:limit])
 
 
-def tail(cpu):
-    """Why the fixed-rate percentiles depend on the machine's state, from this run's CPU."""
+def tail(cpu, s, pgt):
+    """Why the fixed-rate percentiles depend on the machine's state, from this run's CPU and
+    the database's own tail at the same rates."""
     pairs = [(c, f) for c, f in (("patient_read", "patient_read_fixed"), ("patient_list", "patient_list_fixed"))
              if c in cpu and f in cpu]
     if not pairs:
         return ""
+    floor = ""
+    rows = [(label, s[f], pgt.get(k)) for label, f, k in
+            (("patient read", "patient_read_fixed", "read"), ("patient list", "patient_list_fixed", "list"))
+            if pgt.get(k)]
+    if rows:
+        floor = """
+The database alone has this tail too. The same statements through `pgbench -R` at the
+same rates and concurrency (32 connections), with no server, Redis or oha on the machine,
+each transaction's latency counted from its scheduled start:
+
+| request | rate | through the server: p50 / p95 / p99 (ms) | PostgreSQL alone: p50 / p95 / p99 (ms) |
+|---|---|---|---|
+""" + "\n".join(f"| {label} | {v['rps']}/s | {v['p50_ms']} / {v['p95_ms']} / {v['p99_ms']} | "
+                f"{b['p50_ms']} / {b['p95_ms']} / {b['p99_ms']} |" for label, v, b in rows) + """
+
+Where PostgreSQL's own p99 at that rate is above 10 ms, no server in front of it can
+meet the target on this machine.
+"""
     parts = [f"{c.replace('patient_', '')}: {cpu[f]['busy_share']:.0%} busy, "
              f"{cpu[f]['switches_per_request']} context switches per request against "
              f"{cpu[c]['switches_per_request']} in the closed loop" for c, f in pairs]
@@ -177,7 +215,7 @@ half the rate the machine is far busier than half ({"; ".join(parts)}). At that 
 with the load generator, the server, PostgreSQL and Redis sharing two cores, the 99th
 percentile follows whatever else the host does (see "The open-loop tail" in the history
 below).
-"""
+{floor}"""
 
 
 def profile(o):
@@ -239,6 +277,61 @@ The functions (self time) that differ most:
 {rows("sym", 25)}"""
 
 
+def search_profile(o, cpu, s, pg, pgt):
+    """Where a name search's CPU goes: the split between the server and PostgreSQL at half
+    rate (/proc), and PostgreSQL's objects and functions during the closed-loop search (perf)."""
+    n = completed(o, "search")
+    dso = perf_rows(o, "search", "dso", "postgres")
+    sym = perf_rows(o, "search", "sym", "postgres")
+    srv = perf_rows(o, "search", "dso", "server")
+    parts = []
+    f = cpu.get("search_fixed")
+    if f:
+        parts.append(
+            f"At half the closed-loop rate ({s['search_fixed']['rps']} searches/s) a search cost "
+            f"PostgreSQL {f['postgres_ms_per_request']} ms of CPU and the server "
+            f"{f['server_ms_per_request']} ms, with the machine {f['busy_share']:.0%} busy: "
+            f"the search is PostgreSQL's work (one statement per query word, then the "
+            f"patients; see \"Search plan\" at the end for each statement's plan), and its "
+            f"p95 is that work plus the wait for a core while other searches hold both.")
+    if n and dso and sym:
+        us = lambda samples: 1e6 * samples / PERF_HZ / n
+        total = us(sum(c for _, c in dso))
+        server = us(sum(c for _, c in srv))
+        rows = "\n".join(f"| `{k}` | {us(c):.0f} |" for k, c in dso[:6])
+        funcs = "\n".join(f"| `{k}` | {us(c):.0f} |" for k, c in sym[:20])
+        parts.append(f"""`perf record -e cpu-clock -a` during the closed-loop search ({n:,} searches at 8
+connections): PostgreSQL {total:.0f} µs of CPU per search, the server {server:.0f} µs.
+PostgreSQL by object, µs per search:
+
+| object | µs |
+|---|---|
+{rows}
+
+PostgreSQL's functions (self time), µs per search:
+
+| function | µs |
+|---|---|
+{funcs}""")
+    if "search" in pg or "search" in pgt:
+        alone = []
+        if "search" in pg:
+            alone.append(f"`bench/search.sql` (the same statements through pgbench, 8 connections) ran "
+                         f"{pg['search']['tps']:.0f} searches/s against the server's {s['search']['rps']}")
+        if "search" in pgt:
+            b, v = pgt["search"], s["search_fixed"]
+            alone.append(f"at the server's fixed rate ({v['rps']}/s) PostgreSQL alone answered with "
+                         f"p50 {b['p50_ms']}, p95 {b['p95_ms']} and p99 {b['p99_ms']} ms, against the "
+                         f"server's {v['p50_ms']}, {v['p95_ms']} and {v['p99_ms']} ms")
+        parts.append("The database alone: " + "; ".join(alone) + ".")
+    if not parts:
+        return "No search profile in this run."
+    return "\n\n".join(parts)
+
+
+CEILING = "[the ceiling fraction](#why-the-ceiling-fraction-is-what-it-is)"
+TAIL = "[the fixed-rate tail](#why-the-fixed-rate-tail-varies)"
+SEARCH = "[a search's time](#where-a-searchs-time-goes)"
 HISTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
 
 
@@ -290,7 +383,8 @@ def main():
     for name in s:
         if os.path.exists(f"{o}/{name}.rss"):
             s[name]["peak_rss_mb"] = round(rss(name), 1)
-    pg = {k: pgbench(f"{o}/pgbench_{k}.txt") for k in ["read", "list"]}
+    pg = {k: pgbench(f"{o}/pgbench_{k}.txt") for k in ["read", "list", "search"]
+          if k != "search" or os.path.exists(f"{o}/pgbench_search.txt")}
     cpu = {}
     for name, requests in [("patient_read", None), ("patient_read_fixed", None), ("patient_list", None),
                            ("patient_list_fixed", None), ("search_fixed", None),
@@ -319,6 +413,7 @@ def main():
             "switches_per_request": round(switches / count, 1) if switches is not None and count else None,
         }
     plan = search_plan(f"{o}/search_plan.txt")
+    pgt = {k: v for k in ("read", "list", "search") if (v := pg_tail(o, k))}
 
     machine = {
         "cpu": sh("lscpu | sed -n 's/^Model name: *//p'") or platform.processor(),
@@ -336,25 +431,28 @@ def main():
     list_frac = s["patient_list"]["rps"] / pg["list"]["tps"]
     peak_read = max(s["patient_read_256"]["peak_rss_mb"], s["patient_list_256"]["peak_rss_mb"])
     total_5xx = sum(five_xx(v) for v in s.values())
+    alone = lambda k: f" (PostgreSQL alone at that rate: {pgt[k]['p99_ms']} ms)" if k in pgt else ""
     targets = [
-        ("Patient read ≥ 80% of the pgbench ceiling (32 connections)", f"{read_frac:.0%}", read_frac >= 0.8),
-        ("Patient list ≥ 80% of the pgbench ceiling (32 connections)", f"{list_frac:.0%}", list_frac >= 0.8),
-        ("Patient read p99 < 10 ms at half the maximum rate", f"{s['patient_read_fixed']['p99_ms']} ms", s["patient_read_fixed"]["p99_ms"] < 10),
-        ("Patient list p99 < 10 ms at half the maximum rate", f"{s['patient_list_fixed']['p99_ms']} ms", s["patient_list_fixed"]["p99_ms"] < 10),
-        ("Search in the 100,000-patient clinic p95 < 20 ms", f"{s['search_fixed']['p95_ms']} ms", s["search_fixed"]["p95_ms"] < 20),
-        ("Peak RSS < 64 MB at 256 connections (read scenarios)", f"{peak_read} MB", peak_read < 64),
-        ("Idle RSS < 30 MB", f"{a.idle_rss_kb / 1024:.1f} MB", a.idle_rss_kb / 1024 < 30),
-        ("Start-up to ready < 300 ms (migrations applied)", f"{a.startup_ms} ms", a.startup_ms < 300),
-        ("Health p99 < 20 ms during a sign-in flood", f"{s['health_during_login']['p99_ms']} ms", s["health_during_login"]["p99_ms"] < 20),
-        ("Zero 5xx in every scenario", f"{total_5xx}", total_5xx == 0),
+        ("Patient read ≥ 80% of the pgbench ceiling (32 connections)", f"{read_frac:.0%}", read_frac >= 0.8, CEILING),
+        ("Patient list ≥ 80% of the pgbench ceiling (32 connections)", f"{list_frac:.0%}", list_frac >= 0.8, CEILING),
+        ("Patient read p99 < 10 ms at half the maximum rate", f"{s['patient_read_fixed']['p99_ms']} ms{alone('read')}", s["patient_read_fixed"]["p99_ms"] < 10, TAIL),
+        ("Patient list p99 < 10 ms at half the maximum rate", f"{s['patient_list_fixed']['p99_ms']} ms{alone('list')}", s["patient_list_fixed"]["p99_ms"] < 10, TAIL),
+        ("Search in the 100,000-patient clinic p95 < 20 ms", f"{s['search_fixed']['p95_ms']} ms"
+         + (f" (PostgreSQL alone at that rate: {pgt['search']['p95_ms']} ms)" if "search" in pgt else ""),
+         s["search_fixed"]["p95_ms"] < 20, SEARCH),
+        ("Peak RSS < 64 MB at 256 connections (read scenarios)", f"{peak_read} MB", peak_read < 64, ""),
+        ("Idle RSS < 30 MB", f"{a.idle_rss_kb / 1024:.1f} MB", a.idle_rss_kb / 1024 < 30, ""),
+        ("Start-up to ready < 300 ms (migrations applied)", f"{a.startup_ms} ms", a.startup_ms < 300, ""),
+        ("Health p99 < 20 ms during a sign-in flood", f"{s['health_during_login']['p99_ms']} ms", s["health_during_login"]["p99_ms"] < 20, ""),
+        ("Zero 5xx in every scenario", f"{total_5xx}", total_5xx == 0, ""),
     ]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     result = {
         "at": stamp, "seconds_per_scenario": a.seconds, "machine": machine,
         "startup_ms": a.startup_ms, "idle_rss_mb": round(a.idle_rss_kb / 1024, 1),
-        "scenarios": s, "pgbench": pg, "cpu": cpu,
+        "scenarios": s, "pgbench": pg, "pgbench_fixed_rate": pgt, "cpu": cpu,
         "ceiling_fraction": {"patient_read": round(read_frac, 3), "patient_list": round(list_frac, 3)},
-        "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets],
+        "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok, _ in targets],
     }
     os.makedirs(a.results, exist_ok=True)
     for name in [f"{stamp}.json", "latest.json"]:
@@ -400,9 +498,11 @@ floor for a real deployment, not a ceiling.
 
 ## Targets
 
-| target | measured | met |
-|---|---|---|
-""" + "\n".join(f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets) + f"""
+A missed target's last column names the section, computed from this run, that shows why.
+
+| target | measured | met | why, when missed |
+|---|---|---|---|
+""" + "\n".join(f"| {t} | {m} | {'yes' if ok else 'no'} | {'' if ok or not why else why} |" for t, m, ok, why in targets) + f"""
 
 ## Scenarios
 
@@ -427,7 +527,8 @@ insert in the same statement, and `COMMIT`.
 |---|---|---|---|
 | patient read | {pg['read']['tps']:.0f} | {s['patient_read']['rps']} | {read_frac:.0%} |
 | patient list | {pg['list']['tps']:.0f} | {s['patient_list']['rps']} | {list_frac:.0%} |
-
+""" + (f"""| name search, 8 connections (`bench/search.sql`; no target) | {pg['search']['tps']:.0f} | {s['search']['rps']} | {s['search']['rps'] / pg['search']['tps']:.0%} |
+""" if "search" in pg else "") + f"""
 ## Where the CPU goes
 
 CPU seconds spent during the closed-loop and fixed-rate scenarios, from `/proc` (the
@@ -439,7 +540,7 @@ machine in use, and "switches" the machine's context switches per request.
 |---|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(f"| {k} | {v['busy_cpu_s']} ({v['busy_share']:.0%}) | {v['server_cpu_s']} | {v['postgres_cpu_s']} | {v['redis_cpu_s']} | {v['other_cpu_s']} | {v['server_ms_per_request']} | {v['postgres_ms_per_request']} | {v['other_ms_per_request']} | {v['switches_per_request']} |" for k, v in cpu.items()) + f"""
 
-{tail(cpu)}
+{tail(cpu, s, pgt)}
 
 {gaps(cpu, pg, s, a.seconds)}
 
@@ -450,6 +551,10 @@ machine in use, and "switches" the machine's context switches per request.
 ## PostgreSQL through the server and through pgbench
 
 {pg_profile(o)}
+
+## Where a search's time goes
+
+{search_profile(o, cpu, s, pg, pgt)}
 
 """ + (open(HISTORY).read() if os.path.exists(HISTORY) else "") + f"""
 
