@@ -193,8 +193,8 @@ def tail(cpu, s, pgt):
     if rows:
         floor = """
 The database alone has this tail too. The same statements through `pgbench -R` at the
-same rates and concurrency (32 connections), with no server, Redis or oha on the machine,
-each transaction's latency counted from its scheduled start:
+same rates and concurrency (32 connections), with the server stopped and nothing else at
+work on the machine, each transaction's latency counted from its scheduled start:
 
 | request | rate | through the server: p50 / p95 / p99 (ms) | PostgreSQL alone: p50 / p95 / p99 (ms) |
 |---|---|---|---|
@@ -282,10 +282,10 @@ The functions (self time) that differ most:
 def search_profile(o, cpu, s, pg, pgt):
     """Where a name search's CPU goes: the split between the server and PostgreSQL at half
     rate (/proc), and PostgreSQL's objects and functions during the closed-loop search (perf)."""
-    n = completed(o, "search")
-    dso = perf_rows(o, "search", "dso", "postgres")
-    sym = perf_rows(o, "search", "sym", "postgres")
-    srv = perf_rows(o, "search", "dso", "server")
+    n = completed(o, "search_profile")
+    dso = perf_rows(o, "search_profile", "dso", "postgres")
+    sym = perf_rows(o, "search_profile", "sym", "postgres")
+    srv = perf_rows(o, "search_profile", "dso", "server")
     parts = []
     f = cpu.get("search_fixed")
     if f:
@@ -302,7 +302,7 @@ def search_profile(o, cpu, s, pg, pgt):
         server = us(sum(c for _, c in srv))
         rows = "\n".join(f"| `{k}` | {us(c):.0f} |" for k, c in dso[:6])
         funcs = "\n".join(f"| `{k}` | {us(c):.0f} |" for k, c in sym[:20])
-        parts.append(f"""`perf record -e cpu-clock -a` during the closed-loop search ({n:,} searches at 8
+        parts.append(f"""`perf record -e cpu-clock -a` during a second closed-loop search ({n:,} searches at 8
 connections): PostgreSQL {total:.0f} µs of CPU per search, the server {server:.0f} µs.
 PostgreSQL by object, µs per search:
 

@@ -18,8 +18,6 @@
 -- only a superuser may attach to a function).
 SELECT similarity('molar', 'molar');
 
-GRANT CREATE ON SCHEMA public TO molar_auth;
-
 -- Whether query word qw matches name word nw: nw begins with qw, or is within a small edit
 -- distance (levenshtein() takes at most 255 characters). Used for ranking and for which
 -- similar words count.
@@ -185,5 +183,3 @@ BEGIN
     END IF;
 END
 $$;
-
-REVOKE CREATE ON SCHEMA public FROM molar_auth;

@@ -683,7 +683,7 @@ async fn other_clinics_names_and_archived_patients_never_crowd_out_a_match() {
 }
 
 #[tokio::test]
-async fn lookalike_names_count_only_when_the_clinic_lacks_the_word_typed() {
+async fn lookalike_names_count_only_when_no_name_begins_with_the_word_typed() {
     let app = spawn().await;
     let owner = app.register_clinic("Lookalikes").await;
     let emma = app.patient(&owner.access, "Emma", "Okoro").await;
@@ -693,7 +693,7 @@ async fn lookalike_names_count_only_when_the_clinic_lacks_the_word_typed() {
     // "emma" is carried: Emmi is one edit away and still comes, after Emma; Emmerich only
     // shares trigrams with it and does not.
     assert_eq!(ids("emma").await, vec![emma.clone(), emmi.clone()]);
-    // "emmy" is carried by no one: every resembling name is offered.
+    // No name begins with "emmy": every resembling name is offered.
     let found = ids("emmy").await;
     for id in [&emma, &emmerich, &emmi] {
         assert!(found.contains(id), "{found:?}");
