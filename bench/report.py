@@ -150,6 +150,11 @@ PERF_ROW = re.compile(r"^\s*[\d.]+%\s+(\d+)\s+(\d+):(\S+)\s+(.*?)\s*$")
 PERF_HZ = 999
 
 
+def us_per(samples, n):
+    """perf samples (one per 1/PERF_HZ s of CPU) as microseconds per request of n."""
+    return 1e6 * samples / PERF_HZ / n
+
+
 def perf_rows(o, name, key, who):
     """[(object or function, samples)] of the server's threads or of PostgreSQL's processes,
     from a `perf report -n --sort pid,<key>` that bench/run kept."""
@@ -250,16 +255,15 @@ def pg_profile(o):
         tables[key] = (dict(perf_rows(o, srv, key, "postgres")), dict(perf_rows(o, bench, key, "postgres")))
     if not (ns and nb and tables["dso"][0] and tables["dso"][1]):
         return "perf could not sample PostgreSQL in this run."
-    us = lambda samples, n: 1e6 * samples / PERF_HZ / n
 
     def rows(key, limit):
         a, b = tables[key]
-        names = sorted(set(a) | set(b), key=lambda k: -abs(us(a.get(k, 0), ns) - us(b.get(k, 0), nb)))
+        names = sorted(set(a) | set(b), key=lambda k: -abs(us_per(a.get(k, 0), ns) - us_per(b.get(k, 0), nb)))
         return "\n".join(
-            f"| `{k}` | {us(a.get(k, 0), ns):.1f} | {us(b.get(k, 0), nb):.1f} | {us(a.get(k, 0), ns) - us(b.get(k, 0), nb):+.1f} |"
+            f"| `{k}` | {us_per(a.get(k, 0), ns):.1f} | {us_per(b.get(k, 0), nb):.1f} | {us_per(a.get(k, 0), ns) - us_per(b.get(k, 0), nb):+.1f} |"
             for k in names[:limit])
-    total_a = us(sum(tables["dso"][0].values()), ns)
-    total_b = us(sum(tables["dso"][1].values()), nb)
+    total_a = us_per(sum(tables["dso"][0].values()), ns)
+    total_b = us_per(sum(tables["dso"][1].values()), nb)
     return f"""`perf record -e cpu-clock -a` during a closed-loop patient read through the server
 ({ns:,} requests) and during the same statements through pgbench ({nb:,} transactions),
 PostgreSQL's backends only, in microseconds of CPU per request (one sample at
@@ -297,7 +301,7 @@ def search_profile(o, cpu, s, pg, pgt):
             f"patients; see \"Search plan\" at the end for each statement's plan), and its "
             f"p95 is that work plus the wait for a core while other searches hold both.")
     if n and dso and sym:
-        us = lambda samples: 1e6 * samples / PERF_HZ / n
+        us = lambda samples: us_per(samples, n)
         total = us(sum(c for _, c in dso))
         server = us(sum(c for _, c in srv))
         rows = "\n".join(f"| `{k}` | {us(c):.0f} |" for k, c in dso[:6])
