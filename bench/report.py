@@ -207,7 +207,7 @@ work on the machine, each transaction's latency counted from its scheduled start
                 f"{b['p50_ms']} / {b['p95_ms']} / {b['p99_ms']} |" for label, v, b in rows) + """
 
 Where PostgreSQL's own p99 at that rate is above 10 ms, no server in front of it can
-meet the target on this machine. The history below ("2026-12-02") takes the read's
+meet the target on this machine. The history ("2026-12-02" in [bench/history.md](bench/history.md)) takes the read's
 transaction apart: `SELECT 1` alone has a p99 of about 2 ms at the same rate, and the tail
 grows with the work in each transaction.
 """
@@ -221,7 +221,7 @@ woken alone, and costs more CPU and more context switches than one of 32 in flig
 half the rate the machine is far busier than half ({"; ".join(parts)}). At that load,
 with the load generator, the server, PostgreSQL and Redis sharing two cores, the 99th
 percentile follows how they happen to be scheduled (see "The open-loop tail" and "the
-database's own tail" in the history below).
+database's own tail" in [bench/history.md](bench/history.md)).
 {floor}"""
 
 
@@ -338,7 +338,6 @@ PostgreSQL's functions (self time), µs per search:
 CEILING = "[the ceiling fraction](#why-the-ceiling-fraction-is-what-it-is)"
 TAIL = "[the fixed-rate tail](#why-the-fixed-rate-tail-varies)"
 SEARCH = "[a search's time](#where-a-searchs-time-goes)"
-HISTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
 
 
 def five_xx(s):
@@ -488,7 +487,7 @@ def main():
         rows.append(f"| {label} | {v['rps']} | {fmt(v['p50_ms'])} | {fmt(v.get('p95_ms'))} | {fmt(v['p99_ms'])} | {fmt(v['p999_ms'])} | {five_xx(v)} | {v['errors']} | {fmt(v.get('peak_rss_mb'))} | {codes} |")
     md = f"""# Molar benchmarks
 
-Measured by `bench/run` (see the README). Everything runs on one machine over loopback:
+Measured by `bench/run` ([how to run it](#how-to-run)). Everything runs on one machine over loopback:
 the load generator, the server, PostgreSQL and Redis share its cores, so every number is a
 floor for a real deployment, not a ceiling.
 
@@ -501,6 +500,24 @@ floor for a real deployment, not a ceiling.
   Redis for rate limits and cache (limits raised so that they do not interfere).
 - Load: `oha` (closed loop, and fixed rate with `--latency-correction` for the open-loop
   percentiles) and `wrk` with Lua scripts where each request carries a different body.
+
+## How to run
+
+```sh
+bench/run                  # release build, services, one-time seed, every scenario, report
+BENCH_SECONDS=10 bench/run # shorter scenarios
+BENCH_REPEATS=1 bench/run  # each fixed-rate scenario once (default: three times, median reported)
+bench/run --seed-only      # build and seed only
+```
+
+`bench/run` builds the release binary, makes sure PostgreSQL and Redis run, and seeds
+`molar_bench` once (kept between runs and migrated forward). It installs `oha` from
+crates.io into `bench/.cache` once, and `wrk` and `linux-perf` from Debian when missing.
+It starts the server in production mode and drives it over loopback through the
+scenarios below, measures the database alone with `pgbench`, splits the CPU from `/proc`
+and samples the machine with `perf`. It writes `bench/results/latest.json` (plus a
+timestamped copy, which git ignores) and this file. After the one-time seed (about three
+and a half minutes) and the release build, a run takes about ten minutes.
 
 ## Targets
 
@@ -562,7 +579,9 @@ machine in use, and "switches" the machine's context switches per request.
 
 {search_profile(o, cpu, s, pg, pgt)}
 
-""" + (open(HISTORY).read() if os.path.exists(HISTORY) else "") + f"""
+## What was profiled and changed
+
+What was profiled and changed, run by run: [bench/history.md](bench/history.md).
 
 ## Search plan
 
