@@ -4,6 +4,7 @@
 //! development starting, its database); [`Server::run`] serves it on a listener until a
 //! shutdown signal, then drains. `main.rs` and the tests both go through these.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cache;
@@ -17,10 +18,8 @@ pub mod http;
 pub mod notes;
 pub mod openapi;
 pub mod patients;
-pub mod perio;
 pub mod ratelimit;
 pub mod redis_store;
-pub mod routes;
 pub mod scheduling;
 pub mod state;
 pub mod telemetry;
@@ -134,7 +133,7 @@ impl Server {
             audit::spawn_maintenance(state.db.clone(), settle, Duration::from_secs(60));
         let drain = config.shutdown_drain;
         let draining_state = state.clone();
-        let app = http::app(state.clone());
+        let app = app::app(state.clone());
         tracing::info!(
             address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             environment = config.environment.as_str(),

@@ -215,7 +215,7 @@ async fn create_clinic(
     full_name: String,
     password: String,
 ) -> anyhow::Result<()> {
-    use molar::auth::routes::{register, NewClinic, NewOwner, RegisterClinic};
+    use molar::clinic::create::{register, NewClinic, NewOwner, RegisterClinic};
     molar::telemetry::init_logging(&config);
     let server = Server::prepare(config).await?;
     let body = RegisterClinic {

@@ -80,15 +80,11 @@ pub async fn list_audit_events(
     caller: Caller,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> AppResult<Json<Page<AuditEvent>>> {
-    if let Err(e) = caller.require(Permission::AuditRead) {
-        super::record_failure(
-            &state.db,
-            &caller.audit(),
-            Event::new("audit.list", "audit_event"),
-        )
-        .await;
-        return Err(e);
-    }
+    caller
+        .authorize(&state, Permission::AuditRead, || {
+            Event::new("audit.list", "audit_event")
+        })
+        .await?;
     let limit = pagination::limit(p.limit)?;
     if let (Some(from), Some(to)) = (p.from, p.to) {
         if from > to {

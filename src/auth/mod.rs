@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::audit::Event;
 use crate::db::Tx;
 use crate::error::{AppError, AppResult};
 use crate::http::client_ip::client_ip;
@@ -177,6 +178,9 @@ pub enum Permission {
     LedgerWrite,
 }
 
+/// The answer to a role that lacks a permission.
+pub const NOT_PERMITTED: &str = "your role does not permit this action";
+
 /// The authenticated caller, from a verified access token.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -189,15 +193,27 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// 403 unless the caller's role has `p`.
-    pub fn require(&self, p: Permission) -> AppResult<()> {
+    /// The one authorization check every handler makes: `Ok` when the caller's role has
+    /// `p`; otherwise the denial is audited as `event` (in a transaction of its own, since
+    /// the work never started) and answered 403.
+    pub async fn authorize(
+        &self,
+        state: &AppState,
+        p: Permission,
+        event: impl FnOnce() -> Event,
+    ) -> AppResult<()> {
         if self.role.can(p) {
             Ok(())
         } else {
-            Err(AppError::Forbidden(
-                "your role does not permit this action".into(),
-            ))
+            Err(self.deny(state, event(), NOT_PERMITTED).await)
         }
+    }
+
+    /// A 403 for a rule beyond the permission matrix (rank, own account, signing rules),
+    /// audited as `event` like every denial.
+    pub async fn deny(&self, state: &AppState, event: Event, why: &str) -> AppError {
+        crate::audit::record_failure(&state.db, &self.audit(), event).await;
+        AppError::Forbidden(why.to_owned())
     }
 
     /// Opens the caller's clinic transaction after confirming, in the same round trip, that

@@ -18,6 +18,7 @@ use super::password::check_policy;
 use super::tokens::RefreshToken;
 use super::{Caller, Permission, Role};
 use crate::audit::{self, AuditContext, Event};
+use crate::clinic::create::{register, RegisterClinic, Registered};
 use crate::clinic::{self, Clinic};
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
@@ -59,7 +60,7 @@ fn bad_refresh() -> AppError {
 }
 
 /// Starts a new refresh-token family for a user and returns the token pair.
-async fn issue_pair(
+pub(crate) async fn issue_pair(
     state: &AppState,
     tx: &mut Tx,
     clinic_id: Uuid,
@@ -123,40 +124,6 @@ fn email_key(email: &str) -> String {
     hex::encode(&Sha256::digest(email.trim().to_lowercase().as_bytes())[..16])
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewClinic {
-    pub name: String,
-    /// IANA time zone, e.g. `Europe/Berlin`.
-    pub timezone: String,
-    /// ISO 4217 code, e.g. `EUR`.
-    pub currency: String,
-    pub phone: Option<String>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewOwner {
-    pub email: String,
-    /// 12 to 128 characters, not a common password.
-    pub password: String,
-    pub full_name: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterClinic {
-    pub clinic: NewClinic,
-    pub owner: NewOwner,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Registered {
-    pub clinic: Clinic,
-    pub user: User,
-    pub tokens: TokenPair,
-}
-
 /// Registers a clinic with its first owner (can be switched off: then 404).
 #[utoipa::path(post, path = "/auth/register-clinic", tag = "auth",
     request_body = RegisterClinic,
@@ -191,79 +158,6 @@ pub async fn register_clinic(
     res.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static("/api/v2/clinic"));
     Ok(res)
-}
-
-/// Creates a clinic and its first owner in one transaction (the API and `molar create-clinic`).
-pub async fn register(
-    state: &AppState,
-    body: RegisterClinic,
-    ip: Option<std::net::IpAddr>,
-) -> AppResult<Registered> {
-    let mut errors = Errors::default();
-    let name = errors.text("clinic.name", &body.clinic.name, 200);
-    let timezone = errors.timezone("clinic.timezone", &body.clinic.timezone);
-    let currency = errors.currency("clinic.currency", &body.clinic.currency);
-    let phone = body
-        .clinic
-        .phone
-        .as_deref()
-        .map(|p| errors.phone("clinic.phone", p));
-    let email = errors.email("owner.email", &body.owner.email);
-    let full_name = errors.text("owner.full_name", &body.owner.full_name, 200);
-    if let Err(e) = check_policy("owner.password", &body.owner.password, Some(&email)) {
-        errors.push(e);
-    }
-    errors.finish()?;
-
-    let hash = state.passwords.hash(&body.owner.password).await?;
-    let clinic_id = Uuid::now_v7();
-    let mut tx = state.db.clinic_tx(clinic_id).await?;
-    sqlx::query(
-        "INSERT INTO clinics (id, name, timezone, currency, phone) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(clinic_id)
-    .bind(&name)
-    .bind(&timezone)
-    .bind(&currency)
-    .bind(phone)
-    .execute(&mut *tx)
-    .await?;
-    let user = users::insert(
-        &mut tx,
-        clinic_id,
-        &email,
-        &full_name,
-        Role::Owner,
-        false,
-        &hash,
-    )
-    .await?;
-    let ctx = AuditContext {
-        clinic_id,
-        user_id: Some(user.id),
-        request_id: crate::error::current_request_id(),
-        ip,
-    };
-    audit::record(
-        &mut tx,
-        &ctx,
-        Event::new("clinic.create", "clinic").resource(clinic_id),
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        &ctx,
-        Event::new("user.create", "user").resource(user.id),
-    )
-    .await?;
-    let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, 1).await?;
-    let clinic = clinic::load(&mut tx, clinic_id, false).await?;
-    tx.commit().await?;
-    Ok(Registered {
-        clinic,
-        user,
-        tokens,
-    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! The odontogram's vocabulary: teeth in FDI and Universal numbering (stored as FDI),
 //! surfaces with the anatomical rule, and the fixed list of conditions.
 
+pub mod perio;
 pub mod routes;
 
 use serde::{Deserialize, Serialize};

@@ -20,7 +20,7 @@ use crate::db::Tx;
 use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson};
-use crate::patients::{self, routes::require};
+use crate::patients;
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -140,7 +140,9 @@ pub async fn get_chart(
     ApiQuery(p): ApiQuery<ChartParams>,
 ) -> AppResult<Json<Chart>> {
     let event = || Event::new("chart.read", "chart").patient(id);
-    require(&state, &caller, Permission::ClinicalRead, event).await?;
+    caller
+        .authorize(&state, Permission::ClinicalRead, event)
+        .await?;
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let rows = entries(&mut tx, id, false).await?;
@@ -196,7 +198,9 @@ pub async fn list_chart_entries(
     ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> AppResult<Json<ChartHistory>> {
     let event = || Event::new("chart.read", "chart").patient(id);
-    require(&state, &caller, Permission::ClinicalRead, event).await?;
+    caller
+        .authorize(&state, Permission::ClinicalRead, event)
+        .await?;
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let rows = entries(&mut tx, id, p.include_voided.unwrap_or(true)).await?;
@@ -239,7 +243,9 @@ pub async fn add_chart_entry(
 ) -> AppResult<Response> {
     let (hash, body) = (body.hash, body.value);
     let event = || Event::new("chart.create", "chart_entry").patient(id);
-    require(&state, &caller, Permission::ClinicalWrite, event).await?;
+    caller
+        .authorize(&state, Permission::ClinicalWrite, event)
+        .await?;
     let mut errors = Errors::default();
     let tooth = Tooth::parse(&body.tooth, body.numbering);
     let mut surfaces = vec![];
@@ -331,10 +337,11 @@ pub async fn void_chart_entry(
     ApiPath(EntryPath { id }): ApiPath<EntryPath>,
     ApiJson(body): ApiJson<VoidEntry>,
 ) -> AppResult<Json<ChartEntry>> {
-    require(&state, &caller, Permission::ClinicalWrite, || {
-        Event::new("chart.void", "chart_entry").resource(id)
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::ClinicalWrite, || {
+            Event::new("chart.void", "chart_entry").resource(id)
+        })
+        .await?;
     let mut errors = Errors::default();
     let reason = errors.text("reason", &body.reason, 500);
     errors.finish()?;

@@ -10,8 +10,6 @@ pub mod limits;
 pub mod middleware;
 pub mod pagination;
 
-use std::sync::Arc;
-
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
@@ -26,50 +24,15 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
 
-use crate::openapi::{self, ApiDoc};
+use crate::health;
 use crate::state::AppState;
-use crate::{health, routes};
 
-/// The API routes and the OpenAPI document describing exactly them.
-pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v2", health::router().merge(routes::router()))
-        .split_for_parts()
-}
-
-/// The full application: API, docs, metrics and middleware.
-pub fn app(state: AppState) -> Router {
-    let (api, doc) = api();
-    let doc_json: Arc<str> = doc.to_json().unwrap_or_else(|_| "{}".into()).into();
+/// Wraps the assembled routes in the middleware stack: request id → trace → CORS →
+/// compression → security headers → metrics → problem fallback → rate limit → timeout →
+/// body limits (outermost first).
+pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = state.config.clone();
-
-    let mut router = api
-        .route(
-            "/api/v2/openapi.json",
-            get(move || {
-                let body = doc_json.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        )],
-                        body.to_string(),
-                    )
-                }
-            }),
-        )
-        .route("/api/v2/docs", get(openapi::docs_page))
-        .route("/api/v2/docs/swagger-ui-bundle.js", get(openapi::docs_js))
-        .route("/api/v2/docs/swagger-ui.css", get(openapi::docs_css))
-        .route("/api/v2/docs/init.js", get(openapi::docs_init));
-    if config.metrics_port.is_none() {
-        router = router.route("/metrics", get(health::metrics));
-    }
-
     let cors = cors_layer(&config.allowed_origins);
     let hsts = (config.hsts_max_age > 0).then(|| {
         let value = format!("max-age={}; includeSubDomains", config.hsts_max_age);

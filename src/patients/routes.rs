@@ -29,26 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_patient, update_patient, archive_patient))
 }
 
-/// Denies with 403, recording the denial.
-pub async fn deny(state: &AppState, caller: &Caller, event: Event) -> AppError {
-    audit::record_failure(&state.db, &caller.audit(), event).await;
-    AppError::Forbidden("your role does not permit this action".into())
-}
-
-/// Requires `p`, auditing a denial as `event`.
-pub async fn require(
-    state: &AppState,
-    caller: &Caller,
-    p: Permission,
-    event: impl FnOnce() -> Event,
-) -> AppResult<()> {
-    if caller.role.can(p) {
-        Ok(())
-    } else {
-        Err(deny(state, caller, event()).await)
-    }
-}
-
 fn patient_response(status: StatusCode, patient: &Patient) -> Response {
     (
         status,
@@ -97,10 +77,11 @@ pub async fn list_patients(
     } else {
         "patient.list"
     };
-    require(&state, &caller, Permission::PatientsRead, || {
-        Event::new(action, "patient")
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::PatientsRead, || {
+            Event::new(action, "patient")
+        })
+        .await?;
     let limit = pagination::limit(p.limit)?;
     if q.is_some_and(|q| q.chars().count() > 200) {
         return Err(AppError::validation("q", "must be at most 200 characters"));
@@ -266,16 +247,18 @@ pub async fn create_patient(
     headers: HeaderMap,
     body: HashedJson<NewPatient>,
 ) -> AppResult<Response> {
-    require(&state, &caller, Permission::PatientsWrite, || {
-        Event::new("patient.create", "patient")
-    })
-    .await?;
-    let b = &body.value;
-    if !b.medical_alerts.is_empty() {
-        require(&state, &caller, Permission::MedicalAlertsWrite, || {
+    caller
+        .authorize(&state, Permission::PatientsWrite, || {
             Event::new("patient.create", "patient")
         })
         .await?;
+    let b = &body.value;
+    if !b.medical_alerts.is_empty() {
+        caller
+            .authorize(&state, Permission::MedicalAlertsWrite, || {
+                Event::new("patient.create", "patient")
+            })
+            .await?;
     }
     let mut errors = Errors::default();
     let first_name = errors.text("first_name", &b.first_name, 100);
@@ -360,10 +343,11 @@ pub async fn get_patient(
     caller: Caller,
     ApiPath(PatientPath { id }): ApiPath<PatientPath>,
 ) -> AppResult<Response> {
-    require(&state, &caller, Permission::PatientsRead, || {
-        Event::new("patient.read", "patient").resource(id)
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::PatientsRead, || {
+            Event::new("patient.read", "patient").resource(id)
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     // The read and its audit event in one statement: the event is written exactly when
     // the patient is found.
@@ -481,10 +465,14 @@ pub async fn update_patient(
     };
     // Any change, even an empty one, needs a write permission.
     if patch.touches_demographics() || patch.medical_alerts.is_none() {
-        require(&state, &caller, Permission::PatientsWrite, event).await?;
+        caller
+            .authorize(&state, Permission::PatientsWrite, event)
+            .await?;
     }
     if patch.medical_alerts.is_some() {
-        require(&state, &caller, Permission::MedicalAlertsWrite, event).await?;
+        caller
+            .authorize(&state, Permission::MedicalAlertsWrite, event)
+            .await?;
     }
     let mut errors = Errors::default();
     for (field, v) in [
@@ -629,7 +617,9 @@ pub async fn archive_patient(
             .resource(id)
             .patient(id)
     };
-    require(&state, &caller, Permission::PatientsWrite, event).await?;
+    caller
+        .authorize(&state, Permission::PatientsWrite, event)
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let current = load(&mut tx, id, true).await?;
     etag::check(&headers, current.version)?;

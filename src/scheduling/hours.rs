@@ -16,7 +16,6 @@ use crate::auth::{Caller, Permission};
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath};
-use crate::patients::routes::require;
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -180,7 +179,11 @@ pub async fn get_working_hours(
     caller: Caller,
     ApiPath(ProviderPath { id }): ApiPath<ProviderPath>,
 ) -> AppResult<Json<WorkingHours>> {
-    caller.require(Permission::AppointmentsRead)?;
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("working_hours.read", "user").resource(id)
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     ensure_provider(&mut tx, id).await?;
     let hours = read(&mut tx, id).await?;
@@ -202,10 +205,11 @@ pub async fn put_working_hours(
     ApiPath(ProviderPath { id }): ApiPath<ProviderPath>,
     ApiJson(body): ApiJson<WorkingHours>,
 ) -> AppResult<Json<WorkingHours>> {
-    require(&state, &caller, Permission::ScheduleManage, || {
-        Event::new("working_hours.update", "user").resource(id)
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::ScheduleManage, || {
+            Event::new("working_hours.update", "user").resource(id)
+        })
+        .await?;
     let mut errors = Errors::default();
     let mut weekly: Vec<(u32, LocalInterval)> = Vec::new();
     for (i, w) in body.weekly.iter().enumerate() {

@@ -17,7 +17,6 @@ use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson};
-use crate::patients::routes::require;
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -63,7 +62,11 @@ pub async fn list_operatories(
     caller: Caller,
     ApiQuery(p): ApiQuery<OperatoryParams>,
 ) -> AppResult<Json<OperatoryList>> {
-    caller.require(Permission::AppointmentsRead)?;
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("operatory.list", "operatory")
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let items = sqlx::query_as::<_, Operatory>(&format!(
         "SELECT {COLUMNS} FROM operatories WHERE $1 OR active ORDER BY lower(name), id"
@@ -108,10 +111,11 @@ pub async fn create_operatory(
     body: HashedJson<NewOperatory>,
 ) -> AppResult<Response> {
     let (hash, body) = (body.hash, body.value);
-    require(&state, &caller, Permission::ScheduleManage, || {
-        Event::new("operatory.create", "operatory")
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::ScheduleManage, || {
+            Event::new("operatory.create", "operatory")
+        })
+        .await?;
     let mut errors = Errors::default();
     let name = errors.text("name", &body.name, 100);
     errors.finish()?;
@@ -167,7 +171,11 @@ pub async fn get_operatory(
     caller: Caller,
     ApiPath(OperatoryPath { id }): ApiPath<OperatoryPath>,
 ) -> AppResult<Response> {
-    caller.require(Permission::AppointmentsRead)?;
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("operatory.read", "operatory").resource(id)
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let o =
         sqlx::query_as::<_, Operatory>(&format!("SELECT {COLUMNS} FROM operatories WHERE id = $1"))
@@ -194,10 +202,11 @@ pub async fn update_operatory(
     ApiPath(OperatoryPath { id }): ApiPath<OperatoryPath>,
     ApiJson(patch): ApiJson<OperatoryPatch>,
 ) -> AppResult<Response> {
-    require(&state, &caller, Permission::ScheduleManage, || {
-        Event::new("operatory.update", "operatory").resource(id)
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::ScheduleManage, || {
+            Event::new("operatory.update", "operatory").resource(id)
+        })
+        .await?;
     let mut errors = Errors::default();
     let name = patch.name.as_deref().map(|n| errors.text("name", n, 100));
     errors.finish()?;
@@ -250,7 +259,11 @@ pub async fn list_providers(
     State(state): State<AppState>,
     caller: Caller,
 ) -> AppResult<Json<ProviderList>> {
-    caller.require(Permission::AppointmentsRead)?;
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("provider.list", "user")
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let (hit, generation) = state
         .cache

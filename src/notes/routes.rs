@@ -1,7 +1,15 @@
-//! Clinical notes: written by clinical roles; signed by the author when a dentist or
-//! hygienist, an assistant's note by a dentist; a signed note never changes (the database
-//! refuses it too); corrections are addenda linked to the signed note, signed in turn.
+//! `/patients/{id}/notes` and `/notes/{id}`: list, write, read, edit and sign notes.
 
+use super::*;
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission, Role, NOT_PERMITTED};
+use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::http::etag;
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::idempotency::{self, Created, HashedJson};
+use crate::patients;
+use crate::state::AppState;
+use crate::validate::Errors;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,108 +20,6 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
-
-use crate::audit::{self, Event};
-use crate::auth::{Caller, Permission, Role};
-use crate::db::Tx;
-use crate::error::{violated_constraint, AppError, AppResult, Problem};
-use crate::http::etag;
-use crate::http::extract::{ApiJson, ApiPath};
-use crate::http::idempotency::{self, Created, HashedJson};
-use crate::patients::{self, routes::require};
-use crate::state::AppState;
-use crate::validate::Errors;
-
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_notes, create_note))
-        .routes(routes!(get_note, update_note))
-        .routes(routes!(sign_note))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Note {
-    id: Uuid,
-    patient_id: Uuid,
-    body: String,
-    author_id: Uuid,
-    /// The signed note this one corrects.
-    addendum_to: Option<Uuid>,
-    signed: bool,
-    signed_at: Option<DateTime<Utc>>,
-    signed_by: Option<Uuid>,
-    version: i32,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct NoteRow {
-    id: Uuid,
-    patient_id: Uuid,
-    body: String,
-    author_id: Uuid,
-    addendum_to: Option<Uuid>,
-    signed_at: Option<DateTime<Utc>>,
-    signed_by: Option<Uuid>,
-    version: i32,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-const NOTE_COLUMNS: &str =
-    "id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, created_at, updated_at";
-
-impl From<NoteRow> for Note {
-    fn from(r: NoteRow) -> Note {
-        Note {
-            id: r.id,
-            patient_id: r.patient_id,
-            body: r.body,
-            author_id: r.author_id,
-            addendum_to: r.addendum_to,
-            signed: r.signed_at.is_some(),
-            signed_at: r.signed_at,
-            signed_by: r.signed_by,
-            version: r.version,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
-}
-
-async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
-    load_with(tx, id, " FOR UPDATE").await
-}
-
-async fn load_with(tx: &mut Tx, id: Uuid, suffix: &str) -> AppResult<Note> {
-    sqlx::query_as::<_, NoteRow>(&format!(
-        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE id = $1{suffix}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(Note::from)
-    .ok_or_else(|| AppError::not_found("note"))
-}
-
-fn note_response(status: StatusCode, note: Note) -> Response {
-    (
-        status,
-        [(header::ETAG, etag::etag(note.version))],
-        Json(&note),
-    )
-        .into_response()
-}
-
-/// Who may sign a note, from the author's role and the signer.
-pub fn may_sign(author_role: Role, author_id: Uuid, signer_role: Role, signer_id: Uuid) -> bool {
-    match author_role {
-        Role::Dentist | Role::Hygienist => signer_id == author_id,
-        Role::Assistant => signer_role == Role::Dentist,
-        _ => false,
-    }
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct PatientPath {
@@ -139,7 +45,9 @@ pub async fn list_notes(
     ApiPath(PatientPath { id }): ApiPath<PatientPath>,
 ) -> AppResult<Json<NoteList>> {
     let event = || Event::new("note.list", "note").patient(id);
-    require(&state, &caller, Permission::ClinicalRead, event).await?;
+    caller
+        .authorize(&state, Permission::ClinicalRead, event)
+        .await?;
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let rows = sqlx::query_as::<_, NoteRow>(&format!(
@@ -188,7 +96,9 @@ pub async fn create_note(
 ) -> AppResult<Response> {
     let (hash, body) = (body.hash, body.value);
     let event = || Event::new("note.create", "note").patient(id);
-    require(&state, &caller, Permission::NotesWrite, event).await?;
+    caller
+        .authorize(&state, Permission::NotesWrite, event)
+        .await?;
     let mut errors = Errors::default();
     let text = errors.text("body", &body.body, 20_000);
     errors.finish()?;
@@ -271,10 +181,11 @@ pub async fn get_note(
     caller: Caller,
     ApiPath(NotePath { id }): ApiPath<NotePath>,
 ) -> AppResult<Response> {
-    require(&state, &caller, Permission::ClinicalRead, || {
-        Event::new("note.read", "note").resource(id)
-    })
-    .await?;
+    caller
+        .authorize(&state, Permission::ClinicalRead, || {
+            Event::new("note.read", "note").resource(id)
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let note = load_with(&mut tx, id, "").await?;
     audit::record(
@@ -307,7 +218,9 @@ pub async fn update_note(
     ApiJson(patch): ApiJson<NotePatch>,
 ) -> AppResult<Response> {
     let event = || Event::new("note.update", "note").resource(id);
-    require(&state, &caller, Permission::NotesWrite, event).await?;
+    caller
+        .authorize(&state, Permission::NotesWrite, event)
+        .await?;
     let mut errors = Errors::default();
     let text = patch
         .body
@@ -323,9 +236,9 @@ pub async fn update_note(
     }
     if current.author_id != caller.user_id {
         tx.rollback().await?;
-        return Err(
-            patients::routes::deny(&state, &caller, event().patient(current.patient_id)).await,
-        );
+        return Err(caller
+            .deny(&state, event().patient(current.patient_id), NOT_PERMITTED)
+            .await);
     }
     etag::check(&headers, current.version)?;
     let result = sqlx::query_as::<_, NoteRow>(&format!(
@@ -368,7 +281,9 @@ pub async fn sign_note(
     ApiPath(NotePath { id }): ApiPath<NotePath>,
 ) -> AppResult<Response> {
     let event = || Event::new("note.sign", "note").resource(id);
-    require(&state, &caller, Permission::NotesSign, event).await?;
+    caller
+        .authorize(&state, Permission::NotesSign, event)
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let current = load(&mut tx, id).await?;
     if current.signed {
@@ -381,9 +296,9 @@ pub async fn sign_note(
     let author_role = Role::parse(&author_role).unwrap_or(Role::Billing);
     if !may_sign(author_role, current.author_id, caller.role, caller.user_id) {
         tx.rollback().await?;
-        return Err(
-            patients::routes::deny(&state, &caller, event().patient(current.patient_id)).await,
-        );
+        return Err(caller
+            .deny(&state, event().patient(current.patient_id), NOT_PERMITTED)
+            .await);
     }
     let row = sqlx::query_as::<_, NoteRow>(&format!(
         "UPDATE clinical_notes SET signed_at = now(), signed_by = $2, version = version + 1, \
@@ -403,25 +318,18 @@ pub async fn sign_note(
     Ok(note_response(StatusCode::OK, row.into()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn note_response(status: StatusCode, note: Note) -> Response {
+    (
+        status,
+        [(header::ETAG, etag::etag(note.version))],
+        Json(&note),
+    )
+        .into_response()
+}
 
-    #[test]
-    fn signing_rules() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert!(may_sign(Role::Dentist, a, Role::Dentist, a));
-        assert!(
-            !may_sign(Role::Dentist, a, Role::Dentist, b),
-            "only the author"
-        );
-        assert!(may_sign(Role::Hygienist, a, Role::Hygienist, a));
-        assert!(!may_sign(Role::Hygienist, a, Role::Dentist, b));
-        assert!(
-            may_sign(Role::Assistant, a, Role::Dentist, b),
-            "a dentist signs for an assistant"
-        );
-        assert!(!may_sign(Role::Assistant, a, Role::Hygienist, b));
-        assert!(!may_sign(Role::Assistant, a, Role::Assistant, a));
-    }
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_notes, create_note))
+        .routes(routes!(get_note, update_note))
+        .routes(routes!(sign_note))
 }

@@ -1,148 +1,21 @@
-//! The caller's clinic: name, time zone, currency, contact details and settings.
-//! Instants are stored in UTC, so a new time zone changes only how local times are read.
+//! `/clinic`: read the caller's clinic (cached) and change it with a merge patch.
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-use uuid::Uuid;
-
+use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
-use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
 use crate::validate::{merge_nested, merge_patch, patch_field, Errors};
-
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_clinic, update_clinic))
-}
-
-/// A postal address.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Address {
-    pub line1: Option<String>,
-    pub line2: Option<String>,
-    pub city: Option<String>,
-    pub postal_code: Option<String>,
-    pub region: Option<String>,
-    /// ISO 3166-1 alpha-2 country code.
-    pub country: Option<String>,
-}
-
-impl Address {
-    pub fn validate(&self, field: &str, errors: &mut Errors) {
-        for (name, value) in [
-            ("line1", &self.line1),
-            ("line2", &self.line2),
-            ("city", &self.city),
-            ("postal_code", &self.postal_code),
-            ("region", &self.region),
-        ] {
-            if let Some(v) = value {
-                if v.chars().count() > 200 {
-                    errors.add(format!("{field}.{name}"), "must be at most 200 characters");
-                }
-            }
-        }
-        if let Some(c) = &self.country {
-            if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_alphabetic()) {
-                errors.add(
-                    format!("{field}.country"),
-                    "must be an ISO 3166-1 alpha-2 code such as DE",
-                );
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Clinic {
-    pub id: Uuid,
-    pub name: String,
-    /// IANA time zone in which the clinic's local times are read.
-    pub timezone: String,
-    /// ISO 4217 code; all money is in its minor units.
-    pub currency: String,
-    pub phone: Option<String>,
-    pub address: Option<Address>,
-    /// Appointment defaults and the like.
-    #[schema(value_type = Object)]
-    pub settings: serde_json::Value,
-    pub version: i32,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-type ClinicRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<serde_json::Value>,
-    serde_json::Value,
-    i32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
-
-const SELECT_CLINIC: &str = "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, updated_at FROM clinics WHERE id = $1";
-
-fn from_row(r: ClinicRow) -> Clinic {
-    Clinic {
-        id: r.0,
-        name: r.1,
-        timezone: r.2,
-        currency: r.3,
-        phone: r.4,
-        address: r.5.and_then(|a| serde_json::from_value(a).ok()),
-        settings: r.6,
-        version: r.7,
-        created_at: r.8,
-        updated_at: r.9,
-    }
-}
-
-/// The clinic, from the cache when it holds it (the caller's transaction is still the
-/// one that proves the caller's session is valid).
-pub async fn cached(state: &AppState, tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
-    let (hit, generation) = state
-        .cache
-        .get::<Clinic>(state.redis.as_ref(), id, "clinic")
-        .await;
-    if let Some(c) = hit {
-        return Ok(c);
-    }
-    let clinic = load(tx, id, false).await?;
-    state
-        .cache
-        .put(state.redis.as_ref(), id, generation, "clinic", &clinic)
-        .await;
-    Ok(clinic)
-}
-
-pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Clinic> {
-    let sql = if lock {
-        format!("{SELECT_CLINIC} FOR UPDATE")
-    } else {
-        SELECT_CLINIC.to_owned()
-    };
-    let row: Option<ClinicRow> = sqlx::query_as(&sql)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(from_row)
-        .ok_or_else(|| AppError::not_found("clinic"))
-}
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 fn with_etag(clinic: Clinic) -> Response {
     let tag = etag::etag(clinic.version);
@@ -155,7 +28,11 @@ fn with_etag(clinic: Clinic) -> Response {
         (status = 200, description = "The clinic, with its ETag", body = Clinic),
         (status = 401, description = "Not signed in", body = Problem)))]
 pub async fn get_clinic(State(state): State<AppState>, caller: Caller) -> AppResult<Response> {
-    caller.require(Permission::ClinicRead)?;
+    caller
+        .authorize(&state, Permission::ClinicRead, || {
+            Event::new("clinic.read", "clinic").resource(caller.clinic_id)
+        })
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let clinic = cached(&state, &mut tx, caller.clinic_id).await?;
     tx.commit().await?;
@@ -195,15 +72,11 @@ pub async fn update_clinic(
     headers: HeaderMap,
     ApiJson(patch): ApiJson<ClinicPatch>,
 ) -> AppResult<Response> {
-    if let Err(e) = caller.require(Permission::ClinicManage) {
-        audit::record_failure(
-            &state.db,
-            &caller.audit(),
-            Event::new("clinic.update", "clinic").resource(caller.clinic_id),
-        )
-        .await;
-        return Err(e);
-    }
+    caller
+        .authorize(&state, Permission::ClinicManage, || {
+            Event::new("clinic.update", "clinic").resource(caller.clinic_id)
+        })
+        .await?;
     let mut errors = Errors::default();
     let name = patch.name.as_deref().map(|n| errors.text("name", n, 200));
     let timezone = patch
@@ -285,4 +158,8 @@ pub async fn update_clinic(
         .invalidate(state.redis.as_ref(), caller.clinic_id)
         .await;
     Ok(with_etag(updated))
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_clinic, update_clinic))
 }

@@ -1,126 +1,25 @@
-//! Staff accounts: listing, creating, reading and changing them, with the rules that keep
-//! a clinic governable (the last active owner stays; nobody raises their own role or
-//! grants above themselves; deactivation and role changes end sessions at once).
+//! `/users`: list, create, read and change staff accounts, with the rules that keep a
+//! clinic governable (rank, the last active owner, sessions ending at once).
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-use uuid::Uuid;
-
+use super::*;
 use crate::audit::{self, Event};
 use crate::auth::password::check_policy;
 use crate::auth::{Caller, Permission, Role};
-use crate::db::Tx;
 use crate::error::{violated_constraint, AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::pagination::{self, Page};
 use crate::state::AppState;
 use crate::validate::{patch_field, Errors};
-
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_users, create_user))
-        .routes(routes!(get_user, update_user))
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct User {
-    pub id: Uuid,
-    pub clinic_id: Uuid,
-    pub email: String,
-    pub full_name: String,
-    pub role: Role,
-    /// Bookable: listed by `/providers`.
-    pub is_provider: bool,
-    pub active: bool,
-    pub version: i32,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-type UserRow = (
-    Uuid,
-    Uuid,
-    String,
-    String,
-    String,
-    bool,
-    bool,
-    i32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
-
-const USER_COLUMNS: &str =
-    "id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at";
-
-fn from_row(r: UserRow) -> User {
-    User {
-        id: r.0,
-        clinic_id: r.1,
-        email: r.2,
-        full_name: r.3,
-        role: Role::parse(&r.4).unwrap_or(Role::Billing),
-        is_provider: r.5,
-        active: r.6,
-        version: r.7,
-        created_at: r.8,
-        updated_at: r.9,
-    }
-}
-
-/// One user of the transaction's clinic; another clinic's id is simply not found.
-pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<User> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let row: Option<UserRow> = sqlx::query_as(&sql)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(from_row).ok_or_else(|| AppError::not_found("user"))
-}
-
-/// Inserts a user; a taken email is a 409.
-pub async fn insert(
-    tx: &mut Tx,
-    clinic_id: Uuid,
-    email: &str,
-    full_name: &str,
-    role: Role,
-    is_provider: bool,
-    password_hash: &str,
-) -> AppResult<User> {
-    let row: Result<UserRow, sqlx::Error> = sqlx::query_as(&format!(
-        "INSERT INTO users (clinic_id, id, email, full_name, role, is_provider, password_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {USER_COLUMNS}"
-    ))
-    .bind(clinic_id)
-    .bind(Uuid::now_v7())
-    .bind(email)
-    .bind(full_name)
-    .bind(role.as_str())
-    .bind(is_provider)
-    .bind(password_hash)
-    .fetch_one(&mut **tx)
-    .await;
-    match row {
-        Ok(r) => Ok(from_row(r)),
-        Err(e) if violated_constraint(&e) == Some("user_logins_pkey") => Err(AppError::Conflict {
-            detail: "a user with this email already exists".into(),
-            extra: None,
-        }),
-        Err(e) => Err(e.into()),
-    }
-}
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
 fn user_response(status: StatusCode, user: User) -> Response {
     let mut res = (
@@ -135,12 +34,6 @@ fn user_response(status: StatusCode, user: User) -> Response {
         }
     }
     res
-}
-
-/// Denies with 403 and records the denial in the audit trail.
-async fn deny(state: &AppState, caller: &Caller, event: Event, why: &str) -> AppError {
-    audit::record_failure(&state.db, &caller.audit(), event).await;
-    AppError::Forbidden(why.to_owned())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -166,13 +59,13 @@ pub async fn list_users(
     ApiQuery(params): ApiQuery<UserListParams>,
 ) -> AppResult<Json<Page<User>>> {
     if !caller.role.can(Permission::UsersRead) {
-        return Err(deny(
-            &state,
-            &caller,
-            Event::new("user.list", "user"),
-            "your role does not permit listing staff",
-        )
-        .await);
+        return Err(caller
+            .deny(
+                &state,
+                Event::new("user.list", "user"),
+                "your role does not permit listing staff",
+            )
+            .await);
     }
     let limit = pagination::limit(params.limit)?;
     let after: Option<(String, Uuid)> = params
@@ -228,22 +121,22 @@ pub async fn create_user(
     ApiJson(body): ApiJson<NewUser>,
 ) -> AppResult<Response> {
     if !caller.role.can(Permission::UsersManage) {
-        return Err(deny(
-            &state,
-            &caller,
-            Event::new("user.create", "user"),
-            "your role does not permit managing staff",
-        )
-        .await);
+        return Err(caller
+            .deny(
+                &state,
+                Event::new("user.create", "user"),
+                "your role does not permit managing staff",
+            )
+            .await);
     }
     if body.role.rank() > caller.role.rank() {
-        return Err(deny(
-            &state,
-            &caller,
-            Event::new("user.create", "user"),
-            "you cannot grant a role above your own",
-        )
-        .await);
+        return Err(caller
+            .deny(
+                &state,
+                Event::new("user.create", "user"),
+                "you cannot grant a role above your own",
+            )
+            .await);
     }
     let mut errors = Errors::default();
     let email = errors.email("email", &body.email);
@@ -298,13 +191,13 @@ pub async fn get_user(
     ApiPath(UserPath { id }): ApiPath<UserPath>,
 ) -> AppResult<Response> {
     if id != caller.user_id && !caller.role.can(Permission::UsersRead) {
-        return Err(deny(
-            &state,
-            &caller,
-            Event::new("user.read", "user").resource(id),
-            "your role does not permit reading staff",
-        )
-        .await);
+        return Err(caller
+            .deny(
+                &state,
+                Event::new("user.read", "user").resource(id),
+                "your role does not permit reading staff",
+            )
+            .await);
     }
     let mut tx = caller.begin(&state).await?;
     let user = load(&mut tx, id, false).await?;
@@ -400,13 +293,9 @@ pub async fn update_user(
     let privileged = patch.role.is_some() || patch.is_provider.is_some() || patch.active.is_some();
     let is_self = id == caller.user_id;
     if (privileged || !is_self) && !caller.role.can(Permission::UsersManage) {
-        return Err(deny(
-            &state,
-            &caller,
-            event(),
-            "your role does not permit managing staff",
-        )
-        .await);
+        return Err(caller
+            .deny(&state, event(), "your role does not permit managing staff")
+            .await);
     }
     let mut errors = Errors::default();
     let email = patch.email.as_deref().map(|e| errors.email("email", e));
@@ -421,24 +310,24 @@ pub async fn update_user(
     etag::check(&headers, current.version)?;
     if current.role.rank() > caller.role.rank() && !is_self {
         tx.rollback().await?;
-        return Err(deny(
-            &state,
-            &caller,
-            event(),
-            "you cannot change a user whose role is above your own",
-        )
-        .await);
+        return Err(caller
+            .deny(
+                &state,
+                event(),
+                "you cannot change a user whose role is above your own",
+            )
+            .await);
     }
     if let Some(role) = patch.role {
         if role.rank() > caller.role.rank() || (is_self && role.rank() > current.role.rank()) {
             tx.rollback().await?;
-            return Err(deny(
-                &state,
-                &caller,
-                event(),
-                "nobody raises their own role or grants above their own",
-            )
-            .await);
+            return Err(caller
+                .deny(
+                    &state,
+                    event(),
+                    "nobody raises their own role or grants above their own",
+                )
+                .await);
         }
     }
     let new_role = patch.role.unwrap_or(current.role);
@@ -520,4 +409,10 @@ pub async fn update_user(
         .invalidate(state.redis.as_ref(), caller.clinic_id)
         .await;
     Ok(user_response(StatusCode::OK, updated))
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user))
 }

@@ -20,7 +20,7 @@ use crate::chart::{Numbering, Tooth};
 use crate::error::{AppResult, Problem};
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson};
-use crate::patients::{self, routes::require};
+use crate::patients;
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -263,7 +263,9 @@ pub async fn list_perio_exams(
     ApiQuery(p): ApiQuery<PerioParams>,
 ) -> AppResult<Json<PerioList>> {
     let event = || Event::new("perio.list", "perio_exam").patient(id);
-    require(&state, &caller, Permission::ClinicalRead, event).await?;
+    caller
+        .authorize(&state, Permission::ClinicalRead, event)
+        .await?;
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let rows = sqlx::query_as::<_, ExamRow>(&format!(
@@ -297,7 +299,9 @@ pub async fn create_perio_exam(
 ) -> AppResult<Response> {
     let (hash, body) = (body.hash, body.value);
     let event = || Event::new("perio.create", "perio_exam").patient(id);
-    require(&state, &caller, Permission::ClinicalWrite, event).await?;
+    caller
+        .authorize(&state, Permission::ClinicalWrite, event)
+        .await?;
     let mut errors = Errors::default();
     let stored = validate(&body, &mut errors);
     errors.finish()?;

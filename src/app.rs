@@ -1,0 +1,71 @@
+//! The one place the application is assembled: every clinic area's routes under
+//! `/api/v2`, the OpenAPI document built from the same annotations, the docs page,
+//! `/metrics`, and the middleware stack around them.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use axum::routing::get;
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::openapi::{self, ApiDoc};
+use crate::state::AppState;
+use crate::{audit, auth, chart, clinic, health, http, notes, patients, scheduling, users};
+
+/// Every clinic area's routes.
+fn areas() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(auth::routes::router())
+        .merge(clinic::routes::router())
+        .merge(users::routes::router())
+        .merge(audit::routes::router())
+        .merge(patients::routes::router())
+        .merge(chart::routes::router())
+        .merge(chart::perio::router())
+        .merge(notes::routes::router())
+        .merge(scheduling::operatories::router())
+        .merge(scheduling::hours::router())
+        .merge(scheduling::appointments::router())
+}
+
+/// The API routes and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v2", health::router().merge(areas()))
+        .split_for_parts()
+}
+
+/// The full application: API, docs, metrics and middleware.
+pub fn app(state: AppState) -> Router {
+    let (api, doc) = api();
+    let doc_json: Arc<str> = doc.to_json().unwrap_or_else(|_| "{}".into()).into();
+    let metrics_on_api_port = state.config.metrics_port.is_none();
+
+    let mut router = api
+        .route(
+            "/api/v2/openapi.json",
+            get(move || {
+                let body = doc_json.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        body.to_string(),
+                    )
+                }
+            }),
+        )
+        .route("/api/v2/docs", get(openapi::docs_page))
+        .route("/api/v2/docs/swagger-ui-bundle.js", get(openapi::docs_js))
+        .route("/api/v2/docs/swagger-ui.css", get(openapi::docs_css))
+        .route("/api/v2/docs/init.js", get(openapi::docs_init));
+    if metrics_on_api_port {
+        router = router.route("/metrics", get(health::metrics));
+    }
+
+    http::with_middleware(router, state)
+}

@@ -1,0 +1,370 @@
+//! Booking and rescheduling: validation, working hours, references, the locks that queue
+//! clashing requests, and the exclusion constraints that decide.
+
+use super::*;
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission};
+use crate::db::Tx;
+use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::http::etag;
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::idempotency::{self, Created, HashedJson};
+use crate::state::AppState;
+use crate::validate::{patch_field, Errors};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppointmentPatch {
+    pub(super) start_at: Option<DateTime<Utc>>,
+    pub(super) end_at: Option<DateTime<Utc>>,
+    pub(super) provider_id: Option<Uuid>,
+    pub(super) operatory_id: Option<Uuid>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    pub(super) reason: Option<Option<String>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    pub(super) notes: Option<Option<String>>,
+    #[serde(default)]
+    r#override: bool,
+}
+
+/// Reschedules or edits an appointment under the same rules as booking (`If-Match` honoured).
+#[utoipa::path(patch, path = "/appointments/{id}", tag = "scheduling", security(("bearer" = [])),
+    params(AppointmentPath),
+    request_body = AppointmentPatch,
+    responses((status = 200, description = "Updated", body = Appointment),
+              (status = 404, description = "No such appointment in your clinic", body = Problem),
+              (status = 409, description = "Double booking, or the appointment can no longer move", body = Problem),
+              (status = 412, description = "If-Match does not match", body = Problem),
+              (status = 422, description = "Invalid fields", body = Problem)))]
+pub async fn reschedule_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(AppointmentPath { id }): ApiPath<AppointmentPath>,
+    ApiJson(patch): ApiJson<AppointmentPatch>,
+) -> AppResult<Response> {
+    caller
+        .authorize(&state, Permission::AppointmentsWrite, || {
+            Event::new("appointment.update", "appointment").resource(id)
+        })
+        .await?;
+    let mut errors = Errors::default();
+    let reason = patch
+        .reason
+        .as_ref()
+        .map(|r| r.as_deref().map(|r| errors.text("reason", r, 500)));
+    let notes = patch
+        .notes
+        .as_ref()
+        .map(|n| n.as_deref().map(|n| errors.text("notes", n, 2000)));
+    errors.finish()?;
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id, true).await?;
+    etag::check(&headers, current.version)?;
+    let slot = Slot {
+        provider: patch.provider_id.unwrap_or(current.provider_id),
+        operatory: patch.operatory_id.unwrap_or(current.operatory_id),
+        start: patch.start_at.unwrap_or(current.start_at),
+        end: patch.end_at.unwrap_or(current.end_at),
+    };
+    let moved = slot.provider != current.provider_id
+        || slot.operatory != current.operatory_id
+        || slot.start != current.start_at
+        || slot.end != current.end_at;
+    let mut outside = current.outside_hours;
+    if moved {
+        if !current.status.can_reschedule() {
+            return Err(AppError::conflict(format!(
+                "a {} appointment cannot be moved",
+                current.status.as_str()
+            )));
+        }
+        let mut errors = Errors::default();
+        validate_times(&state, slot.start, slot.end, &mut errors);
+        errors.finish()?;
+        check_references(&mut tx, None, slot.provider, slot.operatory).await?;
+        let tz = clinic_tz(&state, &mut tx, caller.clinic_id).await?;
+        let inside = within_hours(&mut tx, tz, slot.provider, slot.start, slot.end).await?;
+        if !inside && !patch.r#override {
+            return Err(AppError::validation(
+                "start_at",
+                "is outside the provider's working hours; set override to book anyway",
+            ));
+        }
+        outside = !inside;
+    }
+    if moved {
+        lock_resources(&mut tx, &slot, current.patient_id).await?;
+    }
+    let updated = sqlx::query_as::<_, Row>(&format!(
+        "UPDATE appointments SET provider_id = $2, operatory_id = $3, start_at = $4, end_at = $5, \
+         reason = $6, notes = $7, outside_hours = $8, version = version + 1, updated_at = now() \
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(slot.provider)
+    .bind(slot.operatory)
+    .bind(slot.start)
+    .bind(slot.end)
+    .bind(match reason {
+        None => current.reason.clone(),
+        Some(r) => r,
+    })
+    .bind(match notes {
+        None => current.notes.clone(),
+        Some(n) => n,
+    })
+    .bind(outside)
+    .fetch_one(&mut *tx)
+    .await;
+    let row = match updated {
+        Ok(r) => r,
+        Err(e) if violated_constraint(&e).is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) => {
+            let _ = tx.rollback().await;
+            return Err(
+                find_conflicts(&state, &caller, &slot, current.patient_id, Some(id)).await?,
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    sqlx::query(
+        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, from_start_at, from_end_at, \
+         to_start_at, to_end_at, changed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(caller.clinic_id)
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(if moved { "rescheduled" } else { "updated" })
+    .bind(current.start_at)
+    .bind(current.end_at)
+    .bind(slot.start)
+    .bind(slot.end)
+    .bind(caller.user_id)
+    .execute(&mut *tx)
+    .await?;
+    let mut event = Event::new("appointment.update", "appointment")
+        .resource(id)
+        .patient(current.patient_id);
+    if moved && outside {
+        event = event.details(serde_json::json!({"override": "outside_working_hours"}));
+    }
+    audit::record(&mut tx, &caller.audit(), event).await?;
+    tx.commit().await?;
+    Ok(respond(StatusCode::OK, &row.into()))
+}
+
+pub(super) fn validate_times(
+    state: &AppState,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    errors: &mut Errors,
+) {
+    if end <= start {
+        errors.add("end_at", "must be after start_at");
+    } else if end - start > Duration::minutes(state.config.appointment_max_minutes as i64) {
+        errors.add(
+            "end_at",
+            format!(
+                "an appointment lasts at most {} minutes",
+                state.config.appointment_max_minutes
+            ),
+        );
+    }
+}
+
+pub(super) fn is_retryable(e: &AppError) -> bool {
+    matches!(e, AppError::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAppointment {
+    pub(super) patient_id: Uuid,
+    pub(super) provider_id: Uuid,
+    pub(super) operatory_id: Uuid,
+    pub(super) start_at: DateTime<Utc>,
+    /// After `start_at`; the interval is half-open, so back-to-back bookings do not clash.
+    pub(super) end_at: DateTime<Utc>,
+    pub(super) reason: Option<String>,
+    pub(super) notes: Option<String>,
+    /// Book outside the provider's working hours (audited).
+    #[serde(default)]
+    r#override: bool,
+}
+
+/// Books an appointment. A clash with another booking of the provider, the operatory or
+/// the patient is a 409 listing the conflicts; two concurrent requests for one slot: one wins.
+#[utoipa::path(post, path = "/appointments", tag = "scheduling", security(("bearer" = [])),
+    request_body = NewAppointment,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried booking safe")),
+    responses(
+        (status = 201, description = "Booked", body = Appointment, headers(("Location" = String))),
+        (status = 403, description = "Role lacks appointments.write", body = Problem),
+        (status = 409, description = "Double booking: `conflicts` lists the clashes", body = Problem),
+        (status = 422, description = "Invalid fields, unknown ids, or outside working hours without override", body = Problem)))]
+pub async fn book_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: HashedJson<NewAppointment>,
+) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
+    caller
+        .authorize(&state, Permission::AppointmentsWrite, || {
+            Event::new("appointment.create", "appointment").patient(body.patient_id)
+        })
+        .await?;
+    let mut errors = Errors::default();
+    validate_times(&state, body.start_at, body.end_at, &mut errors);
+    let reason = body
+        .reason
+        .as_deref()
+        .map(|r| errors.text("reason", r, 500));
+    let notes = body.notes.as_deref().map(|n| errors.text("notes", n, 2000));
+    errors.finish()?;
+    let slot = Slot {
+        provider: body.provider_id,
+        operatory: body.operatory_id,
+        start: body.start_at,
+        end: body.end_at,
+    };
+    idempotency::run(&state, &caller, &headers, &hash, || async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = book_once(
+                &state,
+                &caller,
+                &body,
+                &slot,
+                reason.as_deref(),
+                notes.as_deref(),
+            )
+            .await;
+            let refused = match result {
+                Err(e) if attempt < 3 && is_retryable(&e) => continue,
+                Err(AppError::Database(e))
+                    if violated_constraint(&e)
+                        .is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) =>
+                {
+                    find_conflicts(&state, &caller, &slot, body.patient_id, None).await?
+                }
+                Err(e) if is_retryable(&e) => {
+                    return Err(
+                        find_conflicts(&state, &caller, &slot, body.patient_id, None).await?,
+                    )
+                }
+                Err(e @ AppError::Conflict { .. }) => e,
+                other => return other,
+            };
+            audit::record_failure(
+                &state.db,
+                &caller.audit(),
+                Event::new("appointment.create", "appointment").patient(body.patient_id),
+            )
+            .await;
+            return Err(refused);
+        }
+    })
+    .await
+}
+
+pub(super) async fn book_once(
+    state: &AppState,
+    caller: &Caller,
+    body: &NewAppointment,
+    slot: &Slot,
+    reason: Option<&str>,
+    notes: Option<&str>,
+) -> AppResult<(Tx, Created<Appointment>)> {
+    let mut tx = caller.begin(state).await?;
+    check_references(
+        &mut tx,
+        Some(body.patient_id),
+        slot.provider,
+        slot.operatory,
+    )
+    .await?;
+    let tz = clinic_tz(state, &mut tx, caller.clinic_id).await?;
+    let inside = within_hours(&mut tx, tz, slot.provider, slot.start, slot.end).await?;
+    if !inside && !body.r#override {
+        return Err(AppError::validation(
+            "start_at",
+            "is outside the provider's working hours; set override to book anyway",
+        ));
+    }
+    // A clash that is already committed is refused at once, without queueing for the
+    // locks behind every other request for the same slot; the constraints still decide
+    // between bookings that are in flight together.
+    let longest = Duration::minutes(state.config.appointment_max_minutes as i64);
+    let visible = conflicts_in(&mut tx, slot, body.patient_id, None, Some(longest)).await?;
+    if !visible.is_empty() {
+        return Err(double_booking(visible));
+    }
+    lock_resources(&mut tx, slot, body.patient_id).await?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query_as::<_, Row>(&format!(
+        "INSERT INTO appointments (clinic_id, id, patient_id, provider_id, operatory_id, start_at, end_at, \
+         reason, notes, outside_hours, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(caller.clinic_id)
+    .bind(id)
+    .bind(body.patient_id)
+    .bind(slot.provider)
+    .bind(slot.operatory)
+    .bind(slot.start)
+    .bind(slot.end)
+    .bind(reason)
+    .bind(notes)
+    .bind(!inside)
+    .bind(caller.user_id)
+    .fetch_one(&mut *tx)
+    .await;
+    let row = match inserted {
+        Ok(r) => r,
+        Err(e) => {
+            // End the transaction cleanly so the connection goes back to the pool as is.
+            let _ = tx.rollback().await;
+            return Err(e.into());
+        }
+    };
+    sqlx::query(
+        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, to_status, to_start_at, to_end_at, changed_by) \
+         VALUES ($1, $2, $3, 'created', 'scheduled', $4, $5, $6)",
+    )
+    .bind(caller.clinic_id)
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(slot.start)
+    .bind(slot.end)
+    .bind(caller.user_id)
+    .execute(&mut *tx)
+    .await?;
+    let mut event = Event::new("appointment.create", "appointment")
+        .resource(id)
+        .patient(body.patient_id);
+    if !inside {
+        event = event.details(serde_json::json!({"override": "outside_working_hours"}));
+    }
+    audit::record(&mut tx, &caller.audit(), event).await?;
+    let appointment = Appointment::from(row);
+    let created = Created {
+        location: format!("/api/v2/appointments/{id}"),
+        version: Some(appointment.version),
+        value: appointment,
+    };
+    Ok((tx, created))
+}

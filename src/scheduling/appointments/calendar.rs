@@ -1,0 +1,245 @@
+//! Reading the book: one appointment, the calendar over a window, and free starts.
+
+use super::*;
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission};
+use crate::error::{AppError, AppResult, Problem};
+use crate::http::extract::{ApiPath, ApiQuery};
+use crate::http::pagination::{self, Page};
+use crate::scheduling::{free_slots, hours, working_intervals, AppointmentStatus};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarParams {
+    /// Window start (default: now).
+    pub(super) from: Option<DateTime<Utc>>,
+    /// Window end (default: 7 days after `from`); at most CALENDAR_MAX_DAYS after it.
+    pub(super) to: Option<DateTime<Utc>>,
+    pub(super) provider_id: Option<Uuid>,
+    pub(super) operatory_id: Option<Uuid>,
+    pub(super) patient_id: Option<Uuid>,
+    pub(super) status: Option<AppointmentStatus>,
+    /// Page size (default 50, max 200).
+    pub(super) limit: Option<u32>,
+    pub(super) cursor: Option<String>,
+}
+
+/// The calendar: appointments overlapping a time window, by start time.
+#[utoipa::path(get, path = "/appointments", tag = "scheduling", security(("bearer" = [])),
+    params(CalendarParams),
+    responses((status = 200, description = "A page of appointments", body = Page<Appointment>),
+              (status = 400, description = "Malformed parameters or cursor", body = Problem),
+              (status = 422, description = "A window longer than allowed", body = Problem)))]
+pub async fn list_appointments(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<CalendarParams>,
+) -> AppResult<Json<Page<Appointment>>> {
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("appointment.list", "appointment")
+        })
+        .await?;
+    let limit = pagination::limit(p.limit)?;
+    let from = p.from.unwrap_or_else(Utc::now);
+    let to = p.to.unwrap_or(from + Duration::days(7));
+    let max = state.config.calendar_max_days as i64;
+    if to <= from {
+        return Err(AppError::validation("to", "must be after from"));
+    }
+    if to - from > Duration::days(max) {
+        return Err(AppError::validation(
+            "to",
+            format!("the window may span at most {max} days"),
+        ));
+    }
+    let after: Option<(DateTime<Utc>, Uuid)> = p
+        .cursor
+        .as_deref()
+        .map(|c| state.cursors.decode(c))
+        .transpose()?;
+    let mut tx = caller.begin(&state).await?;
+    let rows = sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM appointments WHERE start_at < $2 AND end_at > $1 \
+         AND ($3::uuid IS NULL OR provider_id = $3) AND ($4::uuid IS NULL OR operatory_id = $4) \
+         AND ($5::uuid IS NULL OR patient_id = $5) AND ($6::text IS NULL OR status = $6) \
+         AND ($7::timestamptz IS NULL OR (start_at, id) > ($7, $8)) \
+         ORDER BY start_at, id LIMIT $9"
+    ))
+    .bind(from)
+    .bind(to)
+    .bind(p.provider_id)
+    .bind(p.operatory_id)
+    .bind(p.patient_id)
+    .bind(p.status.map(|s| s.as_str()))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit as i64 + 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    let page = Page::from_overfetch(
+        rows.into_iter().map(Appointment::from).collect(),
+        limit,
+        |a| state.cursors.encode(&(a.start_at, a.id)),
+    );
+    let ids: Vec<Uuid> = page.items.iter().map(|a| a.id).collect();
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("appointment.list", "appointment").details(serde_json::json!({ "ids": ids })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(page))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityParams {
+    pub(super) provider_id: Uuid,
+    /// The local date in the clinic's time zone.
+    pub(super) date: NaiveDate,
+    pub(super) duration_minutes: u32,
+    /// Also require the operatory to be free.
+    pub(super) operatory_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FreeSlot {
+    pub(super) start_at: DateTime<Utc>,
+    pub(super) end_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Availability {
+    pub(super) items: Vec<FreeSlot>,
+}
+
+/// Free starts on the grid where `duration_minutes` fits inside the provider's working
+/// hours without touching a booking (nor the operatory's, when given); future starts only.
+#[utoipa::path(get, path = "/availability", tag = "scheduling", security(("bearer" = [])),
+    params(AvailabilityParams),
+    responses((status = 200, description = "Free slots", body = Availability),
+              (status = 400, description = "Malformed parameters", body = Problem),
+              (status = 422, description = "Unknown provider or operatory, or a bad duration", body = Problem)))]
+pub async fn availability(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(p): ApiQuery<AvailabilityParams>,
+) -> AppResult<Json<Availability>> {
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("availability.read", "user")
+        })
+        .await?;
+    if p.duration_minutes < 5 || p.duration_minutes > state.config.appointment_max_minutes {
+        return Err(AppError::validation(
+            "duration_minutes",
+            format!("must be 5 to {}", state.config.appointment_max_minutes),
+        ));
+    }
+    let mut tx = caller.begin(&state).await?;
+    let is_provider: Option<bool> =
+        sqlx::query_scalar("SELECT is_provider AND active FROM users WHERE id = $1")
+            .bind(p.provider_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if is_provider != Some(true) {
+        return Err(AppError::validation(
+            "provider_id",
+            "is not a provider of your clinic",
+        ));
+    }
+    if let Some(op) = p.operatory_id {
+        let found: Option<bool> =
+            sqlx::query_scalar("SELECT active FROM operatories WHERE id = $1")
+                .bind(op)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found != Some(true) {
+            return Err(AppError::validation(
+                "operatory_id",
+                "is not an active operatory of your clinic",
+            ));
+        }
+    }
+    let tz = clinic_tz(&state, &mut tx, caller.clinic_id).await?;
+    let (weekly, exceptions) = hours::load(&mut tx, p.provider_id, p.date, p.date).await?;
+    let intervals = working_intervals(tz, p.date, &weekly, &exceptions);
+    let (day_start, day_end) = match (intervals.first(), intervals.iter().map(|i| i.1).max()) {
+        (Some(first), Some(last)) => (first.0, last),
+        _ => {
+            tx.commit().await?;
+            return Ok(Json(Availability { items: vec![] }));
+        }
+    };
+    let busy: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT start_at, end_at FROM appointments \
+         WHERE (provider_id = $1 OR ($2::uuid IS NOT NULL AND operatory_id = $2)) \
+           AND status NOT IN ('cancelled', 'no_show') AND start_at < $4 AND end_at > $3",
+    )
+    .bind(p.provider_id)
+    .bind(p.operatory_id)
+    .bind(day_start)
+    .bind(day_end)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let slots = free_slots(
+        &intervals,
+        &busy,
+        Duration::minutes(p.duration_minutes as i64),
+        Duration::minutes(state.config.availability_grid_minutes as i64),
+        Utc::now(),
+    );
+    Ok(Json(Availability {
+        items: slots
+            .into_iter()
+            .map(|(start_at, end_at)| FreeSlot { start_at, end_at })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AppointmentPath {
+    /// The appointment's id.
+    pub(super) id: Uuid,
+}
+
+/// One appointment.
+#[utoipa::path(get, path = "/appointments/{id}", tag = "scheduling", security(("bearer" = [])),
+    params(AppointmentPath),
+    responses((status = 200, description = "The appointment", body = Appointment),
+              (status = 404, description = "No such appointment in your clinic", body = Problem)))]
+pub async fn get_appointment(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(AppointmentPath { id }): ApiPath<AppointmentPath>,
+) -> AppResult<Response> {
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("appointment.read", "appointment").resource(id)
+        })
+        .await?;
+    let mut tx = caller.begin(&state).await?;
+    let a = load(&mut tx, id, false).await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("appointment.read", "appointment")
+            .resource(id)
+            .patient(a.patient_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(respond(StatusCode::OK, &a))
+}

@@ -1,0 +1,223 @@
+//! The statements booking and rescheduling share: the clinic's time zone, working hours,
+//! references, clashes and the resource locks.
+
+use super::*;
+use crate::auth::Caller;
+use crate::db::Tx;
+use crate::error::{AppError, AppResult};
+use crate::http::etag;
+use crate::scheduling::{hours, working_intervals};
+use crate::state::AppState;
+use crate::validate::Errors;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use std::sync::LazyLock;
+use uuid::Uuid;
+
+pub(super) async fn clinic_tz(state: &AppState, tx: &mut Tx, clinic: Uuid) -> AppResult<Tz> {
+    let clinic = crate::clinic::cached(state, tx, clinic).await?;
+    clinic
+        .timezone
+        .parse::<Tz>()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("clinic has an unknown time zone")))
+}
+
+/// Whether [start, end) lies inside one of the provider's working intervals.
+pub(super) async fn within_hours(
+    tx: &mut Tx,
+    tz: Tz,
+    provider: Uuid,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> AppResult<bool> {
+    let date = start.with_timezone(&tz).date_naive();
+    let from = date.pred_opt().unwrap_or(date);
+    let (weekly, exceptions) = hours::load(tx, provider, from, date).await?;
+    Ok([from, date].into_iter().any(|d| {
+        working_intervals(tz, d, &weekly, &exceptions)
+            .iter()
+            .any(|(s, e)| *s <= start && end <= *e)
+    }))
+}
+
+/// The booking's references must exist in the caller's clinic (422 naming the field).
+pub(super) async fn check_references(
+    tx: &mut Tx,
+    patient: Option<Uuid>,
+    provider: Uuid,
+    operatory: Uuid,
+) -> AppResult<()> {
+    let mut errors = Errors::default();
+    if let Some(p) = patient {
+        let found: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT archived_at FROM patients WHERE id = $1")
+                .bind(p)
+                .fetch_optional(&mut **tx)
+                .await?;
+        match found {
+            None => errors.add("patient_id", "does not exist in your clinic"),
+            Some(Some(_)) => errors.add("patient_id", "is archived"),
+            Some(None) => {}
+        }
+    }
+    let prov: Option<(bool, bool)> =
+        sqlx::query_as("SELECT is_provider, active FROM users WHERE id = $1")
+            .bind(provider)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match prov {
+        None => errors.add("provider_id", "does not exist in your clinic"),
+        Some((true, true)) => {}
+        Some(_) => errors.add("provider_id", "is not an active provider"),
+    }
+    let op: Option<bool> = sqlx::query_scalar("SELECT active FROM operatories WHERE id = $1")
+        .bind(operatory)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match op {
+        None => errors.add("operatory_id", "does not exist in your clinic"),
+        Some(false) => errors.add("operatory_id", "is not active"),
+        Some(true) => {}
+    }
+    errors.finish()
+}
+
+pub(super) const OVERLAP_CONSTRAINTS: [&str; 3] = [
+    "appointments_provider_overlap",
+    "appointments_operatory_overlap",
+    "appointments_patient_overlap",
+];
+
+/// The appointments that a booking of [start, end) would clash with, as the transaction
+/// sees them. With `longest`, only appointments starting within that long before `start`
+/// are considered: a bound on `start_at` that the calendar index answers (under row-level
+/// security the range operator `&&` is not leakproof, so it can filter but never narrow an
+/// index scan). The exclusion constraints stay the authority either way.
+pub(super) async fn conflicts_in(
+    tx: &mut Tx,
+    slot: &Slot,
+    patient: Uuid,
+    exclude: Option<Uuid>,
+    longest: Option<Duration>,
+) -> AppResult<Vec<Conflict>> {
+    const SELECT: &str = "SELECT id, r.resource, start_at, end_at FROM appointments a \
+         CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2), \
+                                    ('patient', a.patient_id = $3)) AS r(resource, hit) \
+         WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show') \
+           AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)";
+    static ANY_START: LazyLock<String> =
+        LazyLock::new(|| format!("{SELECT} ORDER BY start_at, id"));
+    static RECENT_START: LazyLock<String> = LazyLock::new(|| {
+        format!("{SELECT} AND a.start_at > $7 AND a.start_at < $5 ORDER BY start_at, id")
+    });
+    let query = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>, DateTime<Utc>)>(match longest {
+        None => &ANY_START,
+        Some(_) => &RECENT_START,
+    })
+    .bind(slot.provider)
+    .bind(slot.operatory)
+    .bind(patient)
+    .bind(slot.start)
+    .bind(slot.end)
+    .bind(exclude);
+    let query = match longest {
+        Some(d) => query.bind(slot.start - d),
+        None => query,
+    };
+    let rows = query.fetch_all(&mut **tx).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(appointment_id, resource, start_at, end_at)| Conflict {
+            appointment_id,
+            resource,
+            start_at,
+            end_at,
+        })
+        .collect())
+}
+
+/// The 409 for a double booking, listing the clashes.
+pub(super) fn double_booking(conflicts: Vec<Conflict>) -> AppError {
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "conflicts".into(),
+        serde_json::to_value(&conflicts).unwrap_or_default(),
+    );
+    AppError::Conflict {
+        detail: "the provider, the operatory or the patient is already booked then".into(),
+        extra: Some(extra),
+    }
+}
+
+/// The clashes of a booking that failed on an exclusion constraint (read after the failed
+/// insert rolled back: an exclusion violation does not name the other row).
+pub(super) async fn find_conflicts(
+    state: &AppState,
+    caller: &Caller,
+    slot: &Slot,
+    patient: Uuid,
+    exclude: Option<Uuid>,
+) -> AppResult<AppError> {
+    let mut tx = caller.begin(state).await?;
+    let conflicts = conflicts_in(&mut tx, slot, patient, exclude, None).await?;
+    tx.commit().await?;
+    Ok(double_booking(conflicts))
+}
+
+/// Serialises bookings that share a provider, an operatory or a patient: transaction-level
+/// advisory locks taken in one global order, so that conflicting requests queue instead of
+/// deadlocking inside the exclusion constraints (the constraints still decide).
+pub(super) async fn lock_resources(tx: &mut Tx, slot: &Slot, patient: Uuid) -> AppResult<()> {
+    let key = |salt: u64, id: Uuid| {
+        let (hi, lo) = id.as_u64_pair();
+        (hi ^ lo ^ salt) as i64
+    };
+    let mut keys = [
+        key(0x7072_6f76, slot.provider),
+        key(0x6f70_6572, slot.operatory),
+        key(0x7061_7469, patient),
+    ];
+    keys.sort_unstable();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2), pg_advisory_xact_lock($3)",
+    )
+    .bind(keys[0])
+    .bind(keys[1])
+    .bind(keys[2])
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Where and when an appointment takes place.
+pub(super) struct Slot {
+    pub(super) provider: Uuid,
+    pub(super) operatory: Uuid,
+    pub(super) start: DateTime<Utc>,
+    pub(super) end: DateTime<Utc>,
+}
+
+pub(super) async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Appointment> {
+    sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM appointments WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(Appointment::from)
+    .ok_or_else(|| AppError::not_found("appointment"))
+}
+
+pub(super) fn respond(status: StatusCode, a: &Appointment) -> Response {
+    let mut res = (status, [(header::ETAG, etag::etag(a.version))], Json(a)).into_response();
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/v2/appointments/{}", a.id)) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    res
+}

@@ -1,0 +1,160 @@
+//! The status machine of an appointment and its history of changes.
+
+use super::*;
+use crate::audit::{self, Event};
+use crate::auth::{Caller, Permission};
+use crate::error::{AppError, AppResult, Problem};
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::scheduling::AppointmentStatus;
+use crate::state::AppState;
+use crate::validate::Errors;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    /// The new status.
+    pub(super) status: String,
+    pub(super) reason: Option<String>,
+}
+
+/// Moves an appointment through its status machine; anything else is 409.
+#[utoipa::path(post, path = "/appointments/{id}/status", tag = "scheduling", security(("bearer" = [])),
+    params(AppointmentPath),
+    request_body = StatusChange,
+    responses((status = 200, description = "The appointment in its new status", body = Appointment),
+              (status = 404, description = "No such appointment in your clinic", body = Problem),
+              (status = 409, description = "Not a permitted transition", body = Problem),
+              (status = 422, description = "Unknown status", body = Problem)))]
+pub async fn change_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(AppointmentPath { id }): ApiPath<AppointmentPath>,
+    ApiJson(body): ApiJson<StatusChange>,
+) -> AppResult<Response> {
+    caller
+        .authorize(&state, Permission::AppointmentsWrite, || {
+            Event::new("appointment.status", "appointment").resource(id)
+        })
+        .await?;
+    let mut errors = Errors::default();
+    let next = AppointmentStatus::parse(body.status.trim());
+    if next.is_none() {
+        errors.add(
+            "status",
+            "must be scheduled, confirmed, arrived, in_chair, completed, cancelled or no_show",
+        );
+    }
+    let reason = body
+        .reason
+        .as_deref()
+        .map(|r| errors.text("reason", r, 500));
+    errors.finish()?;
+    let next = next.ok_or_else(|| AppError::validation("status", "is unknown"))?;
+    let mut tx = caller.begin(&state).await?;
+    let current = load(&mut tx, id, true).await?;
+    if !current.status.can_become(next) {
+        return Err(AppError::conflict(format!(
+            "an appointment cannot go from {} to {}",
+            current.status.as_str(),
+            next.as_str()
+        )));
+    }
+    // Back from cancelled is not allowed, so a status change never re-occupies a slot.
+    let row = sqlx::query_as::<_, Row>(&format!(
+        "UPDATE appointments SET status = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(next.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, from_status, to_status, reason, changed_by) \
+         VALUES ($1, $2, $3, 'status', $4, $5, $6, $7)",
+    )
+    .bind(caller.clinic_id)
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(current.status.as_str())
+    .bind(next.as_str())
+    .bind(&reason)
+    .bind(caller.user_id)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("appointment.status", "appointment")
+            .resource(id)
+            .patient(current.patient_id)
+            .details(serde_json::json!({"from": current.status, "to": next})),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(respond(StatusCode::OK, &row.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct HistoryEntry {
+    pub(super) id: Uuid,
+    /// `created`, `status`, `rescheduled` or `updated`.
+    pub(super) kind: String,
+    pub(super) from_status: Option<String>,
+    pub(super) to_status: Option<String>,
+    pub(super) from_start_at: Option<DateTime<Utc>>,
+    pub(super) from_end_at: Option<DateTime<Utc>>,
+    pub(super) to_start_at: Option<DateTime<Utc>>,
+    pub(super) to_end_at: Option<DateTime<Utc>>,
+    pub(super) reason: Option<String>,
+    pub(super) changed_by: Uuid,
+    pub(super) changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    pub(super) items: Vec<HistoryEntry>,
+}
+
+/// Every change of an appointment: who, when and why.
+#[utoipa::path(get, path = "/appointments/{id}/history", tag = "scheduling", security(("bearer" = [])),
+    params(AppointmentPath),
+    responses((status = 200, description = "The history, oldest first", body = History),
+              (status = 404, description = "No such appointment in your clinic", body = Problem)))]
+pub async fn appointment_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(AppointmentPath { id }): ApiPath<AppointmentPath>,
+) -> AppResult<Json<History>> {
+    caller
+        .authorize(&state, Permission::AppointmentsRead, || {
+            Event::new("appointment.read", "appointment").resource(id)
+        })
+        .await?;
+    let mut tx = caller.begin(&state).await?;
+    let a = load(&mut tx, id, false).await?;
+    let items = sqlx::query_as::<_, HistoryEntry>(
+        "SELECT id, kind, from_status, to_status, from_start_at, from_end_at, to_start_at, to_end_at, \
+         reason, changed_by, changed_at FROM appointment_history WHERE appointment_id = $1 \
+         ORDER BY changed_at, id",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &caller.audit(),
+        Event::new("appointment.read", "appointment")
+            .resource(id)
+            .patient(a.patient_id),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(History { items }))
+}
