@@ -218,11 +218,30 @@ pub fn concurrent_update(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
-/// The name of the constraint a database error violated, if any.
-pub fn violated_constraint(e: &sqlx::Error) -> Option<&str> {
-    match e {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
+/// Whether `e` violated one of the named constraints.
+fn violates(e: &sqlx::Error, names: &[&str]) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.constraint().is_some_and(|c| names.contains(&c)))
+}
+
+impl AppError {
+    /// Whether this is a database error that violated one of the named constraints.
+    pub fn violates(&self, names: &[&str]) -> bool {
+        matches!(self, AppError::Database(e) if violates(e, names))
+    }
+}
+
+/// Turns a named constraint's violation into the answer a client should see (a 409, a
+/// 422…); any other error passes through unchanged.
+pub trait OnConstraint<T> {
+    fn on_constraint(self, name: &str, answer: impl FnOnce() -> AppError) -> AppResult<T>;
+}
+
+impl<T, E: Into<AppError>> OnConstraint<T> for Result<T, E> {
+    fn on_constraint(self, name: &str, answer: impl FnOnce() -> AppError) -> AppResult<T> {
+        self.map_err(|e| match e.into() {
+            e if e.violates(&[name]) => answer(),
+            e => e,
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use super::{parse_surfaces, Condition, Numbering, SurfacesRule, Tooth};
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::db::Tx;
-use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson};
 use crate::patients;
@@ -355,14 +355,11 @@ pub async fn void_chart_entry(
     .bind(&reason)
     .fetch_optional(&mut *tx)
     .await;
-    let row = match updated {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(AppError::not_found("chart entry")),
-        Err(e) if violated_constraint(&e) == Some("chart_entries_void_once") => {
-            return Err(AppError::conflict("the chart entry is already voided"))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let row = updated
+        .on_constraint("chart_entries_void_once", || {
+            AppError::conflict("the chart entry is already voided")
+        })?
+        .ok_or_else(|| AppError::not_found("chart entry"))?;
     audit::record(
         &mut tx,
         &caller.audit(),

@@ -3,7 +3,7 @@
 use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission, Role, NOT_PERMITTED};
-use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::idempotency::{self, Created, HashedJson};
@@ -249,14 +249,9 @@ pub async fn update_note(
     .bind(text.unwrap_or(current.body.clone()))
     .fetch_one(&mut *tx)
     .await;
-    let row = match result {
-        Err(e) if violated_constraint(&e) == Some("clinical_notes_signed_immutable") => {
-            return Err(AppError::conflict(
-                "a signed note cannot change; write an addendum",
-            ))
-        }
-        other => other?,
-    };
+    let row = result.on_constraint("clinical_notes_signed_immutable", || {
+        AppError::conflict("a signed note cannot change; write an addendum")
+    })?;
     audit::record(
         &mut tx,
         &caller.audit(),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission, Role};
-use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson};
@@ -85,12 +85,8 @@ pub struct NewOperatory {
     active: Option<bool>,
 }
 
-fn conflict_on_name(e: sqlx::Error) -> AppError {
-    if violated_constraint(&e) == Some("operatories_name") {
-        AppError::conflict("an operatory with this name already exists")
-    } else {
-        e.into()
-    }
+fn name_taken() -> AppError {
+    AppError::conflict("an operatory with this name already exists")
 }
 
 fn operatory_response(status: StatusCode, o: Operatory) -> Response {
@@ -131,7 +127,7 @@ pub async fn create_operatory(
     .bind(body.active.unwrap_or(true))
     .fetch_one(&mut *tx)
     .await
-    .map_err(conflict_on_name)?;
+    .on_constraint("operatories_name", name_taken)?;
     audit::record(
         &mut tx,
         &caller.audit(),
@@ -228,7 +224,7 @@ pub async fn update_operatory(
     .bind(patch.active.unwrap_or(current.active))
     .fetch_one(&mut *tx)
     .await
-    .map_err(conflict_on_name)?;
+    .on_constraint("operatories_name", name_taken)?;
     audit::record(
         &mut tx,
         &caller.audit(),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::auth::Role;
 use crate::db::Tx;
-use crate::error::{violated_constraint, AppError, AppResult};
+use crate::error::{AppError, AppResult, OnConstraint};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct User {
@@ -73,6 +73,11 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<User> {
 }
 
 /// Inserts a user; a taken email is a 409.
+/// The 409 for an email another account of the clinic already signs in with.
+pub fn email_taken() -> AppError {
+    AppError::conflict("a user with this email already exists")
+}
+
 pub async fn insert(
     tx: &mut Tx,
     clinic_id: Uuid,
@@ -95,12 +100,6 @@ pub async fn insert(
     .bind(password_hash)
     .fetch_one(&mut **tx)
     .await;
-    match row {
-        Ok(r) => Ok(from_row(r)),
-        Err(e) if violated_constraint(&e) == Some("user_logins_pkey") => Err(AppError::Conflict {
-            detail: "a user with this email already exists".into(),
-            extra: None,
-        }),
-        Err(e) => Err(e.into()),
-    }
+    row.map(from_row)
+        .on_constraint("user_logins_pkey", email_taken)
 }

@@ -5,7 +5,7 @@ use super::*;
 use crate::audit::{self, Event};
 use crate::auth::password::check_policy;
 use crate::auth::{Caller, Permission, Role};
-use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::pagination::{self, Page};
@@ -361,14 +361,7 @@ pub async fn update_user(
     .bind(if cuts_sessions { 1 } else { 0 })
     .execute(&mut *tx)
     .await;
-    match result {
-        Err(e) if violated_constraint(&e) == Some("user_logins_pkey") => {
-            return Err(AppError::conflict("a user with this email already exists"))
-        }
-        other => {
-            other?;
-        }
-    }
+    result.on_constraint("user_logins_pkey", super::email_taken)?;
     if !new_active {
         sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",

@@ -5,7 +5,7 @@ use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::db::Tx;
-use crate::error::{violated_constraint, AppError, AppResult, Problem};
+use crate::error::{AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::idempotency::{self, Created, HashedJson};
@@ -128,15 +128,15 @@ pub async fn reschedule_appointment(
     .bind(outside)
     .fetch_one(&mut *tx)
     .await;
-    let row = match updated {
+    let row = match updated.map_err(AppError::from) {
         Ok(r) => r,
-        Err(e) if violated_constraint(&e).is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) => {
+        Err(e) if e.violates(&OVERLAP_CONSTRAINTS) => {
             let _ = tx.rollback().await;
             return Err(
                 find_conflicts(&state, &caller, &slot, current.patient_id, Some(id)).await?,
             );
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     sqlx::query(
         "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, from_start_at, from_end_at, \
@@ -255,10 +255,7 @@ pub async fn book_appointment(
             .await;
             let refused = match result {
                 Err(e) if attempt < 3 && is_retryable(&e) => continue,
-                Err(AppError::Database(e))
-                    if violated_constraint(&e)
-                        .is_some_and(|c| OVERLAP_CONSTRAINTS.contains(&c)) =>
-                {
+                Err(e) if e.violates(&OVERLAP_CONSTRAINTS) => {
                     find_conflicts(&state, &caller, &slot, body.patient_id, None).await?
                 }
                 Err(e) if is_retryable(&e) => {
