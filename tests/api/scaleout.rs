@@ -2,11 +2,11 @@
 //! share rate limits, session revocation and cache invalidation; a Redis outage (of a
 //! private Redis started here) degrades reads gracefully and limits come back with it.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -2,11 +2,11 @@
 //! no other method on a documented path is, and every endpoint of the contract that the
 //! document does not list is not served either.
 
-mod common;
+
 
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 

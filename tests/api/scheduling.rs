@@ -1,9 +1,9 @@
 //! Scheduling that cannot double-book: overlap kinds, concurrency, status machine,
 //! working hours across daylight-saving changes, availability, and tenancy.
 
-mod common;
 
-use common::*;
+
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

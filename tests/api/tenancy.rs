@@ -2,9 +2,9 @@
 //! security on every tenant table, fail-closed without the clinic setting, and no leak
 //! between clinics even on one shared connection.
 
-mod common;
 
-use common::*;
+
+use crate::common::*;
 use molar::config::Config;
 use molar::db::Db;
 use sqlx::Row;

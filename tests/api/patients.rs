@@ -1,11 +1,11 @@
 //! Patients: create, read, search, update, archive; idempotency and optimistic
 //! concurrency; hostile input; cross-clinic ids; and one audit event per access.
 
-mod common;
+
 
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

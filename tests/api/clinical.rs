@@ -1,9 +1,9 @@
 //! The clinical record: odontogram entries in FDI and Universal numbering, voiding,
 //! signed notes and addenda, and periodontal charts.
 
-mod common;
 
-use common::*;
+
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

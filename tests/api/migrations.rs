@@ -1,11 +1,11 @@
 //! Migrations as operators apply them: each release's migrations in a session of its own,
 //! as the owning role (not a superuser), on top of the previous release's database.
 
-mod common;
+
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use sqlx::migrate::Migrator;
 use sqlx::Connection;
 

@@ -2,7 +2,7 @@
 //! here, as an unprivileged user), SIGTERM during slow requests, and a backup restored
 //! into an empty database.
 
-mod common;
+
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Connection;

@@ -1,9 +1,9 @@
 //! Sign-in and staff, tested as attacks as well as happy paths: forged tokens, refresh
 //! reuse, role boundaries, cross-clinic ids, rate limits, and bad input of every kind.
 
-mod common;
 
-use common::*;
+
+use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

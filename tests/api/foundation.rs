@@ -1,11 +1,11 @@
 //! The server's ground floor: probes, problem+json for every kind of bad request,
 //! request ids, security headers, CORS, metrics, OpenAPI and graceful shutdown.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

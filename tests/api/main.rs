@@ -1,0 +1,15 @@
+//! The integration tests: one binary, so the crate links once. Every module starts the
+//! real server against a real PostgreSQL and Redis (see `common`).
+
+mod common;
+
+mod auth;
+mod clinical;
+mod faults;
+mod foundation;
+mod migrations;
+mod openapi;
+mod patients;
+mod scaleout;
+mod scheduling;
+mod tenancy;
