@@ -97,15 +97,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match start_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("molar: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
@@ -180,15 +174,9 @@ fn healthcheck_only(url: Option<String>) -> ExitCode {
     };
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
     let url = url.unwrap_or_else(|| format!("http://{host}:{port}/api/v2/health"));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match start_runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("molar: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(molar::http::client::get_status(
         &url,
@@ -316,4 +304,14 @@ async fn hash_password(config: &Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
     println!("{hash}");
     Ok(())
+}
+
+/// Builds the async runtime, or says why not and fails.
+fn start_runtime(
+    mut builder: tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("molar: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }

@@ -1,8 +1,6 @@
 //! Sign-in and staff, tested as attacks as well as happy paths: forged tokens, refresh
 //! reuse, role boundaries, cross-clinic ids, rate limits, and bad input of every kind.
 
-
-
 use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;

@@ -1,8 +1,6 @@
 //! The clinical record: odontogram entries in FDI and Universal numbering, voiding,
 //! signed notes and addenda, and periodontal charts.
 
-
-
 use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -2,8 +2,6 @@
 //! here, as an unprivileged user), SIGTERM during slow requests, and a backup restored
 //! into an empty database.
 
-
-
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::sync::atomic::{AtomicBool, Ordering};

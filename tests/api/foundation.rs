@@ -1,8 +1,6 @@
 //! The server's ground floor: probes, problem+json for every kind of bad request,
 //! request ids, security headers, CORS, metrics, OpenAPI and graceful shutdown.
 
-
-
 use std::time::Duration;
 
 use crate::common::*;

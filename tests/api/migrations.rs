@@ -1,8 +1,6 @@
 //! Migrations as operators apply them: each release's migrations in a session of its own,
 //! as the owning role (not a superuser), on top of the previous release's database.
 
-
-
 use std::path::Path;
 
 use crate::common::*;

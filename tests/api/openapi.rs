@@ -2,8 +2,6 @@
 //! no other method on a documented path is, and every endpoint of the contract that the
 //! document does not list is not served either.
 
-
-
 use std::collections::BTreeSet;
 
 use crate::common::*;

@@ -1,8 +1,6 @@
 //! Patients: create, read, search, update, archive; idempotency and optimistic
 //! concurrency; hostile input; cross-clinic ids; and one audit event per access.
 
-
-
 use std::collections::HashSet;
 
 use crate::common::*;

@@ -2,8 +2,6 @@
 //! share rate limits, session revocation and cache invalidation; a Redis outage (of a
 //! private Redis started here) degrades reads gracefully and limits come back with it.
 
-
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -1,8 +1,6 @@
 //! Scheduling that cannot double-book: overlap kinds, concurrency, status machine,
 //! working hours across daylight-saving changes, availability, and tenancy.
 
-
-
 use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -2,8 +2,6 @@
 //! security on every tenant table, fail-closed without the clinic setting, and no leak
 //! between clinics even on one shared connection.
 
-
-
 use crate::common::*;
 use molar::config::Config;
 use molar::db::Db;
