@@ -1,14 +1,23 @@
 //! Typed configuration: defaults, then an optional file (`MOLAR_CONFIG_FILE`), then the
-//! environment. Validated once at start-up; production refuses unsafe settings.
+//! environment, read into [`Settings`] and validated once into [`Config`]; production
+//! refuses unsafe settings. [`reference`] documents every variable.
+
+mod de;
+#[cfg(test)]
+mod generated_docs;
+pub mod reference;
+mod settings;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+
+pub use de::Parsed;
+use reference::{Allowed, Setting};
+pub use settings::{Settings, CONFIG_FILE_VARIABLE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
@@ -106,398 +115,175 @@ pub struct Config {
     pub audit_retention_months: u32,
 }
 
-/// Raw values as they arrive from the file and the environment; parsed into [`Config`].
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Raw {
-    environment: Option<String>,
-    host: Option<String>,
-    port: Option<String>,
-    log_level: Option<String>,
-    log_format: Option<String>,
-    request_timeout_seconds: Option<String>,
-    max_body_kb: Option<String>,
-    shutdown_drain_seconds: Option<String>,
-    hsts_max_age: Option<String>,
-    database_url: Option<String>,
-    migration_database_url: Option<String>,
-    database_read_url: Option<String>,
-    db_pool_size: Option<String>,
-    db_pool_timeout: Option<String>,
-    db_pool_recycle: Option<String>,
-    redis_url: Option<String>,
-    require_redis: Option<String>,
-    redis_key_prefix: Option<String>,
-    redis_timeout_ms: Option<String>,
-    cache_enabled: Option<String>,
-    cache_default_ttl: Option<String>,
-    secret_key: Option<String>,
-    jwt_previous_secret_keys: Option<String>,
-    jwt_issuer: Option<String>,
-    jwt_audience: Option<String>,
-    access_token_expire_minutes: Option<String>,
-    refresh_token_expire_days: Option<String>,
-    refresh_token_idle_days: Option<String>,
-    password_hash_concurrency: Option<String>,
-    rate_limit_per_minute: Option<String>,
-    rate_limit_clinic_per_minute: Option<String>,
-    rate_limit_anon_per_minute: Option<String>,
-    login_rate_limit_per_minute: Option<String>,
-    login_ip_rate_limit_per_minute: Option<String>,
-    signup_rate_limit_per_hour: Option<String>,
-    trusted_proxies: Option<String>,
-    allowed_origins: Option<String>,
-    allow_clinic_signup: Option<String>,
-    metrics_token: Option<String>,
-    metrics_port: Option<String>,
-    appointment_max_minutes: Option<String>,
-    calendar_max_days: Option<String>,
-    availability_grid_minutes: Option<String>,
-    medical_records_storage_path: Option<String>,
-    max_upload_mb: Option<String>,
-    audit_retention_months: Option<String>,
-}
-
 /// Why the configuration was refused. Never carries a secret's value.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
-struct Parser {
-    problems: Vec<String>,
-}
-
-impl Parser {
-    fn text(&self, v: &Option<String>) -> Option<String> {
-        v.as_ref()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-    }
-
-    fn num<T: std::str::FromStr + Copy + PartialOrd + std::fmt::Display>(
-        &mut self,
-        v: &Option<String>,
-        name: &str,
-        default: T,
-        min: T,
-        max: T,
-    ) -> T {
-        match self.text(v) {
-            None => default,
-            Some(s) => match s.parse::<T>() {
-                Ok(n) if n >= min && n <= max => n,
-                _ => {
-                    self.problems.push(format!(
-                        "{name} must be a number from {min} to {max} (got {s:?})"
-                    ));
-                    default
-                }
-            },
-        }
-    }
-
-    fn flag(&mut self, v: &Option<String>, name: &str, default: bool) -> bool {
-        match self.text(v).map(|s| s.to_ascii_lowercase()) {
-            None => default,
-            Some(s) => match s.as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => {
-                    self.problems
-                        .push(format!("{name} must be true or false (got {s:?})"));
-                    default
-                }
-            },
-        }
-    }
-
-    fn list(&self, v: &Option<String>) -> Vec<String> {
-        self.text(v)
-            .map(|s| {
-                s.split(',')
-                    .map(|p| p.trim().to_owned())
-                    .filter(|p| !p.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
 impl Config {
     /// Reads `MOLAR_CONFIG_FILE` (if set) and the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
-        Config::from_map(vars)
+        let mut vars = HashMap::new();
+        let mut unreadable = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => {
+                    vars.insert(name, value);
+                }
+                (Ok(name), Err(_))
+                    if name == CONFIG_FILE_VARIABLE
+                        || reference::settings().any(|s| s.name == name) =>
+                {
+                    unreadable.push(format!("{name} is not valid UTF-8"));
+                }
+                // Not one of ours.
+                _ => {}
+            }
+        }
+        match (Config::from_map(vars), unreadable.is_empty()) {
+            (Ok(config), true) => Ok(config),
+            (Ok(_), false) => Err(ConfigError(unreadable)),
+            (Err(ConfigError(problems)), _) => Err(ConfigError(
+                unreadable.into_iter().chain(problems).collect(),
+            )),
+        }
     }
 
     /// Builds the configuration from a map of variable names (as in the environment) to values.
     /// `MOLAR_CONFIG_FILE` in the map names an optional TOML file read underneath it.
     pub fn from_map(vars: HashMap<String, String>) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = vars.get("MOLAR_CONFIG_FILE").filter(|f| !f.is_empty()) {
-            builder = builder
-                .add_source(config::File::new(file, config::FileFormat::Toml).required(true));
-        }
-        let env: config::Map<String, String> = vars
-            .into_iter()
-            .filter(|(k, _)| {
-                k.bytes()
-                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
-            })
-            .collect();
-        builder = builder.add_source(config::Environment::default().source(Some(env)));
-        let raw: Raw = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(vec![format!("could not read configuration: {e}")]))?;
-        Config::parse(raw)
+        Config::from_settings(Settings::from_map(vars)?)
     }
 
-    fn parse(raw: Raw) -> Result<Config, ConfigError> {
-        let mut p = Parser {
-            problems: Vec::new(),
-        };
-        let environment = match p.text(&raw.environment).map(|s| s.to_ascii_lowercase()) {
-            None => Environment::Development,
-            Some(s) => match s.as_str() {
-                "development" | "dev" => Environment::Development,
-                "test" => Environment::Test,
-                "production" | "prod" => Environment::Production,
-                other => {
-                    p.problems.push(format!(
-                        "ENVIRONMENT must be development, test or production (got {other:?})"
-                    ));
-                    Environment::Development
-                }
-            },
-        };
+    /// The one validation pass: every value that did not parse, every number outside its
+    /// range (from [`reference`]) and every production guard, reported together.
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        use reference as r;
+        let mut check = Check::default();
+        let environment = check
+            .value(&r::ENVIRONMENT, s.environment)
+            .unwrap_or(Environment::Development);
         let production = environment == Environment::Production;
-        let log_format = match p.text(&raw.log_format).map(|s| s.to_ascii_lowercase()) {
-            None if production => LogFormat::Json,
-            None => LogFormat::Pretty,
-            Some(s) if s == "json" => LogFormat::Json,
-            Some(s) if s == "pretty" || s == "text" => LogFormat::Pretty,
-            Some(s) => {
-                p.problems
-                    .push(format!("LOG_FORMAT must be json or pretty (got {s:?})"));
-                LogFormat::Pretty
-            }
-        };
-        let secret = |v: &Option<String>| {
-            v.as_ref()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .map(SecretString::from)
-        };
-
-        let mut trusted_proxies = Vec::new();
-        for item in p.list(&raw.trusted_proxies) {
-            match item.parse::<IpNet>() {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => match item.parse::<IpAddr>() {
-                    Ok(ip) => trusted_proxies.push(IpNet::from(ip)),
-                    Err(_) => p.problems.push(format!(
-                        "TRUSTED_PROXIES must be a comma-separated list of CIDR ranges (got {item:?})"
-                    )),
-                },
-            }
-        }
-        let metrics_port = match p.text(&raw.metrics_port) {
-            None => None,
-            Some(_) => Some(p.num(&raw.metrics_port, "METRICS_PORT", 9100u16, 1, u16::MAX)),
+        let default_format = if production {
+            LogFormat::Json
+        } else {
+            LogFormat::Pretty
         };
 
         let config = Config {
             environment,
-            host: p.text(&raw.host).unwrap_or_else(|| "127.0.0.1".into()),
-            port: p.num(&raw.port, "PORT", 8000u16, 0, u16::MAX),
-            log_level: p.text(&raw.log_level).unwrap_or_else(|| "info".into()),
-            log_format,
-            request_timeout: Duration::from_secs(p.num(
-                &raw.request_timeout_seconds,
-                "REQUEST_TIMEOUT_SECONDS",
-                30u64,
-                1,
-                3600,
-            )),
-            max_body_bytes: p.num(&raw.max_body_kb, "MAX_BODY_KB", 1024usize, 1, 1024 * 1024)
-                * 1024,
-            shutdown_drain: Duration::from_secs(p.num(
-                &raw.shutdown_drain_seconds,
-                "SHUTDOWN_DRAIN_SECONDS",
-                5u64,
-                0,
-                600,
-            )),
-            hsts_max_age: p.num(&raw.hsts_max_age, "HSTS_MAX_AGE", 0u64, 0, 63_072_000),
-            database_url: secret(&raw.database_url),
-            migration_database_url: secret(&raw.migration_database_url),
-            database_read_url: secret(&raw.database_read_url),
-            db_pool_size: p.num(&raw.db_pool_size, "DB_POOL_SIZE", 10u32, 1, 1000),
-            db_pool_timeout: Duration::from_secs(p.num(
-                &raw.db_pool_timeout,
-                "DB_POOL_TIMEOUT",
-                5u64,
-                1,
-                300,
-            )),
-            db_pool_recycle: Duration::from_secs(p.num(
-                &raw.db_pool_recycle,
-                "DB_POOL_RECYCLE",
-                1800u64,
-                10,
-                86_400,
-            )),
-            redis_url: secret(&raw.redis_url),
-            require_redis: p.flag(&raw.require_redis, "REQUIRE_REDIS", production),
-            redis_key_prefix: p
-                .text(&raw.redis_key_prefix)
-                .unwrap_or_else(|| "molar:".into()),
-            redis_timeout: Duration::from_millis(p.num(
-                &raw.redis_timeout_ms,
-                "REDIS_TIMEOUT_MS",
-                250u64,
-                1,
-                60_000,
-            )),
-            cache_enabled: p.flag(&raw.cache_enabled, "CACHE_ENABLED", true),
-            cache_default_ttl: Duration::from_secs(p.num(
-                &raw.cache_default_ttl,
-                "CACHE_DEFAULT_TTL",
-                300u64,
-                1,
-                86_400,
-            )),
-            secret_key: secret(&raw.secret_key),
-            jwt_previous_secret_keys: p
-                .list(&raw.jwt_previous_secret_keys)
+            host: s.host,
+            port: check.number(&r::PORT, s.port),
+            log_level: s.log_level,
+            log_format: check
+                .optional(&r::LOG_FORMAT, s.log_format)
+                .unwrap_or(default_format),
+            request_timeout: Duration::from_secs(
+                check.number(&r::REQUEST_TIMEOUT_SECONDS, s.request_timeout_seconds),
+            ),
+            max_body_bytes: check.number(&r::MAX_BODY_KB, s.max_body_kb) * 1024,
+            shutdown_drain: Duration::from_secs(
+                check.number(&r::SHUTDOWN_DRAIN_SECONDS, s.shutdown_drain_seconds),
+            ),
+            hsts_max_age: check.number(&r::HSTS_MAX_AGE, s.hsts_max_age),
+
+            database_url: s.database_url,
+            migration_database_url: s.migration_database_url,
+            database_read_url: s.database_read_url,
+            db_pool_size: check.number(&r::DB_POOL_SIZE, s.db_pool_size),
+            db_pool_timeout: Duration::from_secs(
+                check.number(&r::DB_POOL_TIMEOUT, s.db_pool_timeout),
+            ),
+            db_pool_recycle: Duration::from_secs(
+                check.number(&r::DB_POOL_RECYCLE, s.db_pool_recycle),
+            ),
+
+            redis_url: s.redis_url,
+            require_redis: check
+                .optional(&r::REQUIRE_REDIS, s.require_redis)
+                .unwrap_or(production),
+            redis_key_prefix: s.redis_key_prefix,
+            redis_timeout: Duration::from_millis(
+                check.number(&r::REDIS_TIMEOUT_MS, s.redis_timeout_ms),
+            ),
+            cache_enabled: check
+                .value(&r::CACHE_ENABLED, s.cache_enabled)
+                .unwrap_or_default(),
+            cache_default_ttl: Duration::from_secs(
+                check.number(&r::CACHE_DEFAULT_TTL, s.cache_default_ttl),
+            ),
+
+            secret_key: s.secret_key,
+            jwt_previous_secret_keys: s.jwt_previous_secret_keys,
+            jwt_issuer: s.jwt_issuer,
+            jwt_audience: s.jwt_audience,
+            access_token_expire_minutes: check.number(
+                &r::ACCESS_TOKEN_EXPIRE_MINUTES,
+                s.access_token_expire_minutes,
+            ),
+            refresh_token_expire_days: check
+                .number(&r::REFRESH_TOKEN_EXPIRE_DAYS, s.refresh_token_expire_days),
+            refresh_token_idle_days: check
+                .number(&r::REFRESH_TOKEN_IDLE_DAYS, s.refresh_token_idle_days),
+            password_hash_concurrency: check
+                .number(&r::PASSWORD_HASH_CONCURRENCY, s.password_hash_concurrency),
+
+            rate_limit_per_minute: check.number(&r::RATE_LIMIT_PER_MINUTE, s.rate_limit_per_minute),
+            rate_limit_clinic_per_minute: check.number(
+                &r::RATE_LIMIT_CLINIC_PER_MINUTE,
+                s.rate_limit_clinic_per_minute,
+            ),
+            rate_limit_anon_per_minute: check
+                .number(&r::RATE_LIMIT_ANON_PER_MINUTE, s.rate_limit_anon_per_minute),
+            login_rate_limit_per_minute: check.number(
+                &r::LOGIN_RATE_LIMIT_PER_MINUTE,
+                s.login_rate_limit_per_minute,
+            ),
+            login_ip_rate_limit_per_minute: check.number(
+                &r::LOGIN_IP_RATE_LIMIT_PER_MINUTE,
+                s.login_ip_rate_limit_per_minute,
+            ),
+            signup_rate_limit_per_hour: check
+                .number(&r::SIGNUP_RATE_LIMIT_PER_HOUR, s.signup_rate_limit_per_hour),
+            trusted_proxies: s
+                .trusted_proxies
                 .into_iter()
-                .map(SecretString::from)
+                .filter_map(|p| check.value(&r::TRUSTED_PROXIES, p))
                 .collect(),
-            jwt_issuer: p.text(&raw.jwt_issuer).unwrap_or_else(|| "molar".into()),
-            jwt_audience: p
-                .text(&raw.jwt_audience)
-                .unwrap_or_else(|| "molar-api".into()),
-            access_token_expire_minutes: p.num(
-                &raw.access_token_expire_minutes,
-                "ACCESS_TOKEN_EXPIRE_MINUTES",
-                15i64,
-                1,
-                24 * 60,
-            ),
-            refresh_token_expire_days: p.num(
-                &raw.refresh_token_expire_days,
-                "REFRESH_TOKEN_EXPIRE_DAYS",
-                30i64,
-                1,
-                365,
-            ),
-            refresh_token_idle_days: p.num(
-                &raw.refresh_token_idle_days,
-                "REFRESH_TOKEN_IDLE_DAYS",
-                7i64,
-                1,
-                365,
-            ),
-            password_hash_concurrency: p.num(
-                &raw.password_hash_concurrency,
-                "PASSWORD_HASH_CONCURRENCY",
-                2usize,
-                1,
-                256,
-            ),
-            rate_limit_per_minute: p.num(
-                &raw.rate_limit_per_minute,
-                "RATE_LIMIT_PER_MINUTE",
-                600u32,
-                1,
-                1_000_000,
-            ),
-            rate_limit_clinic_per_minute: p.num(
-                &raw.rate_limit_clinic_per_minute,
-                "RATE_LIMIT_CLINIC_PER_MINUTE",
-                6000u32,
-                1,
-                10_000_000,
-            ),
-            rate_limit_anon_per_minute: p.num(
-                &raw.rate_limit_anon_per_minute,
-                "RATE_LIMIT_ANON_PER_MINUTE",
-                120u32,
-                1,
-                1_000_000,
-            ),
-            login_rate_limit_per_minute: p.num(
-                &raw.login_rate_limit_per_minute,
-                "LOGIN_RATE_LIMIT_PER_MINUTE",
-                5u32,
-                1,
-                10_000,
-            ),
-            login_ip_rate_limit_per_minute: p.num(
-                &raw.login_ip_rate_limit_per_minute,
-                "LOGIN_IP_RATE_LIMIT_PER_MINUTE",
-                20u32,
-                1,
-                100_000,
-            ),
-            signup_rate_limit_per_hour: p.num(
-                &raw.signup_rate_limit_per_hour,
-                "SIGNUP_RATE_LIMIT_PER_HOUR",
-                5u32,
-                1,
-                100_000,
-            ),
-            trusted_proxies,
-            allowed_origins: p.list(&raw.allowed_origins),
-            allow_clinic_signup: p.flag(
-                &raw.allow_clinic_signup,
-                "ALLOW_CLINIC_SIGNUP",
-                !production,
-            ),
-            metrics_token: secret(&raw.metrics_token),
-            metrics_port,
-            appointment_max_minutes: p.num(
-                &raw.appointment_max_minutes,
-                "APPOINTMENT_MAX_MINUTES",
-                480u32,
-                5,
-                24 * 60,
-            ),
-            calendar_max_days: p.num(&raw.calendar_max_days, "CALENDAR_MAX_DAYS", 62u32, 1, 366),
-            availability_grid_minutes: p.num(
-                &raw.availability_grid_minutes,
-                "AVAILABILITY_GRID_MINUTES",
-                15u32,
-                5,
-                120,
-            ),
-            medical_records_storage_path: p
-                .text(&raw.medical_records_storage_path)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".molar/records")),
-            max_upload_mb: p.num(&raw.max_upload_mb, "MAX_UPLOAD_MB", 25u32, 1, 1024),
-            audit_retention_months: p.num(
-                &raw.audit_retention_months,
-                "AUDIT_RETENTION_MONTHS",
-                72u32,
-                12,
-                1200,
-            ),
+
+            allowed_origins: s.allowed_origins,
+            allow_clinic_signup: check
+                .optional(&r::ALLOW_CLINIC_SIGNUP, s.allow_clinic_signup)
+                .unwrap_or(!production),
+            metrics_token: s.metrics_token,
+            metrics_port: s.metrics_port.map(|p| check.number(&r::METRICS_PORT, p)),
+
+            appointment_max_minutes: check
+                .number(&r::APPOINTMENT_MAX_MINUTES, s.appointment_max_minutes),
+            calendar_max_days: check.number(&r::CALENDAR_MAX_DAYS, s.calendar_max_days),
+            availability_grid_minutes: check
+                .number(&r::AVAILABILITY_GRID_MINUTES, s.availability_grid_minutes),
+
+            medical_records_storage_path: s.medical_records_storage_path,
+            max_upload_mb: check.number(&r::MAX_UPLOAD_MB, s.max_upload_mb),
+            audit_retention_months: check
+                .number(&r::AUDIT_RETENTION_MONTHS, s.audit_retention_months),
         };
-        p.problems.extend(config.production_problems());
+
+        let mut problems = check.problems;
+        problems.extend(config.production_problems());
         if config
             .allowed_origins
             .iter()
             .any(|o| o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
         {
-            p.problems
+            problems
                 .push("ALLOWED_ORIGINS must list origins such as https://app.example.com".into());
         }
-        if p.problems.is_empty() {
+        if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError(p.problems))
+            Err(ConfigError(problems))
         }
     }
 
@@ -562,6 +348,61 @@ fn weak_secret(s: &str) -> Option<&'static str> {
         Some("must be at least 32 bytes; generate one with `openssl rand -hex 32`")
     } else {
         None
+    }
+}
+
+/// Collects the problems of the validation pass. A value with a problem is replaced by a
+/// placeholder, which never escapes: with any problem recorded no `Config` is returned.
+#[derive(Default)]
+struct Check {
+    problems: Vec<String>,
+}
+
+impl Check {
+    /// The value, or `None` (and a problem naming the variable) if it did not parse.
+    fn value<T>(&mut self, setting: &Setting, value: Parsed<T>) -> Option<T> {
+        match value {
+            Parsed::Valid(v) => Some(v),
+            Parsed::Invalid(text) => {
+                self.refuse(setting, &text);
+                None
+            }
+        }
+    }
+
+    /// As [`Check::value`], for a setting whose default depends on the environment.
+    fn optional<T>(&mut self, setting: &Setting, value: Option<Parsed<T>>) -> Option<T> {
+        value.and_then(|v| self.value(setting, v))
+    }
+
+    /// A number inside the range its reference row allows.
+    fn number<T>(&mut self, setting: &Setting, value: Parsed<T>) -> T
+    where
+        T: Copy + Default + std::fmt::Display + TryInto<i64>,
+    {
+        let Some(n) = self.value(setting, value) else {
+            return T::default();
+        };
+        if let Allowed::Range { min, max } = setting.allowed {
+            let inside = n.try_into().is_ok_and(|v: i64| (min..=max).contains(&v));
+            if !inside {
+                self.refuse(setting, &n.to_string());
+                return T::default();
+            }
+        }
+        n
+    }
+
+    fn refuse(&mut self, setting: &Setting, text: &str) {
+        let got = match setting.allowed {
+            Allowed::Secret(_) => String::new(),
+            _ => format!(" (got {text:?})"),
+        };
+        self.problems.push(format!(
+            "{} {}{got}",
+            setting.name,
+            setting.allowed.expectation()
+        ));
     }
 }
 
@@ -650,5 +491,81 @@ mod tests {
             Config::from_map(map(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")])).expect("valid");
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(Config::from_map(map(&[("TRUSTED_PROXIES", "nonsense")])).is_err());
+    }
+    #[test]
+    fn every_problem_is_reported_together() {
+        let err = Config::from_map(map(&[
+            ("ENVIRONMENT", "production"),
+            ("PORT", "eighty"),
+            ("CACHE_ENABLED", "maybe"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense, 300.1.1.1"),
+            ("ALLOWED_ORIGINS", "app.example.com"),
+        ]))
+        .unwrap_err();
+        let all = err.0.join("\n");
+        for expected in [
+            "PORT must be a number from 0 to 65535 (got \"eighty\")",
+            "CACHE_ENABLED must be true or false (got \"maybe\")",
+            "TRUSTED_PROXIES must be a comma-separated list of CIDR ranges or addresses (got \"nonsense\")",
+            "(got \"300.1.1.1\")",
+            "SECRET_KEY is required in production",
+            "DATABASE_URL is required in production",
+            "REDIS_URL is required when REQUIRE_REDIS=true",
+            "ALLOWED_ORIGINS must list origins",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from:\n{all}");
+        }
+        assert_eq!(err.0.len(), 8, "{all}");
+    }
+
+    #[test]
+    fn values_are_trimmed_and_an_empty_value_is_unset() {
+        let c = Config::from_map(map(&[
+            ("PORT", " 9000 "),
+            ("HOST", "  "),
+            (
+                "ALLOWED_ORIGINS",
+                " https://a.example , ,https://b.example ",
+            ),
+            ("METRICS_PORT", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.metrics_port, None);
+    }
+
+    #[test]
+    fn the_file_lies_underneath_the_environment() {
+        let path = std::env::temp_dir().join(format!("molar-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            "port = 9000\nhost = \"0.0.0.0\"\ncache_enabled = false\nredis_key_prefix = \"file:\"\n",
+        )
+        .expect("write the file");
+        let file = path.display().to_string();
+        let c = Config::from_map(map(&[
+            ("MOLAR_CONFIG_FILE", &file),
+            ("PORT", "9001"),
+            ("REDIS_KEY_PREFIX", ""),
+        ]));
+        std::fs::remove_file(&path).expect("remove the file");
+        let c = c.expect("valid");
+        assert_eq!(c.port, 9001, "the environment wins");
+        assert_eq!(c.host, "0.0.0.0", "the file applies");
+        assert!(!c.cache_enabled, "native booleans are read");
+        assert_eq!(
+            c.redis_key_prefix, "molar:",
+            "an empty value unsets the file's"
+        );
+
+        let err = Config::from_map(map(&[("MOLAR_CONFIG_FILE", &file)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("could not read configuration"), "{err}");
     }
 }
