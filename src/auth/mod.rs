@@ -138,8 +138,74 @@ impl Role {
     }
 }
 
-/// Everything a handler may require. The matrix is [`Role::permissions`]; the README
-/// prints it as a table.
+impl Permission {
+    /// Every permission, in the order the matrix lists them.
+    pub const ALL: [Permission; 17] = [
+        Permission::ClinicRead,
+        Permission::ClinicManage,
+        Permission::UsersRead,
+        Permission::UsersManage,
+        Permission::AuditRead,
+        Permission::PatientsRead,
+        Permission::PatientsWrite,
+        Permission::MedicalAlertsWrite,
+        Permission::ClinicalRead,
+        Permission::ClinicalWrite,
+        Permission::NotesWrite,
+        Permission::NotesSign,
+        Permission::AppointmentsRead,
+        Permission::AppointmentsWrite,
+        Permission::ScheduleManage,
+        Permission::LedgerRead,
+        Permission::LedgerWrite,
+    ];
+
+    /// The name in the API (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ClinicRead => "clinic.read",
+            Permission::ClinicManage => "clinic.manage",
+            Permission::UsersRead => "users.read",
+            Permission::UsersManage => "users.manage",
+            Permission::AuditRead => "audit.read",
+            Permission::PatientsRead => "patients.read",
+            Permission::PatientsWrite => "patients.write",
+            Permission::MedicalAlertsWrite => "medical_alerts.write",
+            Permission::ClinicalRead => "clinical.read",
+            Permission::ClinicalWrite => "clinical.write",
+            Permission::NotesWrite => "notes.write",
+            Permission::NotesSign => "notes.sign",
+            Permission::AppointmentsRead => "appointments.read",
+            Permission::AppointmentsWrite => "appointments.write",
+            Permission::ScheduleManage => "schedule.manage",
+            Permission::LedgerRead => "ledger.read",
+            Permission::LedgerWrite => "ledger.write",
+        }
+    }
+}
+
+/// The permission matrix as a markdown table (permissions × roles), as in
+/// docs/roles-and-permissions.md.
+pub fn permission_matrix_markdown() -> String {
+    let mut out = String::from("| permission |");
+    for role in Role::ALL {
+        out.push_str(&format!(" {} |", role.as_str()));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&":-:|".repeat(Role::ALL.len()));
+    out.push('\n');
+    for p in Permission::ALL {
+        out.push_str(&format!("| `{}` |", p.as_str()));
+        for role in Role::ALL {
+            out.push_str(if role.can(p) { " ✓ |" } else { " |" });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Everything a handler may require. The matrix is [`Role::permissions`];
+/// [`permission_matrix_markdown`] prints it for docs/roles-and-permissions.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub enum Permission {
     #[serde(rename = "clinic.read")]
@@ -319,6 +385,19 @@ mod tests {
                 role.can(Permission::NotesSign),
                 matches!(role, Role::Dentist | Role::Hygienist)
             );
+        }
+    }
+
+    #[test]
+    fn permission_names_are_the_serialised_names_of_every_variant() {
+        let schema = serde_json::to_value(<Permission as utoipa::PartialSchema>::schema())
+            .expect("schema serialises");
+        let variants: Vec<String> =
+            serde_json::from_value(schema["enum"].clone()).expect("the schema lists the variants");
+        let listed: Vec<String> = Permission::ALL.map(|p| p.as_str().to_owned()).to_vec();
+        assert_eq!(listed, variants);
+        for p in Permission::ALL {
+            assert_eq!(serde_json::to_value(p).expect("serialises"), p.as_str());
         }
     }
 

@@ -1,0 +1,571 @@
+//! Typed configuration: defaults, then an optional file (`MOLAR_CONFIG_FILE`), then the
+//! environment, read into [`Settings`] and validated once into [`Config`]; production
+//! refuses unsafe settings. [`reference`] documents every variable.
+
+mod de;
+#[cfg(test)]
+mod generated_docs;
+pub mod reference;
+mod settings;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+pub use de::Parsed;
+use reference::{Allowed, Setting};
+pub use settings::{Settings, CONFIG_FILE_VARIABLE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Secrets that ship in examples or are commonly left in place; never accepted in production.
+const KNOWN_DEFAULT_SECRETS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "secret",
+    "dev",
+    "development",
+    "test",
+    "your-secret-key",
+    "replace-with-64-random-hex-characters-generated-by-openssl-rand-hex-32",
+    "molar-development-secret-key-not-for-production-use",
+];
+
+/// Minimum length of a signing secret in production.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub host: String,
+    pub port: u16,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub shutdown_drain: Duration,
+    pub hsts_max_age: u64,
+
+    pub database_url: Option<SecretString>,
+    pub migration_database_url: Option<SecretString>,
+    pub database_read_url: Option<SecretString>,
+    pub db_pool_size: u32,
+    pub db_pool_timeout: Duration,
+    pub db_pool_recycle: Duration,
+
+    pub redis_url: Option<SecretString>,
+    pub require_redis: bool,
+    pub redis_key_prefix: String,
+    pub redis_timeout: Duration,
+    pub cache_enabled: bool,
+    pub cache_default_ttl: Duration,
+
+    pub secret_key: Option<SecretString>,
+    pub jwt_previous_secret_keys: Vec<SecretString>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_expire_minutes: i64,
+    pub refresh_token_expire_days: i64,
+    pub refresh_token_idle_days: i64,
+    pub password_hash_concurrency: usize,
+
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_clinic_per_minute: u32,
+    pub rate_limit_anon_per_minute: u32,
+    pub login_rate_limit_per_minute: u32,
+    pub login_ip_rate_limit_per_minute: u32,
+    pub signup_rate_limit_per_hour: u32,
+    pub trusted_proxies: Vec<IpNet>,
+
+    pub allowed_origins: Vec<String>,
+    pub allow_clinic_signup: bool,
+    pub metrics_token: Option<SecretString>,
+    pub metrics_port: Option<u16>,
+
+    pub appointment_max_minutes: u32,
+    pub calendar_max_days: u32,
+    pub availability_grid_minutes: u32,
+
+    pub medical_records_storage_path: PathBuf,
+    pub max_upload_mb: u32,
+    pub audit_retention_months: u32,
+}
+
+/// Why the configuration was refused. Never carries a secret's value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads `MOLAR_CONFIG_FILE` (if set) and the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = HashMap::new();
+        let mut unreadable = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => {
+                    vars.insert(name, value);
+                }
+                (Ok(name), Err(_))
+                    if name == CONFIG_FILE_VARIABLE
+                        || reference::settings().any(|s| s.name == name) =>
+                {
+                    unreadable.push(format!("{name} is not valid UTF-8"));
+                }
+                // Not one of ours.
+                _ => {}
+            }
+        }
+        match (Config::from_map(vars), unreadable.is_empty()) {
+            (Ok(config), true) => Ok(config),
+            (Ok(_), false) => Err(ConfigError(unreadable)),
+            (Err(ConfigError(problems)), _) => Err(ConfigError(
+                unreadable.into_iter().chain(problems).collect(),
+            )),
+        }
+    }
+
+    /// Builds the configuration from a map of variable names (as in the environment) to values.
+    /// `MOLAR_CONFIG_FILE` in the map names an optional TOML file read underneath it.
+    pub fn from_map(vars: HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::from_settings(Settings::from_map(vars)?)
+    }
+
+    /// The one validation pass: every value that did not parse, every number outside its
+    /// range (from [`reference`]) and every production guard, reported together.
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        use reference as r;
+        let mut check = Check::default();
+        let environment = check
+            .value(&r::ENVIRONMENT, s.environment)
+            .unwrap_or(Environment::Development);
+        let production = environment == Environment::Production;
+        let default_format = if production {
+            LogFormat::Json
+        } else {
+            LogFormat::Pretty
+        };
+
+        let config = Config {
+            environment,
+            host: s.host,
+            port: check.number(&r::PORT, s.port),
+            log_level: s.log_level,
+            log_format: check
+                .optional(&r::LOG_FORMAT, s.log_format)
+                .unwrap_or(default_format),
+            request_timeout: Duration::from_secs(
+                check.number(&r::REQUEST_TIMEOUT_SECONDS, s.request_timeout_seconds),
+            ),
+            max_body_bytes: check.number(&r::MAX_BODY_KB, s.max_body_kb) * 1024,
+            shutdown_drain: Duration::from_secs(
+                check.number(&r::SHUTDOWN_DRAIN_SECONDS, s.shutdown_drain_seconds),
+            ),
+            hsts_max_age: check.number(&r::HSTS_MAX_AGE, s.hsts_max_age),
+
+            database_url: s.database_url,
+            migration_database_url: s.migration_database_url,
+            database_read_url: s.database_read_url,
+            db_pool_size: check.number(&r::DB_POOL_SIZE, s.db_pool_size),
+            db_pool_timeout: Duration::from_secs(
+                check.number(&r::DB_POOL_TIMEOUT, s.db_pool_timeout),
+            ),
+            db_pool_recycle: Duration::from_secs(
+                check.number(&r::DB_POOL_RECYCLE, s.db_pool_recycle),
+            ),
+
+            redis_url: s.redis_url,
+            require_redis: check
+                .optional(&r::REQUIRE_REDIS, s.require_redis)
+                .unwrap_or(production),
+            redis_key_prefix: s.redis_key_prefix,
+            redis_timeout: Duration::from_millis(
+                check.number(&r::REDIS_TIMEOUT_MS, s.redis_timeout_ms),
+            ),
+            cache_enabled: check
+                .value(&r::CACHE_ENABLED, s.cache_enabled)
+                .unwrap_or_default(),
+            cache_default_ttl: Duration::from_secs(
+                check.number(&r::CACHE_DEFAULT_TTL, s.cache_default_ttl),
+            ),
+
+            secret_key: s.secret_key,
+            jwt_previous_secret_keys: s.jwt_previous_secret_keys,
+            jwt_issuer: s.jwt_issuer,
+            jwt_audience: s.jwt_audience,
+            access_token_expire_minutes: check.number(
+                &r::ACCESS_TOKEN_EXPIRE_MINUTES,
+                s.access_token_expire_minutes,
+            ),
+            refresh_token_expire_days: check
+                .number(&r::REFRESH_TOKEN_EXPIRE_DAYS, s.refresh_token_expire_days),
+            refresh_token_idle_days: check
+                .number(&r::REFRESH_TOKEN_IDLE_DAYS, s.refresh_token_idle_days),
+            password_hash_concurrency: check
+                .number(&r::PASSWORD_HASH_CONCURRENCY, s.password_hash_concurrency),
+
+            rate_limit_per_minute: check.number(&r::RATE_LIMIT_PER_MINUTE, s.rate_limit_per_minute),
+            rate_limit_clinic_per_minute: check.number(
+                &r::RATE_LIMIT_CLINIC_PER_MINUTE,
+                s.rate_limit_clinic_per_minute,
+            ),
+            rate_limit_anon_per_minute: check
+                .number(&r::RATE_LIMIT_ANON_PER_MINUTE, s.rate_limit_anon_per_minute),
+            login_rate_limit_per_minute: check.number(
+                &r::LOGIN_RATE_LIMIT_PER_MINUTE,
+                s.login_rate_limit_per_minute,
+            ),
+            login_ip_rate_limit_per_minute: check.number(
+                &r::LOGIN_IP_RATE_LIMIT_PER_MINUTE,
+                s.login_ip_rate_limit_per_minute,
+            ),
+            signup_rate_limit_per_hour: check
+                .number(&r::SIGNUP_RATE_LIMIT_PER_HOUR, s.signup_rate_limit_per_hour),
+            trusted_proxies: s
+                .trusted_proxies
+                .into_iter()
+                .filter_map(|p| check.value(&r::TRUSTED_PROXIES, p))
+                .collect(),
+
+            allowed_origins: s.allowed_origins,
+            allow_clinic_signup: check
+                .optional(&r::ALLOW_CLINIC_SIGNUP, s.allow_clinic_signup)
+                .unwrap_or(!production),
+            metrics_token: s.metrics_token,
+            metrics_port: s.metrics_port.map(|p| check.number(&r::METRICS_PORT, p)),
+
+            appointment_max_minutes: check
+                .number(&r::APPOINTMENT_MAX_MINUTES, s.appointment_max_minutes),
+            calendar_max_days: check.number(&r::CALENDAR_MAX_DAYS, s.calendar_max_days),
+            availability_grid_minutes: check
+                .number(&r::AVAILABILITY_GRID_MINUTES, s.availability_grid_minutes),
+
+            medical_records_storage_path: s.medical_records_storage_path,
+            max_upload_mb: check.number(&r::MAX_UPLOAD_MB, s.max_upload_mb),
+            audit_retention_months: check
+                .number(&r::AUDIT_RETENTION_MONTHS, s.audit_retention_months),
+        };
+
+        let mut problems = check.problems;
+        problems.extend(config.production_problems());
+        if config
+            .allowed_origins
+            .iter()
+            .any(|o| o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            problems
+                .push("ALLOWED_ORIGINS must list origins such as https://app.example.com".into());
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// The guards that stop a production server from starting with unsafe settings.
+    fn production_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.environment != Environment::Production {
+            return problems;
+        }
+        match &self.secret_key {
+            None => problems.push("SECRET_KEY is required in production".into()),
+            Some(s) => {
+                if let Some(why) = weak_secret(s.expose_secret()) {
+                    problems.push(format!("SECRET_KEY {why}"));
+                }
+            }
+        }
+        for (i, s) in self.jwt_previous_secret_keys.iter().enumerate() {
+            if let Some(why) = weak_secret(s.expose_secret()) {
+                problems.push(format!("JWT_PREVIOUS_SECRET_KEYS entry {} {why}", i + 1));
+            }
+        }
+        if self.allowed_origins.iter().any(|o| o == "*") {
+            problems.push(
+                "ALLOWED_ORIGINS=* is not allowed in production; list the front-end origins".into(),
+            );
+        }
+        if self.require_redis && self.redis_url.is_none() {
+            problems.push("REDIS_URL is required when REQUIRE_REDIS=true".into());
+        }
+        if self.database_url.is_none() {
+            problems.push("DATABASE_URL is required in production".into());
+        }
+        if let Some(t) = &self.metrics_token {
+            if t.expose_secret().len() < 16 || t.expose_secret().to_lowercase().contains("replace")
+            {
+                problems.push("METRICS_TOKEN must be at least 16 characters".into());
+            }
+        }
+        problems
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    /// Whether `/metrics` on the main port needs no token.
+    pub fn metrics_open(&self) -> bool {
+        !self.is_production() && self.metrics_token.is_none()
+    }
+}
+
+fn weak_secret(s: &str) -> Option<&'static str> {
+    let lowered = s.to_ascii_lowercase();
+    if KNOWN_DEFAULT_SECRETS.contains(&lowered.as_str())
+        || lowered.contains("changeme")
+        || lowered.contains("replace")
+        || lowered.contains("example")
+    {
+        Some("is a known default; generate one with `openssl rand -hex 32`")
+    } else if s.len() < MIN_SECRET_BYTES {
+        Some("must be at least 32 bytes; generate one with `openssl rand -hex 32`")
+    } else {
+        None
+    }
+}
+
+/// Collects the problems of the validation pass. A value with a problem is replaced by a
+/// placeholder, which never escapes: with any problem recorded no `Config` is returned.
+#[derive(Default)]
+struct Check {
+    problems: Vec<String>,
+}
+
+impl Check {
+    /// The value, or `None` (and a problem naming the variable) if it did not parse.
+    fn value<T>(&mut self, setting: &Setting, value: Parsed<T>) -> Option<T> {
+        match value {
+            Parsed::Valid(v) => Some(v),
+            Parsed::Invalid(text) => {
+                self.refuse(setting, &text);
+                None
+            }
+        }
+    }
+
+    /// As [`Check::value`], for a setting whose default depends on the environment.
+    fn optional<T>(&mut self, setting: &Setting, value: Option<Parsed<T>>) -> Option<T> {
+        value.and_then(|v| self.value(setting, v))
+    }
+
+    /// A number inside the range its reference row allows.
+    fn number<T>(&mut self, setting: &Setting, value: Parsed<T>) -> T
+    where
+        T: Copy + Default + std::fmt::Display + TryInto<i64>,
+    {
+        let Some(n) = self.value(setting, value) else {
+            return T::default();
+        };
+        if let Allowed::Range { min, max } = setting.allowed {
+            let inside = n.try_into().is_ok_and(|v: i64| (min..=max).contains(&v));
+            if !inside {
+                self.refuse(setting, &n.to_string());
+                return T::default();
+            }
+        }
+        n
+    }
+
+    fn refuse(&mut self, setting: &Setting, text: &str) {
+        let got = match setting.allowed {
+            Allowed::Secret(_) => String::new(),
+            _ => format!(" (got {text:?})"),
+        };
+        self.problems.push(format!(
+            "{} {}{got}",
+            setting.name,
+            setting.allowed.expectation()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const GOOD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn development_defaults_apply() {
+        let c = Config::from_map(map(&[])).expect("defaults are valid");
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.host, "127.0.0.1");
+        assert!(!c.require_redis);
+        assert!(c.allow_clinic_signup);
+        assert_eq!(c.access_token_expire_minutes, 15);
+    }
+
+    #[test]
+    fn production_refuses_missing_short_and_default_secrets() {
+        let base = [
+            ("ENVIRONMENT", "production"),
+            ("DATABASE_URL", "postgres://x@y/z"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+        ];
+        let err = Config::from_map(map(&base)).unwrap_err().to_string();
+        assert!(err.contains("SECRET_KEY is required"), "{err}");
+
+        let mut short = base.to_vec();
+        short.push(("SECRET_KEY", "tooshort"));
+        let err = Config::from_map(map(&short)).unwrap_err().to_string();
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        assert!(!err.contains("tooshort"), "the secret must not be echoed");
+
+        let mut default = base.to_vec();
+        default.push((
+            "SECRET_KEY",
+            "molar-development-secret-key-not-for-production-use",
+        ));
+        let err = Config::from_map(map(&default)).unwrap_err().to_string();
+        assert!(err.contains("known default"), "{err}");
+
+        let mut good = base.to_vec();
+        good.push(("SECRET_KEY", GOOD));
+        let c = Config::from_map(map(&good)).expect("valid production config");
+        assert!(c.require_redis);
+        assert!(!c.allow_clinic_signup);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn production_refuses_wildcard_origins_and_missing_redis() {
+        let err = Config::from_map(map(&[
+            ("ENVIRONMENT", "production"),
+            ("DATABASE_URL", "postgres://x@y/z"),
+            ("SECRET_KEY", GOOD),
+            ("ALLOWED_ORIGINS", "*"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ALLOWED_ORIGINS=*"), "{err}");
+        assert!(err.contains("REDIS_URL is required"), "{err}");
+    }
+
+    #[test]
+    fn bad_numbers_are_named() {
+        let err = Config::from_map(map(&[("PORT", "eighty"), ("DB_POOL_SIZE", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORT"), "{err}");
+        assert!(err.contains("DB_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_cidr_or_address() {
+        let c =
+            Config::from_map(map(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")])).expect("valid");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(Config::from_map(map(&[("TRUSTED_PROXIES", "nonsense")])).is_err());
+    }
+    #[test]
+    fn every_problem_is_reported_together() {
+        let err = Config::from_map(map(&[
+            ("ENVIRONMENT", "production"),
+            ("PORT", "eighty"),
+            ("CACHE_ENABLED", "maybe"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense, 300.1.1.1"),
+            ("ALLOWED_ORIGINS", "app.example.com"),
+        ]))
+        .unwrap_err();
+        let all = err.0.join("\n");
+        for expected in [
+            "PORT must be a number from 0 to 65535 (got \"eighty\")",
+            "CACHE_ENABLED must be true or false (got \"maybe\")",
+            "TRUSTED_PROXIES must be a comma-separated list of CIDR ranges or addresses (got \"nonsense\")",
+            "(got \"300.1.1.1\")",
+            "SECRET_KEY is required in production",
+            "DATABASE_URL is required in production",
+            "REDIS_URL is required when REQUIRE_REDIS=true",
+            "ALLOWED_ORIGINS must list origins",
+        ] {
+            assert!(all.contains(expected), "{expected} missing from:\n{all}");
+        }
+        assert_eq!(err.0.len(), 8, "{all}");
+    }
+
+    #[test]
+    fn values_are_trimmed_and_an_empty_value_is_unset() {
+        let c = Config::from_map(map(&[
+            ("PORT", " 9000 "),
+            ("HOST", "  "),
+            (
+                "ALLOWED_ORIGINS",
+                " https://a.example , ,https://b.example ",
+            ),
+            ("METRICS_PORT", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.metrics_port, None);
+    }
+
+    #[test]
+    fn the_file_lies_underneath_the_environment() {
+        let path = std::env::temp_dir().join(format!("molar-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            "port = 9000\nhost = \"0.0.0.0\"\ncache_enabled = false\nredis_key_prefix = \"file:\"\n",
+        )
+        .expect("write the file");
+        let file = path.display().to_string();
+        let c = Config::from_map(map(&[
+            ("MOLAR_CONFIG_FILE", &file),
+            ("PORT", "9001"),
+            ("REDIS_KEY_PREFIX", ""),
+        ]));
+        std::fs::remove_file(&path).expect("remove the file");
+        let c = c.expect("valid");
+        assert_eq!(c.port, 9001, "the environment wins");
+        assert_eq!(c.host, "0.0.0.0", "the file applies");
+        assert!(!c.cache_enabled, "native booleans are read");
+        assert_eq!(
+            c.redis_key_prefix, "molar:",
+            "an empty value unsets the file's"
+        );
+
+        let err = Config::from_map(map(&[("MOLAR_CONFIG_FILE", &file)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("could not read configuration"), "{err}");
+    }
+}
