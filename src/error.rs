@@ -188,7 +188,7 @@ impl AppError {
     }
 }
 
-/// Problem types are URNs under Molar's namespace; each is described in the README.
+/// Problem types are URNs under Molar's namespace; each is described in docs/errors.md.
 pub fn problem_type(slug: &str) -> String {
     format!("urn:molar:problem:{slug}")
 }
