@@ -89,7 +89,7 @@ impl CursorCodec {
         // Encrypting a short buffer in memory cannot fail; an empty cursor would be refused.
         let sealed = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), payload.as_slice())
+            .encrypt(&XNonce::from(nonce), payload.as_slice())
             .unwrap_or_default();
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -103,10 +103,11 @@ impl CursorCodec {
             return Err(bad());
         }
         let (nonce, sealed) = raw.split_at(NONCE_BYTES);
+        let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| bad())?;
         // The whole 16-byte tag is checked: a cursor cut short is refused.
         let payload = self
             .cipher
-            .decrypt(XNonce::from_slice(nonce), sealed)
+            .decrypt(&XNonce::from(nonce), sealed)
             .map_err(|_| bad())?;
         serde_json::from_slice(&payload).map_err(|_| bad())
     }
