@@ -44,6 +44,13 @@ pub async fn health() -> Json<Health> {
     })
 }
 
+/// One round trip to the database.
+async fn ping(pool: &sqlx::PgPool) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
+        .fetch_one(pool)
+        .await
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`, or `unavailable` while draining or when a required dependency is down.
@@ -72,12 +79,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         return unavailable("shutting down");
     }
     let probe_timeout = state.config.db_pool_timeout.min(Duration::from_secs(2));
-    let db_ok = tokio::time::timeout(
-        probe_timeout,
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.db.pool()),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let db_ok = tokio::time::timeout(probe_timeout, ping(state.db.pool()))
+        .await
+        .is_ok_and(|r| r.is_ok());
     if !db_ok {
         return unavailable("database unavailable");
     }
@@ -189,14 +193,7 @@ pub async fn run_startup_checks(state: &AppState) -> StartupCheck {
     let limit = state.config.db_pool_timeout.min(Duration::from_secs(3));
 
     let started = Instant::now();
-    let db_up = matches!(
-        tokio::time::timeout(
-            limit,
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool)
-        )
-        .await,
-        Ok(Ok(_))
-    );
+    let db_up = matches!(tokio::time::timeout(limit, ping(pool)).await, Ok(Ok(_)));
     checks.insert(
         "database",
         if db_up {

@@ -74,10 +74,6 @@ impl Event {
     }
 }
 
-const INSERT: &str = "INSERT INTO audit_events \
-    (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-
 /// A data-modifying CTE named `audit` that records one successful event per row of `FROM
 /// {from}`, for reads whose audit event travels in the same statement as the read itself.
 /// `action`, `resource_type` and the three expressions are SQL written in this crate, never
@@ -92,6 +88,8 @@ pub fn cte(
     from: &str,
 ) -> String {
     let n = |i: usize| first + i;
+    // Not a macro: a fragment composed into each audited read's own statement, with the
+    // action, expressions and parameter numbers of that read; the reads are run-time too.
     format!(
         "audit AS (INSERT INTO audit_events \
          (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
@@ -106,6 +104,7 @@ pub fn cte(
 }
 
 /// Binds the caller's context to the parameters of a [`cte`], in its order.
+// Not a macro: binds onto the run-time statements that embed a `cte`.
 pub fn bind_context<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ctx: &'q AuditContext,
@@ -129,21 +128,25 @@ async fn insert(
     event: Event,
     outcome: Outcome,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(INSERT)
-        .bind(ctx.clinic_id)
-        .bind(Uuid::now_v7())
-        .bind(ctx.user_id)
-        .bind(event.action)
-        .bind(event.resource_type)
-        .bind(event.resource_id)
-        .bind(event.patient_id)
-        .bind(ctx.request_id.as_deref())
-        .bind(ctx.ip.map(ipnet_of))
-        .bind(outcome.as_str())
-        .bind(event.details)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "INSERT INTO audit_events \
+         (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        ctx.clinic_id,
+        Uuid::now_v7(),
+        ctx.user_id,
+        event.action,
+        event.resource_type,
+        event.resource_id,
+        event.patient_id,
+        ctx.request_id.as_deref(),
+        ctx.ip.map(ipnet_of),
+        outcome.as_str(),
+        event.details
+    )
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
 }
 
 fn ipnet_of(ip: IpAddr) -> ipnet::IpNet {
@@ -178,14 +181,14 @@ pub async fn record_security_event(
     tracing::warn!(action, email_hash = %email_hash, ip = ?ip, "security event");
     let result = async {
         let mut tx = db.unscoped_tx().await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO security_events (id, action, email_hash, ip, request_id) VALUES ($1, $2, $3, $4, $5)",
+            Uuid::now_v7(),
+            action,
+            email_hash,
+            ip.map(ipnet_of),
+            request_id
         )
-        .bind(Uuid::now_v7())
-        .bind(action)
-        .bind(&email_hash)
-        .bind(ip.map(ipnet_of))
-        .bind(request_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await
@@ -201,10 +204,12 @@ pub async fn record_security_event(
 pub async fn seal(db: &Db, settle: Duration) -> Result<i32, sqlx::Error> {
     let mut tx = db.unscoped_tx().await?;
     let secs = settle.as_secs_f64();
-    let sealed: i32 = sqlx::query_scalar("SELECT audit_seal(make_interval(secs => $1))")
-        .bind(secs)
-        .fetch_one(&mut *tx)
-        .await?;
+    let sealed = sqlx::query_scalar!(
+        r#"SELECT audit_seal(make_interval(secs => $1)) AS "sealed!""#,
+        secs
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(sealed)
 }
@@ -212,7 +217,7 @@ pub async fn seal(db: &Db, settle: Duration) -> Result<i32, sqlx::Error> {
 /// Keeps monthly partitions three months ahead.
 pub async fn ensure_partitions(db: &Db) -> Result<i32, sqlx::Error> {
     let mut tx = db.unscoped_tx().await?;
-    let created: i32 = sqlx::query_scalar("SELECT audit_ensure_partitions(3)")
+    let created = sqlx::query_scalar!(r#"SELECT audit_ensure_partitions(3) AS "created!""#)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -231,8 +236,7 @@ pub async fn prune(
         sqlx::PgConnection::connect_with(&crate::db::connect_options(owner_url.expose_secret())?)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect as the owning role: {e}"))?;
-    let dropped: i32 = sqlx::query_scalar("SELECT audit_prune($1)")
-        .bind(before)
+    let dropped = sqlx::query_scalar!(r#"SELECT audit_prune($1) AS "dropped!""#, before)
         .fetch_one(&mut conn)
         .await
         .map_err(|e| anyhow::anyhow!("pruning failed: {e}"))?;
@@ -250,19 +254,14 @@ pub struct BrokenLink {
 /// Recomputes every seal; the first broken link of each clinic that has one.
 pub async fn verify(db: &Db) -> Result<Vec<BrokenLink>, sqlx::Error> {
     let mut tx = db.unscoped_tx().await?;
-    let rows: Vec<(Uuid, i64, String)> =
-        sqlx::query_as("SELECT clinic_id, seq, problem FROM audit_verify()")
-            .fetch_all(&mut *tx)
-            .await?;
+    let broken = sqlx::query_as!(
+        BrokenLink,
+        r#"SELECT clinic_id AS "clinic_id!", seq AS "seq!", problem AS "problem!" FROM audit_verify()"#
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|(clinic_id, seq, problem)| BrokenLink {
-            clinic_id,
-            seq,
-            problem,
-        })
-        .collect())
+    Ok(broken)
 }
 
 /// Background maintenance: partitions daily, seals every `every`.

@@ -54,19 +54,38 @@ pub struct AuditParams {
     cursor: Option<String>,
 }
 
-type Row = (
-    Uuid,
-    DateTime<Utc>,
-    Option<Uuid>,
-    String,
-    String,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<String>,
-    Option<ipnet::IpNet>,
-    String,
-    Option<serde_json::Value>,
-);
+/// An `audit_events` row as selected.
+struct Row {
+    id: Uuid,
+    at: DateTime<Utc>,
+    user_id: Option<Uuid>,
+    action: String,
+    resource_type: String,
+    resource_id: Option<Uuid>,
+    patient_id: Option<Uuid>,
+    request_id: Option<String>,
+    ip: Option<ipnet::IpNet>,
+    outcome: String,
+    details: Option<serde_json::Value>,
+}
+
+impl From<Row> for AuditEvent {
+    fn from(r: Row) -> AuditEvent {
+        AuditEvent {
+            id: r.id,
+            at: r.at,
+            user_id: r.user_id,
+            action: r.action,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            patient_id: r.patient_id,
+            request_id: r.request_id,
+            ip: r.ip.map(|n| n.addr().to_string()),
+            outcome: r.outcome,
+            details: r.details,
+        }
+    }
+}
 
 /// The audit trail (owner and admin only), newest first.
 #[utoipa::path(get, path = "/audit-events", tag = "audit", security(("bearer" = [])),
@@ -91,13 +110,11 @@ pub async fn list_audit_events(
             return Err(AppError::validation("from", "must not be after `to`"));
         }
     }
-    let before: Option<(DateTime<Utc>, Uuid)> = p
-        .cursor
-        .as_deref()
-        .map(|c| state.cursors.decode(c))
-        .transpose()?;
+    let before: Option<(DateTime<Utc>, Uuid)> = state.cursors.decode_opt(p.cursor.as_deref())?;
+    let (before_at, before_id) = before.unzip();
     let mut tx = caller.begin(&state).await?;
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        Row,
         "SELECT id, at, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details \
          FROM audit_events \
          WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
@@ -105,35 +122,22 @@ pub async fn list_audit_events(
            AND ($4::timestamptz IS NULL OR at >= $4) AND ($5::timestamptz IS NULL OR at < $5) \
            AND ($6::timestamptz IS NULL OR (at, id) < ($6, $7)) \
          ORDER BY at DESC, id DESC LIMIT $8",
+        p.patient_id,
+        p.user_id,
+        p.action.as_deref(),
+        p.from,
+        p.to,
+        before_at,
+        before_id,
+        pagination::overfetch(limit)
     )
-    .bind(p.patient_id)
-    .bind(p.user_id)
-    .bind(p.action.as_deref())
-    .bind(p.from)
-    .bind(p.to)
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit as i64 + 1)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let items: Vec<AuditEvent> = rows
-        .into_iter()
-        .map(|r| AuditEvent {
-            id: r.0,
-            at: r.1,
-            user_id: r.2,
-            action: r.3,
-            resource_type: r.4,
-            resource_id: r.5,
-            patient_id: r.6,
-            request_id: r.7,
-            ip: r.8.map(|n| n.addr().to_string()),
-            outcome: r.9,
-            details: r.10,
-        })
-        .collect();
-    Ok(Json(Page::from_overfetch(items, limit, |e| {
-        state.cursors.encode(&(e.at, e.id))
-    })))
+    let events = rows.into_iter().map(AuditEvent::from).collect();
+    Ok(Json(
+        state
+            .cursors
+            .page(events, limit, |e: &AuditEvent| (e.at, e.id)),
+    ))
 }

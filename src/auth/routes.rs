@@ -92,17 +92,39 @@ async fn store_refresh(
 ) -> AppResult<()> {
     let idle = (Utc::now() + ChronoDuration::days(state.config.refresh_token_idle_days))
         .min(family_expires);
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO refresh_tokens (clinic_id, id, family_id, user_id, secret_hash, family_expires_at, idle_expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        token.clinic_id,
+        token.id,
+        family_id,
+        user_id,
+        token.secret_hash(),
+        family_expires,
+        idle
     )
-    .bind(token.clinic_id)
-    .bind(token.id)
-    .bind(family_id)
-    .bind(user_id)
-    .bind(token.secret_hash())
-    .bind(family_expires)
-    .bind(idle)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends a refresh-token family (logout, or an exchanged token presented again).
+async fn revoke_family(tx: &mut Tx, family_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        family_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends every refresh-token family of a user (password change, deactivation).
+pub(crate) async fn revoke_refresh_tokens(tx: &mut Tx, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        user_id
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -204,12 +226,13 @@ pub async fn login(
         return Err(bad_credentials());
     }
 
-    let found: Option<(Uuid, Uuid, String, bool)> = {
+    let found = {
         let mut tx = state.db.unscoped_tx().await?;
-        let row = sqlx::query_as(
-            "SELECT clinic_id, user_id, password_hash, active FROM auth_find_login($1)",
+        let row = sqlx::query!(
+            r#"SELECT clinic_id AS "clinic_id!", user_id AS "user_id!", password_hash AS "password_hash!", active AS "active!"
+               FROM auth_find_login($1)"#,
+            body.email.trim()
         )
-        .bind(body.email.trim())
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -217,9 +240,12 @@ pub async fn login(
     };
     let ok = state
         .passwords
-        .verify(&body.password, found.as_ref().map(|f| f.2.as_str()))
+        .verify(
+            &body.password,
+            found.as_ref().map(|f| f.password_hash.as_str()),
+        )
         .await?;
-    let Some((clinic_id, user_id, _, active)) = found else {
+    let Some(found) = found else {
         audit::record_security_event(
             &state.db,
             "auth.login_unknown_email",
@@ -230,13 +256,14 @@ pub async fn login(
         .await;
         return Err(bad_credentials());
     };
+    let (clinic_id, user_id) = (found.clinic_id, found.user_id);
     let ctx = AuditContext {
         clinic_id,
         user_id: Some(user_id),
         request_id,
         ip,
     };
-    if !ok || !active {
+    if !ok || !found.active {
         let reason = if ok { "inactive" } else { "wrong_password" };
         audit::record_failure(
             &state.db,
@@ -249,14 +276,15 @@ pub async fn login(
         return Err(bad_credentials());
     }
     let mut tx = state.db.clinic_tx(clinic_id).await?;
-    let (role, auth_version): (String, i32) =
-        sqlx::query_as("SELECT role, auth_version FROM users WHERE id = $1 AND active")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(bad_credentials)?;
-    let role = Role::parse(&role).ok_or_else(bad_credentials)?;
-    let pair = issue_pair(&state, &mut tx, clinic_id, user_id, role, auth_version).await?;
+    let user = sqlx::query!(
+        "SELECT role, auth_version FROM users WHERE id = $1 AND active",
+        user_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(bad_credentials)?;
+    let role = Role::parse(&user.role).ok_or_else(bad_credentials)?;
+    let pair = issue_pair(&state, &mut tx, clinic_id, user_id, role, user.auth_version).await?;
     audit::record(
         &mut tx,
         &ctx,
@@ -275,19 +303,6 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
-type RefreshRow = (
-    Uuid,
-    Uuid,
-    Vec<u8>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    bool,
-    String,
-    i32,
-);
-
 /// Exchanges a refresh token for a new pair. The old token stops working; presenting a
 /// token that was already exchanged revokes its whole family.
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth",
@@ -302,45 +317,41 @@ pub async fn refresh(
 ) -> AppResult<Response> {
     let token = RefreshToken::decode(&body.refresh_token).ok_or_else(bad_refresh)?;
     let mut tx = state.db.clinic_tx(token.clinic_id).await?;
-    let row: Option<RefreshRow> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT rt.family_id, rt.user_id, rt.secret_hash, rt.family_expires_at, rt.idle_expires_at, \
                 rt.rotated_at, rt.revoked_at, u.active, u.role, u.auth_version \
          FROM refresh_tokens rt JOIN users u ON u.clinic_id = rt.clinic_id AND u.id = rt.user_id \
          WHERE rt.id = $1 FOR UPDATE OF rt",
+        token.id
     )
-    .bind(token.id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((family, user_id, hash, family_exp, idle_exp, rotated, revoked, active, role, ver)) =
-        row
-    else {
+    let Some(row) = row else {
         return Err(bad_refresh());
     };
-    if !bool::from(hash.as_slice().ct_eq(&token.secret_hash())) {
+    if !bool::from(row.secret_hash.as_slice().ct_eq(&token.secret_hash())) {
         return Err(bad_refresh());
     }
+    let (family, user_id) = (row.family_id, row.user_id);
     let ctx = AuditContext {
         clinic_id: token.clinic_id,
         user_id: Some(user_id),
         request_id: crate::error::current_request_id(),
         ip,
     };
-    if revoked.is_some() {
+    if row.revoked_at.is_some() {
         return Err(bad_refresh());
     }
-    if rotated.is_some() {
+    if row.rotated_at.is_some() {
         // Reuse of an exchanged token: someone else holds this family. End it.
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        revoke_family(&mut tx, family).await?;
+        // The thief may also hold an access token from this family: end those too.
+        sqlx::query!(
+            "UPDATE users SET auth_version = auth_version + 1 WHERE id = $1",
+            user_id
         )
-        .bind(family)
         .execute(&mut *tx)
         .await?;
-        // The thief may also hold an access token from this family: end those too.
-        sqlx::query("UPDATE users SET auth_version = auth_version + 1 WHERE id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         state
             .cache
@@ -357,17 +368,27 @@ pub async fn refresh(
         return Err(bad_refresh());
     }
     let now = Utc::now();
-    let role = Role::parse(&role);
-    if family_exp <= now || idle_exp <= now || !active || role.is_none() {
+    let role = Role::parse(&row.role);
+    if row.family_expires_at <= now || row.idle_expires_at <= now || !row.active || role.is_none() {
         return Err(bad_refresh());
     }
     let role = role.ok_or_else(bad_refresh)?;
-    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1")
-        .bind(token.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1",
+        token.id
+    )
+    .execute(&mut *tx)
+    .await?;
     let next = RefreshToken::generate(token.clinic_id);
-    store_refresh(&state, &mut tx, &next, family, user_id, family_exp).await?;
+    store_refresh(
+        &state,
+        &mut tx,
+        &next,
+        family,
+        user_id,
+        row.family_expires_at,
+    )
+    .await?;
     audit::record(
         &mut tx,
         &ctx,
@@ -376,9 +397,12 @@ pub async fn refresh(
     .await?;
     tx.commit().await?;
     Ok(Json(TokenPair {
-        access_token: state
-            .tokens
-            .issue_access(user_id, token.clinic_id, role, ver)?,
+        access_token: state.tokens.issue_access(
+            user_id,
+            token.clinic_id,
+            role,
+            row.auth_version,
+        )?,
         refresh_token: next.encode(),
         token_type: "Bearer",
         expires_in: state.tokens.access_ttl_secs,
@@ -399,20 +423,16 @@ pub async fn logout(
         return Ok(StatusCode::NO_CONTENT);
     };
     let mut tx = state.db.clinic_tx(token.clinic_id).await?;
-    let row: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT family_id, user_id, secret_hash FROM refresh_tokens WHERE id = $1 FOR UPDATE",
+        token.id
     )
-    .bind(token.id)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some((family, user_id, hash)) = row {
-        if bool::from(hash.as_slice().ct_eq(&token.secret_hash())) {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(family)
-            .execute(&mut *tx)
-            .await?;
+    if let Some(row) = row {
+        if bool::from(row.secret_hash.as_slice().ct_eq(&token.secret_hash())) {
+            revoke_family(&mut tx, row.family_id).await?;
+            let user_id = row.user_id;
             let ctx = AuditContext {
                 clinic_id: token.clinic_id,
                 user_id: Some(user_id),
@@ -446,8 +466,8 @@ pub struct Me {
         (status = 401, description = "Not signed in", body = Problem)))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Me>> {
     let mut tx = caller.begin(&state).await?;
-    let user = users::load(&mut tx, caller.user_id, false).await?;
-    let clinic = clinic::load(&mut tx, caller.clinic_id, false).await?;
+    let user = users::load(&mut tx, caller.user_id).await?;
+    let clinic = clinic::load(&mut tx, caller.clinic_id).await?;
     tx.commit().await?;
     Ok(Json(Me {
         role: user.role,
@@ -490,18 +510,19 @@ pub async fn change_password(
         return Ok(res);
     }
     let mut tx = caller.begin(&state).await?;
-    let (hash, email): (String, String) =
-        sqlx::query_as("SELECT password_hash, email FROM users WHERE id = $1 FOR UPDATE")
-            .bind(caller.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let account = sqlx::query!(
+        "SELECT password_hash, email FROM users WHERE id = $1 FOR UPDATE",
+        caller.user_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let mut errors = Errors::default();
-    if let Err(e) = check_policy("new_password", &body.new_password, Some(&email)) {
+    if let Err(e) = check_policy("new_password", &body.new_password, Some(&account.email)) {
         errors.push(e);
     }
     if !state
         .passwords
-        .verify(&body.current_password, Some(&hash))
+        .verify(&body.current_password, Some(&account.password_hash))
         .await?
     {
         tx.rollback().await?;
@@ -519,20 +540,15 @@ pub async fn change_password(
     }
     errors.finish()?;
     let new_hash = state.passwords.hash(&body.new_password).await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE users SET password_hash = $2, auth_version = auth_version + 1, \
          version = version + 1, updated_at = now() WHERE id = $1",
+        caller.user_id,
+        new_hash
     )
-    .bind(caller.user_id)
-    .bind(new_hash)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(caller.user_id)
-    .execute(&mut *tx)
-    .await?;
+    revoke_refresh_tokens(&mut tx, caller.user_id).await?;
     audit::record(
         &mut tx,
         &caller.audit(),

@@ -39,14 +39,14 @@ pub async fn register(
     let hash = state.passwords.hash(&body.owner.password).await?;
     let clinic_id = Uuid::now_v7();
     let mut tx = state.db.clinic_tx(clinic_id).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO clinics (id, name, timezone, currency, phone) VALUES ($1, $2, $3, $4, $5)",
+        clinic_id,
+        name,
+        timezone,
+        currency,
+        phone
     )
-    .bind(clinic_id)
-    .bind(&name)
-    .bind(&timezone)
-    .bind(&currency)
-    .bind(phone)
     .execute(&mut *tx)
     .await?;
     let user = users::insert(
@@ -78,7 +78,7 @@ pub async fn register(
     )
     .await?;
     let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, 1).await?;
-    let clinic = clinic::load(&mut tx, clinic_id, false).await?;
+    let clinic = clinic::load(&mut tx, clinic_id).await?;
     tx.commit().await?;
     Ok(Registered {
         clinic,

@@ -71,34 +71,40 @@ pub struct Clinic {
     pub updated_at: DateTime<Utc>,
 }
 
-type ClinicRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<serde_json::Value>,
-    serde_json::Value,
-    i32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// A `clinics` row as selected: the address is the stored JSON.
+struct ClinicRow {
+    id: Uuid,
+    name: String,
+    timezone: String,
+    currency: String,
+    phone: Option<String>,
+    address: Option<serde_json::Value>,
+    settings: serde_json::Value,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
 
-const SELECT_CLINIC: &str = "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, updated_at FROM clinics WHERE id = $1";
-
-fn from_row(r: ClinicRow) -> Clinic {
-    Clinic {
-        id: r.0,
-        name: r.1,
-        timezone: r.2,
-        currency: r.3,
-        phone: r.4,
-        address: r.5.and_then(|a| serde_json::from_value(a).ok()),
-        settings: r.6,
-        version: r.7,
-        created_at: r.8,
-        updated_at: r.9,
+impl From<ClinicRow> for Clinic {
+    fn from(r: ClinicRow) -> Clinic {
+        Clinic {
+            id: r.id,
+            name: r.name,
+            timezone: r.timezone,
+            currency: r.currency,
+            phone: r.phone,
+            address: r.address.and_then(|a| serde_json::from_value(a).ok()),
+            settings: r.settings,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
     }
+}
+
+fn found(row: Option<ClinicRow>) -> AppResult<Clinic> {
+    row.map(Clinic::from)
+        .ok_or_else(|| AppError::not_found("clinic"))
 }
 
 /// The clinic, from the cache when it holds it (the caller's transaction is still the
@@ -111,7 +117,7 @@ pub async fn cached(state: &AppState, tx: &mut Tx, id: Uuid) -> AppResult<Clinic
     if let Some(c) = hit {
         return Ok(c);
     }
-    let clinic = load(tx, id, false).await?;
+    let clinic = load(tx, id).await?;
     state
         .cache
         .put(state.redis.as_ref(), id, generation, "clinic", &clinic)
@@ -119,16 +125,28 @@ pub async fn cached(state: &AppState, tx: &mut Tx, id: Uuid) -> AppResult<Clinic
     Ok(clinic)
 }
 
-pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Clinic> {
-    let sql = if lock {
-        format!("{SELECT_CLINIC} FOR UPDATE")
-    } else {
-        SELECT_CLINIC.to_owned()
-    };
-    let row: Option<ClinicRow> = sqlx::query_as(&sql)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(from_row)
-        .ok_or_else(|| AppError::not_found("clinic"))
+/// The transaction's clinic; another clinic's id is simply not found.
+pub async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
+    let row = sqlx::query_as!(
+        ClinicRow,
+        "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, updated_at \
+         FROM clinics WHERE id = $1",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    found(row)
+}
+
+/// [`load`], locking the row until the transaction ends.
+pub async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
+    let row = sqlx::query_as!(
+        ClinicRow,
+        "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, updated_at \
+         FROM clinics WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    found(row)
 }

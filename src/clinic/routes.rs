@@ -101,7 +101,7 @@ pub async fn update_clinic(
     errors.finish()?;
 
     let mut tx = caller.begin(&state).await?;
-    let current = load(&mut tx, caller.clinic_id, true).await?;
+    let current = load_for_update(&mut tx, caller.clinic_id).await?;
     etag::check(&headers, current.version)?;
     let mut settings = current.settings.clone();
     if let Some(s) = &patch.settings {
@@ -129,20 +129,20 @@ pub async fn update_clinic(
         .map(serde_json::to_value)
         .transpose()
         .map_err(|e| AppError::Internal(e.into()))?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE clinics SET name = $2, timezone = $3, currency = $4, phone = $5, address = $6, \
          settings = $7, version = version + 1, updated_at = now() WHERE id = $1",
+        caller.clinic_id,
+        name.unwrap_or(current.name),
+        timezone.unwrap_or(current.timezone),
+        currency.unwrap_or(current.currency),
+        match phone {
+            None => current.phone,
+            Some(p) => p,
+        },
+        address_json,
+        settings
     )
-    .bind(caller.clinic_id)
-    .bind(name.unwrap_or(current.name))
-    .bind(timezone.unwrap_or(current.timezone))
-    .bind(currency.unwrap_or(current.currency))
-    .bind(match phone {
-        None => current.phone,
-        Some(p) => p,
-    })
-    .bind(address_json)
-    .bind(settings)
     .execute(&mut *tx)
     .await?;
     audit::record(
@@ -151,7 +151,7 @@ pub async fn update_clinic(
         Event::new("clinic.update", "clinic").resource(caller.clinic_id),
     )
     .await?;
-    let updated = load(&mut tx, caller.clinic_id, false).await?;
+    let updated = load(&mut tx, caller.clinic_id).await?;
     tx.commit().await?;
     state
         .cache

@@ -229,6 +229,7 @@ impl EmbeddedPostgres {
         super::migrate(&urls.owner).await?;
         // The app role exists once migrations ran; the server's login role joins it.
         let mut admin = sqlx::PgConnection::connect(&pg.url("postgres", "postgres")).await?;
+        // Not a macro: DDL, which cannot be prepared.
         sqlx::raw_sql(&format!("GRANT {APP_ROLE} TO {SERVER_ROLE}"))
             .execute(&mut admin)
             .await?;
@@ -242,23 +243,29 @@ impl EmbeddedPostgres {
             .await
             .context("could not connect to the development database")?;
         for (role, attrs) in [(OWNER_ROLE, "LOGIN CREATEROLE"), (SERVER_ROLE, "LOGIN")] {
+            // Not a macro: a role check against the system catalogue of the development
+            // cluster's maintenance database, before any schema exists.
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                     .bind(role)
                     .fetch_one(&mut admin)
                     .await?;
             if !exists {
+                // Not a macro: DDL, which cannot be prepared.
                 sqlx::raw_sql(&format!("CREATE ROLE {role} {attrs}"))
                     .execute(&mut admin)
                     .await?;
             }
         }
+        // Not a macro: like the role check, a look at the maintenance database's catalogue
+        // before any schema exists.
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(DATABASE)
                 .fetch_one(&mut admin)
                 .await?;
         if !exists {
+            // Not a macro: DDL, which cannot be prepared.
             sqlx::raw_sql(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}"))
                 .execute(&mut admin)
                 .await?;

@@ -75,6 +75,8 @@ impl Db {
     ) -> Result<Tx, sqlx::Error> {
         // Uuids, an integer and a role name from a fixed list: nothing here needs quoting.
         debug_assert!(role.bytes().all(|b| b.is_ascii_lowercase()));
+        // Not a macro: several statements in one simple query (one round trip), which the
+        // macros, being prepared statements, cannot express.
         let sql = format!(
             "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}'); \
              BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true)"
@@ -95,6 +97,8 @@ impl Db {
 
     async fn begin_scoped(&self, pool: &PgPool, clinic: Option<Uuid>) -> Result<Tx, sqlx::Error> {
         // A Uuid formats as 36 hex digits and dashes only, so it is safe inside the literal.
+        // Not a macro: `BEGIN` and `set_config` in one simple query (one round trip), which
+        // the macros, being prepared statements, cannot express.
         let sql = match clinic {
             Some(id) => format!("BEGIN; SELECT set_config('app.clinic_id', '{id}', true)"),
             None => "BEGIN".to_owned(),
@@ -179,11 +183,11 @@ impl MigrationStatus {
 
 /// Compares the applied migrations with those embedded in this binary.
 pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, sqlx::Error> {
-    let rows: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?;
-    let applied: BTreeMap<i64, Vec<u8>> = rows.into_iter().collect();
+    let rows = sqlx::query!("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await?;
+    let applied: BTreeMap<i64, Vec<u8>> =
+        rows.into_iter().map(|r| (r.version, r.checksum)).collect();
     let mut status = MigrationStatus {
         embedded: 0,
         applied: applied.len(),
@@ -253,6 +257,8 @@ impl RoleCheck {
 
 /// Inspects the catalogue for the role the server is connected as.
 pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
+    // Not a macro: a role check; it reads only the system catalogue of the server it runs
+    // against, so checking it against the build database's schema would prove nothing.
     let row: (String, bool, bool, bool, bool, bool, bool, bool) = sqlx::query_as(
         r#"
         SELECT r.rolname::text,

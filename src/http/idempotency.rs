@@ -41,13 +41,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HashedJson<T> {
     }
 }
 
-/// A stored key: request hash, response status, body and location.
-type StoredKey = (
-    Vec<u8>,
-    Option<i16>,
-    Option<serde_json::Value>,
-    Option<String>,
-);
+/// A stored key: request hash, and the response once the first request finished.
+struct StoredKey {
+    request_hash: Vec<u8>,
+    status: Option<i16>,
+    response: Option<serde_json::Value>,
+    location: Option<String>,
+}
 
 /// A claimed key, to be completed in the work's transaction.
 pub struct Claim {
@@ -95,22 +95,22 @@ pub async fn begin(
     // The caller's session is checked before anything is claimed or replayed.
     let mut tx = caller.begin(state).await?;
     // Keys expire after 24 hours; an abandoned claim (the server died mid-request) after 10 minutes.
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND \
          (created_at < now() - interval '24 hours' OR (status IS NULL AND created_at < now() - interval '10 minutes'))",
+        caller.user_id,
+        key
     )
-    .bind(caller.user_id)
-    .bind(&key)
     .execute(&mut *tx)
     .await?;
-    let claimed = sqlx::query(
+    let claimed = sqlx::query!(
         "INSERT INTO idempotency_keys (clinic_id, user_id, key, request_hash) VALUES ($1, $2, $3, $4) \
          ON CONFLICT DO NOTHING",
+        caller.clinic_id,
+        caller.user_id,
+        key,
+        request_hash
     )
-    .bind(caller.clinic_id)
-    .bind(caller.user_id)
-    .bind(&key)
-    .bind(request_hash)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -119,12 +119,13 @@ pub async fn begin(
         tx.commit().await?;
         return Ok(Begin::Claimed(Claim { key }));
     }
-    let row: Option<StoredKey> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        StoredKey,
         "SELECT request_hash, status, response, location FROM idempotency_keys \
              WHERE user_id = $1 AND key = $2",
+        caller.user_id,
+        key
     )
-    .bind(caller.user_id)
-    .bind(&key)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -132,14 +133,19 @@ pub async fn begin(
         None => Err(AppError::conflict(
             "a request with this Idempotency-Key is still in progress",
         )),
-        Some((hash, _, _, _)) if hash != request_hash => Err(AppError::validation(
+        Some(stored) if stored.request_hash != request_hash => Err(AppError::validation(
             "Idempotency-Key",
             "was already used with a different request body",
         )),
-        Some((_, None, _, _)) => Err(AppError::conflict(
+        Some(StoredKey { status: None, .. }) => Err(AppError::conflict(
             "a request with this Idempotency-Key is still in progress",
         )),
-        Some((_, Some(status), body, location)) => {
+        Some(StoredKey {
+            status: Some(status),
+            response: body,
+            location,
+            ..
+        }) => {
             let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
             let body = body.unwrap_or_default();
             let version = body["version"].as_i64().and_then(|v| i32::try_from(v).ok());
@@ -168,14 +174,14 @@ pub async fn complete<T: Serialize>(
     location: Option<&str>,
 ) -> AppResult<()> {
     let body = serde_json::to_value(body).map_err(|e| AppError::Internal(e.into()))?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE idempotency_keys SET status = $3, response = $4, location = $5 WHERE user_id = $1 AND key = $2",
+        caller.user_id,
+        claim.key,
+        status.as_u16() as i16,
+        body,
+        location
     )
-    .bind(caller.user_id)
-    .bind(&claim.key)
-    .bind(status.as_u16() as i16)
-    .bind(body)
-    .bind(location)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -185,11 +191,11 @@ pub async fn complete<T: Serialize>(
 pub async fn release(db: &Db, caller: &Caller, claim: Claim) {
     let result = async {
         let mut tx = db.clinic_tx(caller.clinic_id).await?;
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status IS NULL",
+            caller.user_id,
+            claim.key
         )
-        .bind(caller.user_id)
-        .bind(&claim.key)
         .execute(&mut *tx)
         .await?;
         tx.commit().await

@@ -53,6 +53,12 @@ pub fn limit(requested: Option<u32>) -> AppResult<u32> {
     }
 }
 
+/// The rows to fetch for a page of `limit`: one more, which only says that another page
+/// follows (see [`Page::from_overfetch`]).
+pub fn overfetch(limit: u32) -> i64 {
+    i64::from(limit) + 1
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct PageParams {
     /// Page size (default 50, max 200).
@@ -94,6 +100,22 @@ impl CursorCodec {
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// The position the client's cursor names; `None` for the first page.
+    pub fn decode_opt<T: DeserializeOwned>(&self, cursor: Option<&str>) -> AppResult<Option<T>> {
+        cursor.map(|c| self.decode(c)).transpose()
+    }
+
+    /// A page of `limit` from [`overfetch`] rows; its cursor names the `position` of the
+    /// last row kept.
+    pub fn page<T, P: Serialize>(
+        &self,
+        rows: Vec<T>,
+        limit: u32,
+        position: impl FnOnce(&T) -> P,
+    ) -> Page<T> {
+        Page::from_overfetch(rows, limit, |last| self.encode(&position(last)))
     }
 
     pub fn decode<T: DeserializeOwned>(&self, cursor: &str) -> AppResult<T> {

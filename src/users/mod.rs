@@ -28,56 +28,74 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
-type UserRow = (
-    Uuid,
-    Uuid,
-    String,
-    String,
-    String,
-    bool,
-    bool,
-    i32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// A `users` row as selected: the role is the stored text.
+struct UserRow {
+    id: Uuid,
+    clinic_id: Uuid,
+    email: String,
+    full_name: String,
+    role: String,
+    is_provider: bool,
+    active: bool,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
 
-const USER_COLUMNS: &str =
-    "id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at";
-
-fn from_row(r: UserRow) -> User {
-    User {
-        id: r.0,
-        clinic_id: r.1,
-        email: r.2,
-        full_name: r.3,
-        role: Role::parse(&r.4).unwrap_or(Role::Billing),
-        is_provider: r.5,
-        active: r.6,
-        version: r.7,
-        created_at: r.8,
-        updated_at: r.9,
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> User {
+        User {
+            id: r.id,
+            clinic_id: r.clinic_id,
+            email: r.email,
+            full_name: r.full_name,
+            role: Role::parse(&r.role).unwrap_or(Role::Billing),
+            is_provider: r.is_provider,
+            active: r.active,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
     }
 }
 
-/// One user of the transaction's clinic; another clinic's id is simply not found.
-pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<User> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let row: Option<UserRow> = sqlx::query_as(&sql)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(from_row).ok_or_else(|| AppError::not_found("user"))
+fn found(row: Option<UserRow>) -> AppResult<User> {
+    row.map(User::from)
+        .ok_or_else(|| AppError::not_found("user"))
 }
 
-/// Inserts a user; a taken email is a 409.
+/// One user of the transaction's clinic; another clinic's id is simply not found.
+pub async fn load(tx: &mut Tx, id: Uuid) -> AppResult<User> {
+    let row = sqlx::query_as!(
+        UserRow,
+        "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at \
+         FROM users WHERE id = $1",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    found(row)
+}
+
+/// [`load`], locking the row until the transaction ends.
+pub async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<User> {
+    let row = sqlx::query_as!(
+        UserRow,
+        "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at \
+         FROM users WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    found(row)
+}
+
 /// The 409 for an email another account of the clinic already signs in with.
 pub fn email_taken() -> AppError {
     AppError::conflict("a user with this email already exists")
 }
 
+/// Inserts a user; a taken email is a 409.
 pub async fn insert(
     tx: &mut Tx,
     clinic_id: Uuid,
@@ -87,19 +105,21 @@ pub async fn insert(
     is_provider: bool,
     password_hash: &str,
 ) -> AppResult<User> {
-    let row: Result<UserRow, sqlx::Error> = sqlx::query_as(&format!(
+    let row = sqlx::query_as!(
+        UserRow,
         "INSERT INTO users (clinic_id, id, email, full_name, role, is_provider, password_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {USER_COLUMNS}"
-    ))
-    .bind(clinic_id)
-    .bind(Uuid::now_v7())
-    .bind(email)
-    .bind(full_name)
-    .bind(role.as_str())
-    .bind(is_provider)
-    .bind(password_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         RETURNING id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at",
+        clinic_id,
+        Uuid::now_v7(),
+        email,
+        full_name,
+        role.as_str(),
+        is_provider,
+        password_hash
+    )
     .fetch_one(&mut **tx)
     .await;
-    row.map(from_row)
+    row.map(User::from)
         .on_constraint("user_logins_pkey", email_taken)
 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::audit::{self, Event};
 use crate::auth::password::check_policy;
+use crate::auth::routes::revoke_refresh_tokens;
 use crate::auth::{Caller, Permission, Role};
 use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::etag;
@@ -68,29 +69,29 @@ pub async fn list_users(
             .await);
     }
     let limit = pagination::limit(params.limit)?;
-    let after: Option<(String, Uuid)> = params
-        .cursor
-        .as_deref()
-        .map(|c| state.cursors.decode(c))
-        .transpose()?;
+    let after: Option<(String, Uuid)> = state.cursors.decode_opt(params.cursor.as_deref())?;
+    let (after_name, after_id) = after.unzip();
     let mut tx = caller.begin(&state).await?;
-    let rows: Vec<UserRow> = sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM users \
+    let rows = sqlx::query_as!(
+        UserRow,
+        "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at \
+         FROM users \
          WHERE ($1::text IS NULL OR (full_name, id) > ($1, $2)) \
            AND ($3::text IS NULL OR role = $3) AND ($4::boolean IS NULL OR active = $4) \
-         ORDER BY full_name, id LIMIT $5"
-    ))
-    .bind(after.as_ref().map(|a| a.0.clone()))
-    .bind(after.as_ref().map(|a| a.1))
-    .bind(params.role.map(|r| r.as_str()))
-    .bind(params.active)
-    .bind(limit as i64 + 1)
+         ORDER BY full_name, id LIMIT $5",
+        after_name,
+        after_id,
+        params.role.map(Role::as_str),
+        params.active,
+        pagination::overfetch(limit)
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let page = Page::from_overfetch(rows.into_iter().map(from_row).collect(), limit, |u| {
-        state.cursors.encode(&(u.full_name.clone(), u.id))
-    });
+    let users = rows.into_iter().map(User::from).collect();
+    let page = state
+        .cursors
+        .page(users, limit, |u: &User| (u.full_name.clone(), u.id));
     Ok(Json(page))
 }
 
@@ -200,7 +201,7 @@ pub async fn get_user(
             .await);
     }
     let mut tx = caller.begin(&state).await?;
-    let user = load(&mut tx, id, false).await?;
+    let user = load(&mut tx, id).await?;
     tx.commit().await?;
     Ok(user_response(StatusCode::OK, user))
 }
@@ -306,7 +307,7 @@ pub async fn update_user(
     errors.finish()?;
 
     let mut tx = caller.begin(&state).await?;
-    let current = load(&mut tx, id, true).await?;
+    let current = load_for_update(&mut tx, id).await?;
     etag::check(&headers, current.version)?;
     if current.role.rank() > caller.role.rank() && !is_self {
         tx.rollback().await?;
@@ -336,8 +337,8 @@ pub async fn update_user(
         current.role == Role::Owner && current.active && (new_role != Role::Owner || !new_active);
     if loses_owner {
         // Lock every active owner so that two owners cannot demote each other at once.
-        let owners: Vec<Uuid> =
-            sqlx::query_scalar("SELECT id FROM users WHERE role = 'owner' AND active FOR UPDATE")
+        let owners =
+            sqlx::query_scalar!("SELECT id FROM users WHERE role = 'owner' AND active FOR UPDATE")
                 .fetch_all(&mut *tx)
                 .await?;
         if owners.len() <= 1 {
@@ -348,27 +349,22 @@ pub async fn update_user(
         }
     }
     let cuts_sessions = new_role != current.role || new_active != current.active;
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE users SET email = $2, full_name = $3, role = $4, is_provider = $5, active = $6, \
          auth_version = auth_version + $7, version = version + 1, updated_at = now() WHERE id = $1",
+        id,
+        email.as_deref().unwrap_or(&current.email),
+        full_name.as_deref().unwrap_or(&current.full_name),
+        new_role.as_str(),
+        patch.is_provider.unwrap_or(current.is_provider),
+        new_active,
+        i32::from(cuts_sessions)
     )
-    .bind(id)
-    .bind(email.as_deref().unwrap_or(&current.email))
-    .bind(full_name.as_deref().unwrap_or(&current.full_name))
-    .bind(new_role.as_str())
-    .bind(patch.is_provider.unwrap_or(current.is_provider))
-    .bind(new_active)
-    .bind(if cuts_sessions { 1 } else { 0 })
     .execute(&mut *tx)
     .await;
     result.on_constraint("user_logins_pkey", super::email_taken)?;
     if !new_active {
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_refresh_tokens(&mut tx, id).await?;
     }
     let mut changed = serde_json::Map::new();
     for (name, present) in [
@@ -395,7 +391,7 @@ pub async fn update_user(
         ),
     )
     .await?;
-    let updated = load(&mut tx, id, false).await?;
+    let updated = load(&mut tx, id).await?;
     tx.commit().await?;
     state
         .cache
