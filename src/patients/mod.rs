@@ -226,16 +226,7 @@ pub fn validate_contact(c: &Contact, field: &str, errors: &mut Errors) {
 
 /// The provider must be an active bookable user of this clinic.
 pub async fn check_provider(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<()> {
-    let row: Option<(bool, bool)> =
-        sqlx::query_as("SELECT is_provider, active FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    match row {
-        Some((true, true)) => Ok(()),
-        Some(_) => Err(AppError::validation(field, "is not an active provider")),
-        None => Err(AppError::validation(field, "does not exist in your clinic")),
-    }
+    crate::scheduling::providers::ensure_active(tx, id, field).await
 }
 
 /// The responsible party must be another patient of this clinic.

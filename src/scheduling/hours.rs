@@ -10,11 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{DayException, LocalInterval, WeeklyInterval};
+use super::{providers, DayException, LocalInterval, WeeklyInterval};
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::db::Tx;
-use crate::error::{AppError, AppResult, Problem};
+use crate::error::{AppResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -68,16 +68,18 @@ fn overlaps(list: &[LocalInterval]) -> bool {
     sorted.windows(2).any(|w| w[1].start < w[0].end)
 }
 
-/// 404 unless `id` is a provider of the caller's clinic.
-pub async fn ensure_provider(tx: &mut Tx, id: Uuid) -> AppResult<()> {
-    let found: Option<bool> = sqlx::query_scalar("SELECT is_provider FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    match found {
-        Some(true) => Ok(()),
-        _ => Err(AppError::not_found("provider")),
-    }
+/// The provider's weekly template, by weekday and start.
+async fn load_weekly(tx: &mut Tx, provider: Uuid) -> AppResult<Vec<(u32, NaiveTime, NaiveTime)>> {
+    let rows = sqlx::query!(
+        "SELECT weekday, start_time, end_time FROM working_hours WHERE provider_id = $1 ORDER BY weekday, start_time",
+        provider
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.weekday as u32, r.start_time, r.end_time))
+        .collect())
 }
 
 /// The provider's template and the exceptions between two dates (inclusive).
@@ -87,34 +89,32 @@ pub async fn load(
     from: NaiveDate,
     to: NaiveDate,
 ) -> AppResult<(Vec<WeeklyInterval>, Vec<DayException>)> {
-    let weekly: Vec<(i16, NaiveTime, NaiveTime)> = sqlx::query_as(
-        "SELECT weekday, start_time, end_time FROM working_hours WHERE provider_id = $1 ORDER BY weekday, start_time",
-    )
-    .bind(provider)
-    .fetch_all(&mut **tx)
-    .await?;
-    let exceptions: Vec<(NaiveDate, Option<NaiveTime>, Option<NaiveTime>)> = sqlx::query_as(
+    let weekly = load_weekly(tx, provider).await?;
+    let exceptions = sqlx::query!(
         "SELECT on_date, start_time, end_time FROM working_hour_exceptions \
          WHERE provider_id = $1 AND on_date BETWEEN $2 AND $3 ORDER BY on_date, start_time",
+        provider,
+        from,
+        to
     )
-    .bind(provider)
-    .bind(from)
-    .bind(to)
     .fetch_all(&mut **tx)
     .await?;
     Ok((
         weekly
             .into_iter()
             .map(|(weekday, start, end)| WeeklyInterval {
-                weekday: weekday as u32,
+                weekday,
                 interval: LocalInterval { start, end },
             })
             .collect(),
         exceptions
             .into_iter()
-            .map(|(date, s, e)| DayException {
-                date,
-                interval: s.zip(e).map(|(start, end)| LocalInterval { start, end }),
+            .map(|r| DayException {
+                date: r.on_date,
+                interval: r
+                    .start_time
+                    .zip(r.end_time)
+                    .map(|(start, end)| LocalInterval { start, end }),
             })
             .collect(),
     ))
@@ -126,44 +126,31 @@ pub struct ProviderPath {
     id: Uuid,
 }
 
-/// An exception as stored: date, optional start and end, reason.
-type ExceptionRow = (
-    NaiveDate,
-    Option<NaiveTime>,
-    Option<NaiveTime>,
-    Option<String>,
-);
-
 async fn read(tx: &mut Tx, id: Uuid) -> AppResult<WorkingHours> {
-    let weekly: Vec<(i16, NaiveTime, NaiveTime)> = sqlx::query_as(
-        "SELECT weekday, start_time, end_time FROM working_hours WHERE provider_id = $1 ORDER BY weekday, start_time",
-    )
-    .bind(id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let exceptions: Vec<ExceptionRow> = sqlx::query_as(
+    let weekly = load_weekly(tx, id).await?;
+    let exceptions = sqlx::query!(
         "SELECT on_date, start_time, end_time, reason FROM working_hour_exceptions WHERE provider_id = $1 \
          ORDER BY on_date, start_time",
+        id
     )
-    .bind(id)
     .fetch_all(&mut **tx)
     .await?;
     Ok(WorkingHours {
         weekly: weekly
             .into_iter()
             .map(|(weekday, s, e)| WeeklyHours {
-                weekday: weekday as u32,
+                weekday,
                 start: fmt_time(s),
                 end: fmt_time(e),
             })
             .collect(),
         exceptions: exceptions
             .into_iter()
-            .map(|(date, s, e, reason)| HoursException {
-                date,
-                start: s.map(fmt_time),
-                end: e.map(fmt_time),
-                reason,
+            .map(|r| HoursException {
+                date: r.on_date,
+                start: r.start_time.map(fmt_time),
+                end: r.end_time.map(fmt_time),
+                reason: r.reason,
             })
             .collect(),
     })
@@ -185,7 +172,7 @@ pub async fn get_working_hours(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    ensure_provider(&mut tx, id).await?;
+    providers::ensure_exists(&mut tx, id).await?;
     let hours = read(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(hours))
@@ -281,44 +268,44 @@ pub async fn put_working_hours(
     errors.finish()?;
 
     let mut tx = caller.begin(&state).await?;
-    ensure_provider(&mut tx, id).await?;
+    providers::ensure_exists(&mut tx, id).await?;
     // Serialise concurrent replacements of the same provider's hours.
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-        .bind(id)
+    sqlx::query!("SELECT 1 AS locked FROM users WHERE id = $1 FOR UPDATE", id)
+        .fetch_all(&mut *tx)
+        .await?;
+    sqlx::query!("DELETE FROM working_hours WHERE provider_id = $1", id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM working_hours WHERE provider_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM working_hour_exceptions WHERE provider_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM working_hour_exceptions WHERE provider_id = $1",
+        id
+    )
+    .execute(&mut *tx)
+    .await?;
     for (weekday, i) in &weekly {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO working_hours (clinic_id, provider_id, weekday, start_time, end_time) VALUES ($1, $2, $3, $4, $5)",
+            caller.clinic_id,
+            id,
+            *weekday as i16,
+            i.start,
+            i.end
         )
-        .bind(caller.clinic_id)
-        .bind(id)
-        .bind(*weekday as i16)
-        .bind(i.start)
-        .bind(i.end)
         .execute(&mut *tx)
         .await?;
     }
     for (date, i, reason) in &exceptions {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO working_hour_exceptions (clinic_id, id, provider_id, on_date, start_time, end_time, reason) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            caller.clinic_id,
+            Uuid::now_v7(),
+            id,
+            date,
+            i.map(|x| x.start),
+            i.map(|x| x.end),
+            reason.as_deref()
         )
-        .bind(caller.clinic_id)
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(date)
-        .bind(i.map(|x| x.start))
-        .bind(i.map(|x| x.end))
-        .bind(reason)
         .execute(&mut *tx)
         .await?;
     }

@@ -4,6 +4,7 @@
 pub mod appointments;
 pub mod hours;
 pub mod operatories;
+pub mod providers;
 
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;

@@ -1,4 +1,5 @@
-//! Operatories (chairs and rooms) and the providers who can be booked.
+//! Operatories (chairs and rooms); the providers who can be booked are served alongside
+//! (see `providers`).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::{self, Event};
-use crate::auth::{Caller, Permission, Role};
+use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
@@ -24,10 +25,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_operatories, create_operatory))
         .routes(routes!(get_operatory, update_operatory))
-        .routes(routes!(list_providers))
+        .merge(super::providers::router())
 }
 
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Operatory {
     id: Uuid,
     name: String,
@@ -36,8 +37,6 @@ pub struct Operatory {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
-
-const COLUMNS: &str = "id, name, active, version, created_at, updated_at";
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OperatoryList {
@@ -68,10 +67,12 @@ pub async fn list_operatories(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let items = sqlx::query_as::<_, Operatory>(&format!(
-        "SELECT {COLUMNS} FROM operatories WHERE $1 OR active ORDER BY lower(name), id"
-    ))
-    .bind(p.include_inactive)
+    let items = sqlx::query_as!(
+        Operatory,
+        "SELECT id, name, active, version, created_at, updated_at FROM operatories \
+         WHERE $1 OR active ORDER BY lower(name), id",
+        p.include_inactive
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -116,30 +117,32 @@ pub async fn create_operatory(
     let name = errors.text("name", &body.name, 100);
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-    let mut tx = caller.begin(&state).await?;
-    let id = Uuid::now_v7();
-    let o = sqlx::query_as::<_, Operatory>(&format!(
-        "INSERT INTO operatories (clinic_id, id, name, active) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
-    ))
-    .bind(caller.clinic_id)
-    .bind(id)
-    .bind(&name)
-    .bind(body.active.unwrap_or(true))
-    .fetch_one(&mut *tx)
-    .await
-    .on_constraint("operatories_name", name_taken)?;
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        Event::new("operatory.create", "operatory").resource(id),
-    )
-    .await?;
-    let created = Created {
-        location: format!("/api/v2/operatories/{id}"),
-        version: Some(o.version),
-        value: o,
-    };
-    Ok((tx, created))
+        let mut tx = caller.begin(&state).await?;
+        let id = Uuid::now_v7();
+        let o = sqlx::query_as!(
+            Operatory,
+            "INSERT INTO operatories (clinic_id, id, name, active) VALUES ($1, $2, $3, $4) \
+         RETURNING id, name, active, version, created_at, updated_at",
+            caller.clinic_id,
+            id,
+            &name,
+            body.active.unwrap_or(true)
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .on_constraint("operatories_name", name_taken)?;
+        audit::record(
+            &mut tx,
+            &caller.audit(),
+            Event::new("operatory.create", "operatory").resource(id),
+        )
+        .await?;
+        let created = Created {
+            location: format!("/api/v2/operatories/{id}"),
+            version: Some(o.version),
+            value: o,
+        };
+        Ok((tx, created))
     })
     .await
 }
@@ -173,12 +176,14 @@ pub async fn get_operatory(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let o =
-        sqlx::query_as::<_, Operatory>(&format!("SELECT {COLUMNS} FROM operatories WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| AppError::not_found("operatory"))?;
+    let o = sqlx::query_as!(
+        Operatory,
+        "SELECT id, name, active, version, created_at, updated_at FROM operatories WHERE id = $1",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AppError::not_found("operatory"))?;
     tx.commit().await?;
     Ok(operatory_response(StatusCode::OK, o))
 }
@@ -207,21 +212,24 @@ pub async fn update_operatory(
     let name = patch.name.as_deref().map(|n| errors.text("name", n, 100));
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let current = sqlx::query_as::<_, Operatory>(&format!(
-        "SELECT {COLUMNS} FROM operatories WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
+    let current = sqlx::query_as!(
+        Operatory,
+        "SELECT id, name, active, version, created_at, updated_at FROM operatories \
+         WHERE id = $1 FOR UPDATE",
+        id
+    )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| AppError::not_found("operatory"))?;
     etag::check(&headers, current.version)?;
-    let o = sqlx::query_as::<_, Operatory>(&format!(
+    let o = sqlx::query_as!(
+        Operatory,
         "UPDATE operatories SET name = $2, active = $3, version = version + 1, updated_at = now() \
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(name.unwrap_or(current.name))
-    .bind(patch.active.unwrap_or(current.active))
+         WHERE id = $1 RETURNING id, name, active, version, created_at, updated_at",
+        id,
+        name.unwrap_or(current.name),
+        patch.active.unwrap_or(current.active)
+    )
     .fetch_one(&mut *tx)
     .await
     .on_constraint("operatories_name", name_taken)?;
@@ -233,69 +241,4 @@ pub async fn update_operatory(
     .await?;
     tx.commit().await?;
     Ok(operatory_response(StatusCode::OK, o))
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Provider {
-    id: Uuid,
-    full_name: String,
-    role: Role,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ProviderList {
-    items: Vec<Provider>,
-}
-
-/// Active users who treat patients and can be booked.
-#[utoipa::path(get, path = "/providers", tag = "scheduling", security(("bearer" = [])),
-    responses((status = 200, description = "Providers", body = ProviderList),
-              (status = 403, description = "Role lacks appointments.read", body = Problem)))]
-pub async fn list_providers(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> AppResult<Json<ProviderList>> {
-    caller
-        .authorize(&state, Permission::AppointmentsRead, || {
-            Event::new("provider.list", "user")
-        })
-        .await?;
-    let mut tx = caller.begin(&state).await?;
-    let (hit, generation) = state
-        .cache
-        .get::<ProviderList>(state.redis.as_ref(), caller.clinic_id, "providers")
-        .await;
-    if let Some(list) = hit {
-        tx.commit().await?;
-        return Ok(Json(list));
-    }
-    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT id, full_name, role FROM users WHERE is_provider AND active ORDER BY full_name, id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let list = ProviderList {
-        items: rows
-            .into_iter()
-            .filter_map(|(id, full_name, role)| {
-                Role::parse(&role).map(|role| Provider {
-                    id,
-                    full_name,
-                    role,
-                })
-            })
-            .collect(),
-    };
-    state
-        .cache
-        .put(
-            state.redis.as_ref(),
-            caller.clinic_id,
-            generation,
-            "providers",
-            &list,
-        )
-        .await;
-    Ok(Json(list))
 }

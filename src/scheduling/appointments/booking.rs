@@ -9,6 +9,7 @@ use crate::error::{AppError, AppResult, Problem};
 use crate::http::etag;
 use crate::http::extract::{ApiJson, ApiPath};
 use crate::http::idempotency::{self, Created, HashedJson};
+use crate::scheduling::AppointmentStatus;
 use crate::state::AppState;
 use crate::validate::{patch_field, Errors};
 use axum::extract::State;
@@ -70,7 +71,7 @@ pub async fn reschedule_appointment(
         .map(|n| n.as_deref().map(|n| errors.text("notes", n, 2000)));
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let current = load(&mut tx, id, true).await?;
+    let current = load_for_update(&mut tx, id).await?;
     etag::check(&headers, current.version)?;
     let slot = Slot {
         provider: patch.provider_id.unwrap_or(current.provider_id),
@@ -107,25 +108,29 @@ pub async fn reschedule_appointment(
     if moved {
         lock_resources(&mut tx, &slot, current.patient_id).await?;
     }
-    let updated = sqlx::query_as::<_, Row>(&format!(
-        "UPDATE appointments SET provider_id = $2, operatory_id = $3, start_at = $4, end_at = $5, \
-         reason = $6, notes = $7, outside_hours = $8, version = version + 1, updated_at = now() \
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(slot.provider)
-    .bind(slot.operatory)
-    .bind(slot.start)
-    .bind(slot.end)
-    .bind(match reason {
+    let reason = match reason {
         None => current.reason.clone(),
         Some(r) => r,
-    })
-    .bind(match notes {
+    };
+    let notes = match notes {
         None => current.notes.clone(),
         Some(n) => n,
-    })
-    .bind(outside)
+    };
+    let updated = sqlx::query_as!(
+        Row,
+        "UPDATE appointments SET provider_id = $2, operatory_id = $3, start_at = $4, end_at = $5, \
+         reason = $6, notes = $7, outside_hours = $8, version = version + 1, updated_at = now() \
+         WHERE id = $1 RETURNING id, patient_id, provider_id, operatory_id, start_at, end_at, status, \
+         reason, notes, outside_hours, version, created_by, created_at, updated_at",
+        id,
+        slot.provider,
+        slot.operatory,
+        slot.start,
+        slot.end,
+        reason,
+        notes,
+        outside
+    )
     .fetch_one(&mut *tx)
     .await;
     let row = match updated.map_err(AppError::from) {
@@ -138,20 +143,19 @@ pub async fn reschedule_appointment(
         }
         Err(e) => return Err(e),
     };
-    sqlx::query(
-        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, from_start_at, from_end_at, \
-         to_start_at, to_end_at, changed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    record_history(
+        &mut tx,
+        &caller,
+        id,
+        Change {
+            kind: if moved { "rescheduled" } else { "updated" },
+            from_status: None,
+            to_status: None,
+            from: Some((current.start_at, current.end_at)),
+            to: Some((slot.start, slot.end)),
+            reason: None,
+        },
     )
-    .bind(caller.clinic_id)
-    .bind(Uuid::now_v7())
-    .bind(id)
-    .bind(if moved { "rescheduled" } else { "updated" })
-    .bind(current.start_at)
-    .bind(current.end_at)
-    .bind(slot.start)
-    .bind(slot.end)
-    .bind(caller.user_id)
-    .execute(&mut *tx)
     .await?;
     let mut event = Event::new("appointment.update", "appointment")
         .resource(id)
@@ -312,22 +316,24 @@ pub(super) async fn book_once(
     }
     lock_resources(&mut tx, slot, body.patient_id).await?;
     let id = Uuid::now_v7();
-    let inserted = sqlx::query_as::<_, Row>(&format!(
+    let inserted = sqlx::query_as!(
+        Row,
         "INSERT INTO appointments (clinic_id, id, patient_id, provider_id, operatory_id, start_at, end_at, \
          reason, notes, outside_hours, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         RETURNING {COLUMNS}"
-    ))
-    .bind(caller.clinic_id)
-    .bind(id)
-    .bind(body.patient_id)
-    .bind(slot.provider)
-    .bind(slot.operatory)
-    .bind(slot.start)
-    .bind(slot.end)
-    .bind(reason)
-    .bind(notes)
-    .bind(!inside)
-    .bind(caller.user_id)
+         RETURNING id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
+         outside_hours, version, created_by, created_at, updated_at",
+        caller.clinic_id,
+        id,
+        body.patient_id,
+        slot.provider,
+        slot.operatory,
+        slot.start,
+        slot.end,
+        reason,
+        notes,
+        !inside,
+        caller.user_id
+    )
     .fetch_one(&mut *tx)
     .await;
     let row = match inserted {
@@ -338,17 +344,19 @@ pub(super) async fn book_once(
             return Err(e.into());
         }
     };
-    sqlx::query(
-        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, to_status, to_start_at, to_end_at, changed_by) \
-         VALUES ($1, $2, $3, 'created', 'scheduled', $4, $5, $6)",
+    record_history(
+        &mut tx,
+        caller,
+        id,
+        Change {
+            kind: "created",
+            from_status: None,
+            to_status: Some(AppointmentStatus::Scheduled.as_str()),
+            from: None,
+            to: Some((slot.start, slot.end)),
+            reason: None,
+        },
     )
-    .bind(caller.clinic_id)
-    .bind(Uuid::now_v7())
-    .bind(id)
-    .bind(slot.start)
-    .bind(slot.end)
-    .bind(caller.user_id)
-    .execute(&mut *tx)
     .await?;
     let mut event = Event::new("appointment.create", "appointment")
         .resource(id)

@@ -6,7 +6,7 @@ use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::pagination::{self, Page};
-use crate::scheduling::{free_slots, hours, working_intervals, AppointmentStatus};
+use crate::scheduling::{free_slots, hours, providers, working_intervals, AppointmentStatus};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -68,22 +68,25 @@ pub async fn list_appointments(
         .map(|c| state.cursors.decode(c))
         .transpose()?;
     let mut tx = caller.begin(&state).await?;
-    let rows = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM appointments WHERE start_at < $2 AND end_at > $1 \
+    let rows = sqlx::query_as!(
+        Row,
+        "SELECT id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
+         outside_hours, version, created_by, created_at, updated_at FROM appointments \
+         WHERE start_at < $2 AND end_at > $1 \
          AND ($3::uuid IS NULL OR provider_id = $3) AND ($4::uuid IS NULL OR operatory_id = $4) \
          AND ($5::uuid IS NULL OR patient_id = $5) AND ($6::text IS NULL OR status = $6) \
          AND ($7::timestamptz IS NULL OR (start_at, id) > ($7, $8)) \
-         ORDER BY start_at, id LIMIT $9"
-    ))
-    .bind(from)
-    .bind(to)
-    .bind(p.provider_id)
-    .bind(p.operatory_id)
-    .bind(p.patient_id)
-    .bind(p.status.map(|s| s.as_str()))
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit as i64 + 1)
+         ORDER BY start_at, id LIMIT $9",
+        from,
+        to,
+        p.provider_id,
+        p.operatory_id,
+        p.patient_id,
+        p.status.map(|s| s.as_str()),
+        after.map(|a| a.0),
+        after.map(|a| a.1),
+        limit as i64 + 1
+    )
     .fetch_all(&mut *tx)
     .await?;
     let page = Page::from_overfetch(
@@ -148,24 +151,14 @@ pub async fn availability(
         ));
     }
     let mut tx = caller.begin(&state).await?;
-    let is_provider: Option<bool> =
-        sqlx::query_scalar("SELECT is_provider AND active FROM users WHERE id = $1")
-            .bind(p.provider_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if is_provider != Some(true) {
+    if !providers::is_active(&mut tx, p.provider_id).await? {
         return Err(AppError::validation(
             "provider_id",
             "is not a provider of your clinic",
         ));
     }
     if let Some(op) = p.operatory_id {
-        let found: Option<bool> =
-            sqlx::query_scalar("SELECT active FROM operatories WHERE id = $1")
-                .bind(op)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if found != Some(true) {
+        if operatory_active(&mut tx, op).await? != Some(true) {
             return Err(AppError::validation(
                 "operatory_id",
                 "is not an active operatory of your clinic",
@@ -182,17 +175,20 @@ pub async fn availability(
             return Ok(Json(Availability { items: vec![] }));
         }
     };
-    let busy: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let busy: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query!(
         "SELECT start_at, end_at FROM appointments \
          WHERE (provider_id = $1 OR ($2::uuid IS NOT NULL AND operatory_id = $2)) \
            AND status NOT IN ('cancelled', 'no_show') AND start_at < $4 AND end_at > $3",
+        p.provider_id,
+        p.operatory_id,
+        day_start,
+        day_end
     )
-    .bind(p.provider_id)
-    .bind(p.operatory_id)
-    .bind(day_start)
-    .bind(day_end)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.start_at, r.end_at))
+    .collect();
     tx.commit().await?;
     let slots = free_slots(
         &intervals,
@@ -231,7 +227,7 @@ pub async fn get_appointment(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let a = load(&mut tx, id, false).await?;
+    let a = load(&mut tx, id).await?;
     audit::record(
         &mut tx,
         &caller.audit(),

@@ -6,7 +6,7 @@ use crate::auth::Caller;
 use crate::db::Tx;
 use crate::error::{AppError, AppResult};
 use crate::http::etag;
-use crate::scheduling::{hours, working_intervals};
+use crate::scheduling::{hours, providers, working_intervals};
 use crate::state::AppState;
 use crate::validate::Errors;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-use std::sync::LazyLock;
 use uuid::Uuid;
 
 pub(super) async fn clinic_tz(state: &AppState, tx: &mut Tx, clinic: Uuid) -> AppResult<Tz> {
@@ -52,37 +51,37 @@ pub(super) async fn check_references(
 ) -> AppResult<()> {
     let mut errors = Errors::default();
     if let Some(p) = patient {
-        let found: Option<Option<DateTime<Utc>>> =
-            sqlx::query_scalar("SELECT archived_at FROM patients WHERE id = $1")
-                .bind(p)
-                .fetch_optional(&mut **tx)
-                .await?;
+        let found = sqlx::query_scalar!("SELECT archived_at FROM patients WHERE id = $1", p)
+            .fetch_optional(&mut **tx)
+            .await?;
         match found {
             None => errors.add("patient_id", "does not exist in your clinic"),
             Some(Some(_)) => errors.add("patient_id", "is archived"),
             Some(None) => {}
         }
     }
-    let prov: Option<(bool, bool)> =
-        sqlx::query_as("SELECT is_provider, active FROM users WHERE id = $1")
-            .bind(provider)
-            .fetch_optional(&mut **tx)
-            .await?;
-    match prov {
-        None => errors.add("provider_id", "does not exist in your clinic"),
-        Some((true, true)) => {}
-        Some(_) => errors.add("provider_id", "is not an active provider"),
+    // Collected with the other fields so that one 422 names them all.
+    match providers::ensure_active(tx, provider, "provider_id").await {
+        Ok(()) => {}
+        Err(AppError::Validation(fields)) => fields.into_iter().for_each(|f| errors.push(f)),
+        Err(e) => return Err(e),
     }
-    let op: Option<bool> = sqlx::query_scalar("SELECT active FROM operatories WHERE id = $1")
-        .bind(operatory)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let op = operatory_active(tx, operatory).await?;
     match op {
         None => errors.add("operatory_id", "does not exist in your clinic"),
         Some(false) => errors.add("operatory_id", "is not active"),
         Some(true) => {}
     }
     errors.finish()
+}
+
+/// Whether the operatory is active; `None` when it does not exist in the caller's clinic.
+pub(super) async fn operatory_active(tx: &mut Tx, operatory: Uuid) -> AppResult<Option<bool>> {
+    Ok(
+        sqlx::query_scalar!("SELECT active FROM operatories WHERE id = $1", operatory)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }
 
 pub(super) const OVERLAP_CONSTRAINTS: [&str; 3] = [
@@ -103,40 +102,50 @@ pub(super) async fn conflicts_in(
     exclude: Option<Uuid>,
     longest: Option<Duration>,
 ) -> AppResult<Vec<Conflict>> {
-    const SELECT: &str = "SELECT id, r.resource, start_at, end_at FROM appointments a \
-         CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2), \
-                                    ('patient', a.patient_id = $3)) AS r(resource, hit) \
-         WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show') \
-           AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)";
-    static ANY_START: LazyLock<String> =
-        LazyLock::new(|| format!("{SELECT} ORDER BY start_at, id"));
-    static RECENT_START: LazyLock<String> = LazyLock::new(|| {
-        format!("{SELECT} AND a.start_at > $7 AND a.start_at < $5 ORDER BY start_at, id")
-    });
-    let query = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>, DateTime<Utc>)>(match longest {
-        None => &ANY_START,
-        Some(_) => &RECENT_START,
-    })
-    .bind(slot.provider)
-    .bind(slot.operatory)
-    .bind(patient)
-    .bind(slot.start)
-    .bind(slot.end)
-    .bind(exclude);
-    let query = match longest {
-        Some(d) => query.bind(slot.start - d),
-        None => query,
+    // The two statements differ only in the bound on `start_at`.
+    let rows = match longest {
+        None => {
+            sqlx::query_as!(
+                Conflict,
+                r#"SELECT id AS appointment_id, r.resource AS "resource!", start_at, end_at FROM appointments a
+                   CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2),
+                                              ('patient', a.patient_id = $3)) AS r(resource, hit)
+                   WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show')
+                     AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)
+                   ORDER BY start_at, id"#,
+                slot.provider,
+                slot.operatory,
+                patient,
+                slot.start,
+                slot.end,
+                exclude
+            )
+            .fetch_all(&mut **tx)
+            .await?
+        }
+        Some(d) => {
+            sqlx::query_as!(
+                Conflict,
+                r#"SELECT id AS appointment_id, r.resource AS "resource!", start_at, end_at FROM appointments a
+                   CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2),
+                                              ('patient', a.patient_id = $3)) AS r(resource, hit)
+                   WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show')
+                     AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)
+                     AND a.start_at > $7 AND a.start_at < $5
+                   ORDER BY start_at, id"#,
+                slot.provider,
+                slot.operatory,
+                patient,
+                slot.start,
+                slot.end,
+                exclude,
+                slot.start - d
+            )
+            .fetch_all(&mut **tx)
+            .await?
+        }
     };
-    let rows = query.fetch_all(&mut **tx).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(appointment_id, resource, start_at, end_at)| Conflict {
-            appointment_id,
-            resource,
-            start_at,
-            end_at,
-        })
-        .collect())
+    Ok(rows)
 }
 
 /// The 409 for a double booking, listing the clashes.
@@ -181,13 +190,14 @@ pub(super) async fn lock_resources(tx: &mut Tx, slot: &Slot, patient: Uuid) -> A
         key(0x7061_7469, patient),
     ];
     keys.sort_unstable();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock($1), pg_advisory_xact_lock($2), pg_advisory_xact_lock($3)",
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock($1) AS first, pg_advisory_xact_lock($2) AS second, \
+         pg_advisory_xact_lock($3) AS third",
+        keys[0],
+        keys[1],
+        keys[2]
     )
-    .bind(keys[0])
-    .bind(keys[1])
-    .bind(keys[2])
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
     Ok(())
 }
@@ -200,16 +210,72 @@ pub(super) struct Slot {
     pub(super) end: DateTime<Utc>,
 }
 
-pub(super) async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Appointment> {
-    sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM appointments WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    ))
-    .bind(id)
+pub(super) async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Appointment> {
+    sqlx::query_as!(
+        Row,
+        "SELECT id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
+         outside_hours, version, created_by, created_at, updated_at FROM appointments WHERE id = $1",
+        id
+    )
     .fetch_optional(&mut **tx)
     .await?
     .map(Appointment::from)
     .ok_or_else(|| AppError::not_found("appointment"))
+}
+
+/// [`load`], holding the row until the transaction ends.
+pub(super) async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<Appointment> {
+    sqlx::query_as!(
+        Row,
+        "SELECT id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
+         outside_hours, version, created_by, created_at, updated_at FROM appointments WHERE id = $1 \
+         FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(Appointment::from)
+    .ok_or_else(|| AppError::not_found("appointment"))
+}
+
+/// One line of an appointment's history; what a kind of change does not concern is `None`.
+pub(super) struct Change<'a> {
+    /// `created`, `status`, `rescheduled` or `updated`.
+    pub(super) kind: &'static str,
+    pub(super) from_status: Option<&'static str>,
+    pub(super) to_status: Option<&'static str>,
+    pub(super) from: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub(super) to: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub(super) reason: Option<&'a str>,
+}
+
+/// Appends a change to the appointment's history, as the caller.
+pub(super) async fn record_history(
+    tx: &mut Tx,
+    caller: &Caller,
+    appointment: Uuid,
+    change: Change<'_>,
+) -> AppResult<()> {
+    sqlx::query!(
+        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, from_status, to_status, \
+         from_start_at, from_end_at, to_start_at, to_end_at, reason, changed_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        caller.clinic_id,
+        Uuid::now_v7(),
+        appointment,
+        change.kind,
+        change.from_status,
+        change.to_status,
+        change.from.map(|f| f.0),
+        change.from.map(|f| f.1),
+        change.to.map(|t| t.0),
+        change.to.map(|t| t.1),
+        change.reason,
+        caller.user_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 pub(super) fn respond(status: StatusCode, a: &Appointment) -> Response {

@@ -59,7 +59,7 @@ pub async fn change_status(
     errors.finish()?;
     let next = next.ok_or_else(|| AppError::validation("status", "is unknown"))?;
     let mut tx = caller.begin(&state).await?;
-    let current = load(&mut tx, id, true).await?;
+    let current = load_for_update(&mut tx, id).await?;
     if !current.status.can_become(next) {
         return Err(AppError::conflict(format!(
             "an appointment cannot go from {} to {}",
@@ -68,25 +68,29 @@ pub async fn change_status(
         )));
     }
     // Back from cancelled is not allowed, so a status change never re-occupies a slot.
-    let row = sqlx::query_as::<_, Row>(&format!(
-        "UPDATE appointments SET status = $2, version = version + 1, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(next.as_str())
+    let row = sqlx::query_as!(
+        Row,
+        "UPDATE appointments SET status = $2, version = version + 1, updated_at = now() WHERE id = $1 \
+         RETURNING id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
+         outside_hours, version, created_by, created_at, updated_at",
+        id,
+        next.as_str()
+    )
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO appointment_history (clinic_id, id, appointment_id, kind, from_status, to_status, reason, changed_by) \
-         VALUES ($1, $2, $3, 'status', $4, $5, $6, $7)",
+    record_history(
+        &mut tx,
+        &caller,
+        id,
+        Change {
+            kind: "status",
+            from_status: Some(current.status.as_str()),
+            to_status: Some(next.as_str()),
+            from: None,
+            to: None,
+            reason: reason.as_deref(),
+        },
     )
-    .bind(caller.clinic_id)
-    .bind(Uuid::now_v7())
-    .bind(id)
-    .bind(current.status.as_str())
-    .bind(next.as_str())
-    .bind(&reason)
-    .bind(caller.user_id)
-    .execute(&mut *tx)
     .await?;
     audit::record(
         &mut tx,
@@ -101,7 +105,7 @@ pub async fn change_status(
     Ok(respond(StatusCode::OK, &row.into()))
 }
 
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryEntry {
     pub(super) id: Uuid,
     /// `created`, `status`, `rescheduled` or `updated`.
@@ -138,13 +142,14 @@ pub async fn appointment_history(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let a = load(&mut tx, id, false).await?;
-    let items = sqlx::query_as::<_, HistoryEntry>(
+    let a = load(&mut tx, id).await?;
+    let items = sqlx::query_as!(
+        HistoryEntry,
         "SELECT id, kind, from_status, to_status, from_start_at, from_end_at, to_start_at, to_end_at, \
          reason, changed_by, changed_at FROM appointment_history WHERE appointment_id = $1 \
          ORDER BY changed_at, id",
+        id
     )
-    .bind(id)
     .fetch_all(&mut *tx)
     .await?;
     audit::record(

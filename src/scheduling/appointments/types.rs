@@ -34,7 +34,8 @@ pub struct Appointment {
     pub(super) updated_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
+/// An appointment as stored; the statements that read one select exactly these columns,
+/// in this order.
 pub(super) struct Row {
     pub(super) id: Uuid,
     pub(super) patient_id: Uuid,
@@ -51,10 +52,6 @@ pub(super) struct Row {
     pub(super) created_at: DateTime<Utc>,
     pub(super) updated_at: DateTime<Utc>,
 }
-
-pub(super) const COLUMNS: &str =
-    "id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
-                       outside_hours, version, created_by, created_at, updated_at";
 
 impl From<Row> for Appointment {
     fn from(r: Row) -> Appointment {
