@@ -118,7 +118,6 @@ pub struct PerioExam {
     created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
 struct ExamRow {
     id: Uuid,
     patient_id: Uuid,
@@ -247,8 +246,6 @@ pub struct PerioList {
     items: Vec<PerioExam>,
 }
 
-const EXAM_COLUMNS: &str = "id, patient_id, examiner_id, examined_at, note, teeth, created_at";
-
 /// A patient's periodontal exams, newest first.
 #[utoipa::path(get, path = "/patients/{id}/perio-exams", tag = "perio", security(("bearer" = [])),
     params(PatientPath, PerioParams),
@@ -268,10 +265,13 @@ pub async fn list_perio_exams(
         .await?;
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
-    let rows = sqlx::query_as::<_, ExamRow>(&format!(
-        "SELECT {EXAM_COLUMNS} FROM perio_exams WHERE patient_id = $1 ORDER BY examined_at DESC, id DESC"
-    ))
-    .bind(id)
+    let rows = sqlx::query_as!(
+        ExamRow,
+        r#"SELECT id, patient_id, examiner_id, examined_at, note,
+            teeth AS "teeth: SqlJson<Vec<StoredTooth>>", created_at
+           FROM perio_exams WHERE patient_id = $1 ORDER BY examined_at DESC, id DESC"#,
+        id
+    )
     .fetch_all(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
@@ -309,17 +309,20 @@ pub async fn create_perio_exam(
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let exam_id = Uuid::now_v7();
-    let row = sqlx::query_as::<_, ExamRow>(&format!(
-        "INSERT INTO perio_exams (clinic_id, id, patient_id, examiner_id, examined_at, note, teeth) \
-         VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7) RETURNING {EXAM_COLUMNS}"
-    ))
-    .bind(caller.clinic_id)
-    .bind(exam_id)
-    .bind(id)
-    .bind(caller.user_id)
-    .bind(body.examined_at)
-    .bind(body.note.as_deref().map(str::trim))
-    .bind(SqlJson(&stored))
+    let row = sqlx::query_as!(
+        ExamRow,
+        r#"INSERT INTO perio_exams (clinic_id, id, patient_id, examiner_id, examined_at, note, teeth)
+           VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7)
+           RETURNING id, patient_id, examiner_id, examined_at, note,
+            teeth AS "teeth: SqlJson<Vec<StoredTooth>>", created_at"#,
+        caller.clinic_id,
+        exam_id,
+        id,
+        caller.user_id,
+        body.examined_at,
+        body.note.as_deref().map(str::trim),
+        SqlJson(&stored) as _,
+    )
     .fetch_one(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event().resource(exam_id)).await?;

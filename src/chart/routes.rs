@@ -49,7 +49,6 @@ pub struct ChartEntry {
     void_reason: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
 struct EntryRow {
     id: Uuid,
     patient_id: Uuid,
@@ -63,8 +62,6 @@ struct EntryRow {
     voided_by: Option<Uuid>,
     void_reason: Option<String>,
 }
-
-const ENTRY_COLUMNS: &str = "id, patient_id, tooth, surfaces, condition, note, recorded_by, recorded_at, voided_at, voided_by, void_reason";
 
 fn entry(r: EntryRow, numbering: Numbering) -> ChartEntry {
     let tooth = u8::try_from(r.tooth).ok().and_then(Tooth::from_fdi_number);
@@ -86,12 +83,14 @@ fn entry(r: EntryRow, numbering: Numbering) -> ChartEntry {
 }
 
 async fn entries(tx: &mut Tx, patient: Uuid, include_voided: bool) -> AppResult<Vec<EntryRow>> {
-    Ok(sqlx::query_as::<_, EntryRow>(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM chart_entries WHERE patient_id = $1 AND ($2 OR voided_at IS NULL) \
-         ORDER BY recorded_at, id"
-    ))
-    .bind(patient)
-    .bind(include_voided)
+    Ok(sqlx::query_as!(
+        EntryRow,
+        "SELECT id, patient_id, tooth, surfaces, condition, note, recorded_by, recorded_at, \
+         voided_at, voided_by, void_reason FROM chart_entries \
+         WHERE patient_id = $1 AND ($2 OR voided_at IS NULL) ORDER BY recorded_at, id",
+        patient,
+        include_voided
+    )
     .fetch_all(&mut **tx)
     .await?)
 }
@@ -283,18 +282,20 @@ pub async fn add_chart_entry(
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
     let entry_id = Uuid::now_v7();
-    let row = sqlx::query_as::<_, EntryRow>(&format!(
+    let row = sqlx::query_as!(
+        EntryRow,
         "INSERT INTO chart_entries (clinic_id, id, patient_id, tooth, surfaces, condition, note, recorded_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {ENTRY_COLUMNS}"
-    ))
-    .bind(caller.clinic_id)
-    .bind(entry_id)
-    .bind(id)
-    .bind(tooth.fdi() as i16)
-    .bind(surfaces.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(body.condition.as_str())
-    .bind(note)
-    .bind(caller.user_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, patient_id, tooth, surfaces, condition, \
+         note, recorded_by, recorded_at, voided_at, voided_by, void_reason",
+        caller.clinic_id,
+        entry_id,
+        id,
+        i16::from(tooth.fdi()),
+        &surfaces.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>(),
+        body.condition.as_str(),
+        note.as_deref(),
+        caller.user_id,
+    )
     .fetch_one(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event().resource(entry_id)).await?;
@@ -346,13 +347,15 @@ pub async fn void_chart_entry(
     let reason = errors.text("reason", &body.reason, 500);
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let updated = sqlx::query_as::<_, EntryRow>(&format!(
+    let updated = sqlx::query_as!(
+        EntryRow,
         "UPDATE chart_entries SET voided_at = now(), voided_by = $2, void_reason = $3 WHERE id = $1 \
-         RETURNING {ENTRY_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(caller.user_id)
-    .bind(&reason)
+         RETURNING id, patient_id, tooth, surfaces, condition, note, recorded_by, recorded_at, \
+         voided_at, voided_by, void_reason",
+        id,
+        caller.user_id,
+        &reason,
+    )
     .fetch_optional(&mut *tx)
     .await;
     let row = updated

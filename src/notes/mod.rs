@@ -29,7 +29,6 @@ pub struct Note {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
 struct NoteRow {
     id: Uuid,
     patient_id: Uuid,
@@ -42,9 +41,6 @@ struct NoteRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
-
-const NOTE_COLUMNS: &str =
-    "id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, created_at, updated_at";
 
 impl From<NoteRow> for Note {
     fn from(r: NoteRow) -> Note {
@@ -64,15 +60,28 @@ impl From<NoteRow> for Note {
     }
 }
 
+/// One note of the transaction's clinic; another clinic's is 404.
 async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
-    load_with(tx, id, " FOR UPDATE").await
+    sqlx::query_as!(
+        NoteRow,
+        "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
+         created_at, updated_at FROM clinical_notes WHERE id = $1",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(Note::from)
+    .ok_or_else(|| AppError::not_found("note"))
 }
 
-async fn load_with(tx: &mut Tx, id: Uuid, suffix: &str) -> AppResult<Note> {
-    sqlx::query_as::<_, NoteRow>(&format!(
-        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE id = $1{suffix}"
-    ))
-    .bind(id)
+/// [`load`], the row locked until the transaction ends.
+async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
+    sqlx::query_as!(
+        NoteRow,
+        "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
+         created_at, updated_at FROM clinical_notes WHERE id = $1 FOR UPDATE",
+        id
+    )
     .fetch_optional(&mut **tx)
     .await?
     .map(Note::from)

@@ -50,10 +50,12 @@ pub async fn list_notes(
         .await?;
     let mut tx = caller.begin(&state).await?;
     patients::ensure_exists(&mut tx, id).await?;
-    let rows = sqlx::query_as::<_, NoteRow>(&format!(
-        "SELECT {NOTE_COLUMNS} FROM clinical_notes WHERE patient_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(id)
+    let rows = sqlx::query_as!(
+        NoteRow,
+        "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
+         created_at, updated_at FROM clinical_notes WHERE patient_id = $1 ORDER BY created_at, id",
+        id
+    )
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -106,11 +108,13 @@ pub async fn create_note(
         let mut tx = caller.begin(&state).await?;
         patients::ensure_exists(&mut tx, id).await?;
         if let Some(target) = body.addendum_to {
-            let t: Option<(Uuid, Option<DateTime<Utc>>)> =
-                sqlx::query_as("SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1")
-                    .bind(target)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let t: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query!(
+                "SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1",
+                target
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| (r.patient_id, r.signed_at));
             match t {
                 Some((p, _)) if p != id => {
                     return Err(AppError::validation(
@@ -133,16 +137,18 @@ pub async fn create_note(
             }
         }
         let note_id = Uuid::now_v7();
-        let row = sqlx::query_as::<_, NoteRow>(&format!(
+        let row = sqlx::query_as!(
+            NoteRow,
             "INSERT INTO clinical_notes (clinic_id, id, patient_id, author_id, body, addendum_to) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {NOTE_COLUMNS}"
-        ))
-        .bind(caller.clinic_id)
-        .bind(note_id)
-        .bind(id)
-        .bind(caller.user_id)
-        .bind(&text)
-        .bind(body.addendum_to)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, patient_id, body, author_id, addendum_to, \
+             signed_at, signed_by, version, created_at, updated_at",
+            caller.clinic_id,
+            note_id,
+            id,
+            caller.user_id,
+            &text,
+            body.addendum_to,
+        )
         .fetch_one(&mut *tx)
         .await?;
         audit::record(&mut tx, &caller.audit(), event().resource(note_id)).await?;
@@ -187,17 +193,11 @@ pub async fn get_note(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let note = load_with(&mut tx, id, "").await?;
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        Event::new("note.read", "note")
-            .resource(id)
-            .patient(note.patient_id),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(note_response(StatusCode::OK, note))
+    let note = load(&mut tx, id).await?;
+    let event = Event::new("note.read", "note")
+        .resource(id)
+        .patient(note.patient_id);
+    respond(tx, &caller, event, note).await
 }
 
 /// Edits an unsigned note (its author only); a signed note is 409.
@@ -228,7 +228,7 @@ pub async fn update_note(
         .map(|b| errors.text("body", b, 20_000));
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let current = load(&mut tx, id).await?;
+    let current = load_for_update(&mut tx, id).await?;
     if current.signed {
         return Err(AppError::conflict(
             "a signed note cannot change; write an addendum",
@@ -241,25 +241,20 @@ pub async fn update_note(
             .await);
     }
     etag::check(&headers, current.version)?;
-    let result = sqlx::query_as::<_, NoteRow>(&format!(
+    let result = sqlx::query_as!(
+        NoteRow,
         "UPDATE clinical_notes SET body = $2, version = version + 1, updated_at = now() WHERE id = $1 \
-         RETURNING {NOTE_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(text.unwrap_or(current.body.clone()))
+         RETURNING id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
+         created_at, updated_at",
+        id,
+        text.unwrap_or(current.body.clone()),
+    )
     .fetch_one(&mut *tx)
     .await;
     let row = result.on_constraint("clinical_notes_signed_immutable", || {
         AppError::conflict("a signed note cannot change; write an addendum")
     })?;
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().patient(current.patient_id),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(note_response(StatusCode::OK, row.into()))
+    respond(tx, &caller, event().patient(current.patient_id), row.into()).await
 }
 
 /// Signs a note: the author when a dentist or hygienist; an assistant's note by a dentist.
@@ -280,14 +275,14 @@ pub async fn sign_note(
         .authorize(&state, Permission::NotesSign, event)
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let current = load(&mut tx, id).await?;
+    let current = load_for_update(&mut tx, id).await?;
     if current.signed {
         return Err(AppError::conflict("the note is already signed"));
     }
-    let author_role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
-        .bind(current.author_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let author_role: String =
+        sqlx::query_scalar!("SELECT role FROM users WHERE id = $1", current.author_id)
+            .fetch_one(&mut *tx)
+            .await?;
     let author_role = Role::parse(&author_role).unwrap_or(Role::Billing);
     if !may_sign(author_role, current.author_id, caller.role, caller.user_id) {
         tx.rollback().await?;
@@ -295,31 +290,30 @@ pub async fn sign_note(
             .deny(&state, event().patient(current.patient_id), NOT_PERMITTED)
             .await);
     }
-    let row = sqlx::query_as::<_, NoteRow>(&format!(
+    let row = sqlx::query_as!(
+        NoteRow,
         "UPDATE clinical_notes SET signed_at = now(), signed_by = $2, version = version + 1, \
-         updated_at = now() WHERE id = $1 RETURNING {NOTE_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(caller.user_id)
+         updated_at = now() WHERE id = $1 RETURNING id, patient_id, body, author_id, addendum_to, \
+         signed_at, signed_by, version, created_at, updated_at",
+        id,
+        caller.user_id,
+    )
     .fetch_one(&mut *tx)
     .await?;
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().patient(current.patient_id),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(note_response(StatusCode::OK, row.into()))
+    respond(tx, &caller, event().patient(current.patient_id), row.into()).await
 }
 
-fn note_response(status: StatusCode, note: Note) -> Response {
-    (
-        status,
+/// How a read or change of one note ends: its audit event in the transaction, the
+/// commit, then the note with its ETag.
+async fn respond(mut tx: Tx, caller: &Caller, event: Event, note: Note) -> AppResult<Response> {
+    audit::record(&mut tx, &caller.audit(), event).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::OK,
         [(header::ETAG, etag::etag(note.version))],
         Json(&note),
     )
-        .into_response()
+        .into_response())
 }
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -132,7 +132,9 @@ pub struct PatientRow {
     updated_at: DateTime<Utc>,
 }
 
-pub const PATIENT_COLUMNS: &str = "id, first_name, last_name, date_of_birth, sex, email, phone, \
+/// A [`PatientRow`]'s columns, for the patient list, whose statement is composed at run
+/// time; the macros' statements spell them out.
+const PATIENT_COLUMNS: &str = "id, first_name, last_name, date_of_birth, sex, email, phone, \
     address, preferred_provider_id, medical_alerts, emergency_contact, guardian, \
     responsible_party_id, archived_at, version, created_at, updated_at";
 
@@ -174,26 +176,47 @@ impl Patient {
 }
 
 /// One patient of the transaction's clinic (archived ones too); another clinic's is 404.
+/// `lock` takes the row for update.
 pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
-    let sql = format!(
-        "SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    sqlx::query_as::<_, PatientRow>(&sql)
-        .bind(id)
+    // The locking and the plain read are two statements: a macro's SQL is one literal.
+    let row = if lock {
+        sqlx::query_as!(
+            PatientRow,
+            r#"SELECT id, first_name, last_name, date_of_birth, sex, email, phone,
+                address AS "address: SqlJson<Address>", preferred_provider_id,
+                medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
+                emergency_contact AS "emergency_contact: SqlJson<Contact>",
+                guardian AS "guardian: SqlJson<Contact>",
+                responsible_party_id, archived_at, version, created_at, updated_at
+               FROM patients WHERE id = $1 FOR UPDATE"#,
+            id
+        )
         .fetch_optional(&mut **tx)
         .await?
-        .map(Patient::from)
+    } else {
+        sqlx::query_as!(
+            PatientRow,
+            r#"SELECT id, first_name, last_name, date_of_birth, sex, email, phone,
+                address AS "address: SqlJson<Address>", preferred_provider_id,
+                medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
+                emergency_contact AS "emergency_contact: SqlJson<Contact>",
+                guardian AS "guardian: SqlJson<Contact>",
+                responsible_party_id, archived_at, version, created_at, updated_at
+               FROM patients WHERE id = $1"#,
+            id
+        )
+        .fetch_optional(&mut **tx)
+        .await?
+    };
+    row.map(Patient::from)
         .ok_or_else(|| AppError::not_found("patient"))
 }
 
 /// 404 unless the patient exists in the transaction's clinic.
 pub async fn ensure_exists(tx: &mut Tx, id: Uuid) -> AppResult<()> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM patients WHERE id = $1")
-        .bind(id)
+    sqlx::query_scalar!("SELECT 1 FROM patients WHERE id = $1", id)
         .fetch_optional(&mut **tx)
-        .await?;
-    found
+        .await?
         .map(|_| ())
         .ok_or_else(|| AppError::not_found("patient"))
 }
@@ -231,11 +254,9 @@ pub async fn check_provider(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<()>
 
 /// The responsible party must be another patient of this clinic.
 pub async fn check_patient_ref(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<()> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM patients WHERE id = $1")
-        .bind(id)
+    sqlx::query_scalar!("SELECT 1 FROM patients WHERE id = $1", id)
         .fetch_optional(&mut **tx)
-        .await?;
-    found
+        .await?
         .map(|_| ())
         .ok_or_else(|| AppError::validation(field, "does not exist in your clinic"))
 }

@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -131,6 +130,7 @@ pub async fn list_patients(
                     "(SELECT 1) AS one"
                 ),
             );
+            // Not a macro: the page size is part of the text (see above), the cursor filter is optional, and the audit CTE comes from `audit::cte`.
             let mut query = audit::bind_context(sqlx::query_as::<_, PatientRow>(&sql), &ctx);
             if let Some((last, first, id)) = after {
                 query = query.bind(last).bind(first).bind(id);
@@ -148,31 +148,65 @@ pub async fn list_patients(
                     ))
                 }
             };
-            static SEARCH: LazyLock<String> = LazyLock::new(|| {
-                let columns = PATIENT_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("p.{}", c.trim()))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!(
-                    "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
-                     s.score, {columns} FROM patient_search($1, $2, $3, $4, $5) s \
-                     JOIN patients p ON p.id = s.id), {} SELECT * FROM page ORDER BY n",
-                    audit::cte(6, "patient.search", "patient", "NULL", "NULL", &shown_ids_below("$5"), "(SELECT 1) AS one")
-                )
-            });
-            let query = sqlx::query_as::<_, ScoredRow>(&SEARCH)
-                .bind(q)
-                .bind(p.include_archived)
-                .bind(after.map(|a| a.0))
-                .bind(after.map(|a| a.1))
-                .bind(limit as i32 + 1);
-            let rows: Vec<(f32, PatientRow)> = audit::bind_context(query, &ctx)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|r| (r.score, r.row))
-                .collect();
+            // The tuned text, unchanged: no column aliases, so the score (a function's
+            // result, of unknown nullability) and the JSON documents are decoded below, as
+            // the run-time query decoded them. The audit CTE is `audit::cte(6, ...)` written
+            // out, the caller's context at $6..$10.
+            let rows: Vec<(f32, PatientRow)> = sqlx::query!(
+                "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
+                 s.score, p.id, p.first_name, p.last_name, p.date_of_birth, p.sex, p.email, p.phone, \
+                 p.address, p.preferred_provider_id, p.medical_alerts, p.emergency_contact, p.guardian, \
+                 p.responsible_party_id, p.archived_at, p.version, p.created_at, p.updated_at \
+                 FROM patient_search($1, $2, $3, $4, $5) s \
+                 JOIN patients p ON p.id = s.id), \
+                 audit AS (INSERT INTO audit_events \
+                 (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
+                 SELECT $6, $7, $8, 'patient.search', 'patient', NULL, NULL, $9, $10, 'success', \
+                 jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) FROM page WHERE n < $5), '[]'::jsonb)) \
+                 FROM (SELECT 1) AS one) \
+                 SELECT * FROM page ORDER BY n",
+                q,
+                p.include_archived,
+                after.map(|a| a.0),
+                after.map(|a| a.1),
+                limit as i32 + 1,
+                ctx.clinic_id,
+                Uuid::now_v7(),
+                ctx.user_id,
+                ctx.request_id.as_deref(),
+                ctx.ip.map(ipnet::IpNet::from),
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    not_null("score", r.score)?,
+                    PatientRow {
+                        id: r.id,
+                        first_name: r.first_name,
+                        last_name: r.last_name,
+                        date_of_birth: r.date_of_birth,
+                        sex: r.sex,
+                        email: r.email,
+                        phone: r.phone,
+                        address: r.address.map(|v| json_column("address", v)).transpose()?,
+                        preferred_provider_id: r.preferred_provider_id,
+                        medical_alerts: json_column("medical_alerts", r.medical_alerts)?,
+                        emergency_contact: r
+                            .emergency_contact
+                            .map(|v| json_column("emergency_contact", v))
+                            .transpose()?,
+                        guardian: r.guardian.map(|v| json_column("guardian", v)).transpose()?,
+                        responsible_party_id: r.responsible_party_id,
+                        archived_at: r.archived_at,
+                        version: r.version,
+                        created_at: r.created_at,
+                        updated_at: r.updated_at,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
             let scores = rows.iter().map(|r| r.0).collect();
             (rows.into_iter().map(|r| r.1).collect(), scores)
         }
@@ -207,11 +241,27 @@ fn shown_ids_below(fetched: &str) -> String {
     )
 }
 
-#[derive(sqlx::FromRow)]
-struct ScoredRow {
-    score: f32,
-    #[sqlx(flatten)]
-    row: PatientRow,
+/// A JSON column of the search, decoded as `Json<T>` decodes it, failing with the same
+/// column-decode error.
+fn json_column<T: serde::de::DeserializeOwned>(
+    column: &str,
+    value: serde_json::Value,
+) -> Result<SqlJson<T>, sqlx::Error> {
+    serde_json::from_value(value)
+        .map(SqlJson)
+        .map_err(|e| sqlx::Error::ColumnDecode {
+            index: format!("{column:?}"),
+            source: Box::new(e),
+        })
+}
+
+/// A column the search always fills but whose nullability sqlx cannot see (a function's
+/// result): NULL fails as decoding into a non-optional type does.
+fn not_null<T>(column: &str, value: Option<T>) -> Result<T, sqlx::Error> {
+    value.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: format!("{column:?}"),
+        source: Box::new(sqlx::error::UnexpectedNullError),
+    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -287,25 +337,25 @@ pub async fn create_patient(
             check_patient_ref(&mut tx, id, "responsible_party_id").await?;
         }
         let id = Uuid::now_v7();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO patients (clinic_id, id, first_name, last_name, date_of_birth, sex, email, phone, \
              address, preferred_provider_id, medical_alerts, emergency_contact, guardian, responsible_party_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            caller.clinic_id,
+            id,
+            &first_name,
+            &last_name,
+            b.date_of_birth,
+            b.sex.map(Sex::as_str),
+            email.as_deref(),
+            phone.as_deref(),
+            b.address.clone().map(SqlJson) as _,
+            b.preferred_provider_id,
+            SqlJson(&b.medical_alerts) as _,
+            b.emergency_contact.clone().map(SqlJson) as _,
+            b.guardian.clone().map(SqlJson) as _,
+            b.responsible_party_id,
         )
-        .bind(caller.clinic_id)
-        .bind(id)
-        .bind(&first_name)
-        .bind(&last_name)
-        .bind(b.date_of_birth)
-        .bind(b.sex.map(Sex::as_str))
-        .bind(&email)
-        .bind(&phone)
-        .bind(b.address.clone().map(SqlJson))
-        .bind(b.preferred_provider_id)
-        .bind(SqlJson(&b.medical_alerts))
-        .bind(b.emergency_contact.clone().map(SqlJson))
-        .bind(b.guardian.clone().map(SqlJson))
-        .bind(b.responsible_party_id)
         .execute(&mut *tx)
         .await?;
         audit::record(
@@ -351,16 +401,32 @@ pub async fn get_patient(
     let mut tx = caller.begin(&state).await?;
     // The read and its audit event in one statement: the event is written exactly when
     // the patient is found.
-    static READ: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH p AS (SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1), {} SELECT * FROM p",
-            audit::cte(2, "patient.read", "patient", "p.id", "p.id", "NULL", "p")
-        )
-    });
+    // `audit::cte(2, ...)` written out: the context at $2..$6.
     let ctx = caller.audit();
-    let found = audit::bind_context(sqlx::query_as::<_, PatientRow>(&READ).bind(id), &ctx)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let found = sqlx::query_as!(
+        PatientRow,
+        r#"WITH p AS (SELECT id, first_name, last_name, date_of_birth, sex, email, phone, address,
+            preferred_provider_id, medical_alerts, emergency_contact, guardian, responsible_party_id,
+            archived_at, version, created_at, updated_at FROM patients WHERE id = $1),
+         audit AS (INSERT INTO audit_events
+            (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details)
+            SELECT $2, $3, $4, 'patient.read', 'patient', p.id, p.id, $5, $6, 'success', NULL FROM p)
+         SELECT id, first_name, last_name, date_of_birth, sex, email, phone,
+            address AS "address: SqlJson<Address>", preferred_provider_id,
+            medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
+            emergency_contact AS "emergency_contact: SqlJson<Contact>",
+            guardian AS "guardian: SqlJson<Contact>",
+            responsible_party_id, archived_at, version, created_at, updated_at
+           FROM p"#,
+        id,
+        ctx.clinic_id,
+        Uuid::now_v7(),
+        ctx.user_id,
+        ctx.request_id.as_deref(),
+        ctx.ip.map(ipnet::IpNet::from),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let patient = match found {
         Some(row) => Patient::from(row).for_role(caller.role),
         None => {
@@ -563,33 +629,32 @@ pub async fn update_patient(
             Some(v) => v.clone(),
         }
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE patients SET first_name = $2, last_name = $3, date_of_birth = $4, sex = $5, email = $6, \
          phone = $7, address = $8, preferred_provider_id = $9, medical_alerts = $10, \
          emergency_contact = $11, guardian = $12, responsible_party_id = $13, \
          version = version + 1, updated_at = now() WHERE id = $1",
+        id,
+        first_name.unwrap_or(current.first_name.clone()),
+        last_name.unwrap_or(current.last_name.clone()),
+        patch.date_of_birth.flatten().unwrap_or(current.date_of_birth),
+        pick(&patch.sex, current.sex).map(Sex::as_str),
+        match email {
+            None => current.email.clone(),
+            Some(e) => e,
+        },
+        match phone {
+            None => current.phone.clone(),
+            Some(p) => p,
+        },
+        pick(&address, current.address.clone()).map(SqlJson) as _,
+        pick(&patch.preferred_provider_id, current.preferred_provider_id),
+        SqlJson(pick(&patch.medical_alerts, current.medical_alerts.clone()).unwrap_or_default())
+            as _,
+        pick(&emergency, current.emergency_contact.clone()).map(SqlJson) as _,
+        pick(&guardian, current.guardian.clone()).map(SqlJson) as _,
+        pick(&patch.responsible_party_id, current.responsible_party_id),
     )
-    .bind(id)
-    .bind(first_name.unwrap_or(current.first_name.clone()))
-    .bind(last_name.unwrap_or(current.last_name.clone()))
-    .bind(patch.date_of_birth.flatten().unwrap_or(current.date_of_birth))
-    .bind(pick(&patch.sex, current.sex).map(Sex::as_str))
-    .bind(match email {
-        None => current.email.clone(),
-        Some(e) => e,
-    })
-    .bind(match phone {
-        None => current.phone.clone(),
-        Some(p) => p,
-    })
-    .bind(pick(&address, current.address.clone()).map(SqlJson))
-    .bind(pick(&patch.preferred_provider_id, current.preferred_provider_id))
-    .bind(SqlJson(
-        pick(&patch.medical_alerts, current.medical_alerts.clone()).unwrap_or_default(),
-    ))
-    .bind(pick(&emergency, current.emergency_contact.clone()).map(SqlJson))
-    .bind(pick(&guardian, current.guardian.clone()).map(SqlJson))
-    .bind(pick(&patch.responsible_party_id, current.responsible_party_id))
     .execute(&mut *tx)
     .await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
@@ -624,10 +689,10 @@ pub async fn archive_patient(
     let current = load(&mut tx, id, true).await?;
     etag::check(&headers, current.version)?;
     if current.archived_at.is_none() {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE patients SET archived_at = now(), version = version + 1, updated_at = now() WHERE id = $1",
+            id
         )
-        .bind(id)
         .execute(&mut *tx)
         .await?;
     }
