@@ -6,8 +6,9 @@
 export PATH="${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin:$PATH"
 
 admin_url="${MOLAR_TEST_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
-# The roles of tests/common/mod.rs: the owning role migrations run as (so ownership is
-# what production's is), and a server login role that is only a member of molar_app.
+# The roles of the integration tests' harness: the owning role migrations run as (so
+# ownership is what production's is), and a server login role that is only a member of
+# molar_app.
 owner_role=molar_owner
 owner_password=molar_owner
 server_role=molar_test_server
