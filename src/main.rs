@@ -161,8 +161,16 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("MIGRATION_DATABASE_URL is required to migrate"),
     };
-    molar::db::migrate(&url).await?;
-    tracing::info!("migrations applied");
+    let done = molar::db::migrate(&url).await?;
+    let version = done.version.map_or("none".to_owned(), |v| v.to_string());
+    if done.applied == 0 {
+        println!("migrations applied: 0 (database up to date at {version})");
+    } else {
+        println!(
+            "migrations applied: {} (database now at {version})",
+            done.applied
+        );
+    }
     Ok(())
 }
 

@@ -145,8 +145,17 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
         .map_err(|_| anyhow::anyhow!("the database URL is not a valid PostgreSQL URL"))
 }
 
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrated {
+    /// How many migrations this run applied.
+    pub applied: i64,
+    /// The latest applied version afterwards (possibly one from a newer release).
+    pub version: Option<i64>,
+}
+
 /// Applies the embedded migrations as the owning role.
-pub async fn migrate(url: &secrecy::SecretString) -> anyhow::Result<()> {
+pub async fn migrate(url: &secrecy::SecretString) -> anyhow::Result<Migrated> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(std::time::Duration::from_secs(30))
@@ -157,12 +166,33 @@ pub async fn migrate(url: &secrecy::SecretString) -> anyhow::Result<()> {
     // (rolling deploys and rollbacks): unknown applied versions are not an error.
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
+    let (before, _) = applied_migrations(&pool).await?;
     migrator
         .run(&pool)
         .await
         .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    let (after, version) = applied_migrations(&pool).await?;
     pool.close().await;
-    Ok(())
+    Ok(Migrated {
+        applied: after - before,
+        version,
+    })
+}
+
+/// How many migrations were applied successfully, and the latest; none before the first run.
+async fn applied_migrations(pool: &PgPool) -> anyhow::Result<(i64, Option<i64>)> {
+    let unreadable = |e: sqlx::Error| anyhow::anyhow!("cannot read the applied migrations: {e}");
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(unreadable)?;
+    if !exists {
+        return Ok((0, None));
+    }
+    sqlx::query_as("SELECT count(*), max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_err(unreadable)
 }
 
 #[derive(Debug, Serialize, Clone)]
