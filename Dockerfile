@@ -21,7 +21,10 @@ RUN mkdir src \
 
 # The real sources. `sqlx::migrate!("./migrations")` embeds migrations/ and
 # `include_bytes!`/`include_str!` embed assets/, so both must be present at build time.
+# `.sqlx/` holds the compile-time checked queries' data, so the build needs no database.
 COPY build.rs ./
+COPY .sqlx ./.sqlx
+ENV SQLX_OFFLINE=true
 COPY src ./src
 COPY migrations ./migrations
 COPY assets ./assets

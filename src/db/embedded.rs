@@ -243,13 +243,12 @@ impl EmbeddedPostgres {
             .await
             .context("could not connect to the development database")?;
         for (role, attrs) in [(OWNER_ROLE, "LOGIN CREATEROLE"), (SERVER_ROLE, "LOGIN")] {
-            // Not a macro: a role check against the system catalogue of the development
-            // cluster's maintenance database, before any schema exists.
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                    .bind(role)
-                    .fetch_one(&mut admin)
-                    .await?;
+            let exists = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS "exists!""#,
+                role
+            )
+            .fetch_one(&mut admin)
+            .await?;
             if !exists {
                 // Not a macro: DDL, which cannot be prepared.
                 sqlx::raw_sql(&format!("CREATE ROLE {role} {attrs}"))
@@ -257,13 +256,12 @@ impl EmbeddedPostgres {
                     .await?;
             }
         }
-        // Not a macro: like the role check, a look at the maintenance database's catalogue
-        // before any schema exists.
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(DATABASE)
-                .fetch_one(&mut admin)
-                .await?;
+        let exists = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+            DATABASE
+        )
+        .fetch_one(&mut admin)
+        .await?;
         if !exists {
             // Not a macro: DDL, which cannot be prepared.
             sqlx::raw_sql(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}"))

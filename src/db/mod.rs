@@ -287,15 +287,15 @@ impl RoleCheck {
 
 /// Inspects the catalogue for the role the server is connected as.
 pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
-    // Not a macro: a role check; it reads only the system catalogue of the server it runs
-    // against, so checking it against the build database's schema would prove nothing.
-    let row: (String, bool, bool, bool, bool, bool, bool, bool) = sqlx::query_as(
+    sqlx::query_as!(
+        RoleCheck,
         r#"
-        SELECT r.rolname::text,
-               r.rolsuper,
-               r.rolbypassrls,
+        SELECT r.rolname::text AS "role!",
+               r.rolsuper AS "superuser!",
+               r.rolbypassrls AS "bypass_rls!",
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'molar_app')
-                    THEN pg_has_role(current_user, 'molar_app', 'MEMBER') ELSE false END,
+                    THEN pg_has_role(current_user, 'molar_app', 'MEMBER') ELSE false END
+                    AS "member_of_app_role!",
                EXISTS (
                    SELECT 1 FROM pg_class c
                    JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -303,24 +303,16 @@ pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
                      AND n.nspname NOT LIKE 'pg\_toast%'
                      AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
                      AND pg_has_role(current_user, c.relowner, 'MEMBER')
-               ),
+               ) AS "owns_tables!",
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'molar_auth')
-                    THEN pg_has_role(current_user, 'molar_auth', 'MEMBER') ELSE false END,
-               r.rolcreaterole,
-               has_schema_privilege(current_user, 'public', 'CREATE')
+                    THEN pg_has_role(current_user, 'molar_auth', 'MEMBER') ELSE false END
+                    AS "member_of_auth_role!",
+               r.rolcreaterole AS "create_role!",
+               has_schema_privilege(current_user, 'public', 'CREATE') AS "create_in_schema!"
         FROM pg_roles r WHERE r.rolname = current_user
-        "#,
+        "#
     )
     .fetch_one(pool)
-    .await?;
-    Ok(RoleCheck {
-        role: row.0,
-        superuser: row.1,
-        bypass_rls: row.2,
-        member_of_app_role: row.3,
-        owns_tables: row.4,
-        member_of_auth_role: row.5,
-        create_role: row.6,
-        create_in_schema: row.7,
-    })
+    .await
 }
+
