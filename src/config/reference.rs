@@ -288,7 +288,7 @@ pub const SECRET_KEY: Setting = setting(
     "SECRET_KEY",
     Unset,
     Secret("text"),
-    "HS256 signing key for access tokens (also keys the cursor MAC). Required in production \
+    "HS256 signing key for access tokens (a key derived from it seals list cursors). Required in production \
      (at least 32 bytes, not a known default); development/test generate a random one per \
      process.",
 );

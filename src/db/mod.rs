@@ -315,4 +315,3 @@ pub async fn role_check(pool: &PgPool) -> Result<RoleCheck, sqlx::Error> {
     .fetch_one(pool)
     .await
 }
-

@@ -171,8 +171,15 @@ mod tests {
         let c = codec.encode(&("Mustermann", 7));
         let raw = URL_SAFE_NO_PAD.decode(&c).expect("base64url");
         let shown = String::from_utf8_lossy(&raw);
-        assert!(!shown.contains("Mustermann"), "the name is readable in {shown:?}");
-        assert_ne!(c, codec.encode(&("Mustermann", 7)), "equal positions give equal cursors");
+        assert!(
+            !shown.contains("Mustermann"),
+            "the name is readable in {shown:?}"
+        );
+        assert_ne!(
+            c,
+            codec.encode(&("Mustermann", 7)),
+            "equal positions give equal cursors"
+        );
     }
 
     #[test]
