@@ -40,7 +40,10 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// The full application: API, docs, metrics and middleware.
 pub fn app(state: AppState) -> Router {
     let (api, doc) = api();
-    let doc_json: Arc<str> = doc.to_json().unwrap_or_else(|_| "{}".into()).into();
+    let doc = openapi::finish(&doc, openapi::DocSettings::from(&state.config));
+    let doc_json: Arc<str> = serde_json::to_string(&doc)
+        .unwrap_or_else(|_| "{}".into())
+        .into();
     let metrics_on_api_port = state.config.metrics_port.is_none();
 
     let mut router = api

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Print the argon2id hash of a password read from standard input (for seeding).
     HashPassword,
+    /// Print the OpenAPI 3.1 document the server serves at /api/v2/openapi.json (JSON, on
+    /// standard output) for this configuration; needs no database or running server.
+    Openapi,
     /// Exit 0 when the local server's /api/v2/health answers 200 (for container health checks).
     Healthcheck {
         /// The URL to probe; defaults to http://127.0.0.1:$PORT/api/v2/health.
@@ -97,6 +100,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The document needs the configuration (its limits show in it), nothing else.
+    if let Some(Command::Openapi) = &cli.command {
+        return print_openapi(&config);
+    }
     let runtime = match start_runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -128,7 +135,7 @@ fn main() -> ExitCode {
             }
             Command::Audit { command } => audit(config, command).await,
             Command::HashPassword => hash_password(&config).await,
-            Command::Healthcheck { .. } => Ok(()),
+            Command::Healthcheck { .. } | Command::Openapi => Ok(()),
         }
     });
     match result {
@@ -172,6 +179,26 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_openapi(config: &Config) -> ExitCode {
+    use std::io::Write;
+    match molar::openapi::document_json(config.into()) {
+        Ok(json) => {
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{json}").and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("molar: cannot write the document: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("molar: cannot render the OpenAPI document: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn healthcheck_only(url: Option<String>) -> ExitCode {
