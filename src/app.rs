@@ -10,6 +10,7 @@ use axum::Router;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::http::query::{reject_undeclared, StrictQuery};
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use crate::{audit, auth, chart, clinic, health, http, notes, patients, scheduling, users};
@@ -44,6 +45,11 @@ pub fn app(state: AppState) -> Router {
     let doc_json: Arc<str> = serde_json::to_string(&doc)
         .unwrap_or_else(|_| "{}".into())
         .into();
+    // Every documented route refuses a query parameter it does not declare.
+    let strict = StrictQuery::from_document(&doc);
+    let api = api.layer(axum::middleware::from_fn(move |req, next| {
+        reject_undeclared(strict.clone(), req, next)
+    }));
     let metrics_on_api_port = state.config.metrics_port.is_none();
 
     let mut router = api

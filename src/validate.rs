@@ -17,28 +17,38 @@ impl Errors {
         self.0.push(e);
     }
 
-    /// Trimmed text of 1..=max characters, without control characters.
+    /// Text of at most `max` characters with one that is not white space, and no control
+    /// characters but line feed and tab ([`schema::text_pattern`]); returned trimmed.
     pub fn text(&mut self, field: &str, value: &str, max: usize) -> String {
         let v = value.trim();
         if v.is_empty() {
             self.add(field, "must not be empty");
-        } else if v.chars().count() > max {
+        } else if value.chars().count() > max {
             self.add(field, format!("must be at most {max} characters"));
-        } else if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        } else if has_control(value) {
             self.add(field, "must not contain control characters");
         }
         v.to_owned()
     }
 
-    /// An email address: one `@`, a dotted domain, no spaces, at most 254 characters.
+    /// Up to `max` characters without control characters but line feed and tab (may be
+    /// empty; [`schema::plain_pattern`]).
+    pub fn line(&mut self, field: &str, value: &str, max: usize) {
+        if value.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        } else if has_control(value) {
+            self.add(field, "must not contain control characters");
+        }
+    }
+
+    /// An email address ([`schema::email_pattern`]): up to 64 characters, one `@`, a domain
+    /// with an inner dot; no white space or control characters; at most 254 characters.
     pub fn email(&mut self, field: &str, value: &str) -> String {
-        let v = value.trim().to_owned();
-        let ok = v.len() <= 254
-            && !v.chars().any(|c| c.is_whitespace() || c.is_control())
-            && match v.split_once('@') {
+        let ok = value.chars().count() <= 254
+            && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+            && match value.split_once('@') {
                 Some((local, domain)) => {
-                    !local.is_empty()
-                        && local.len() <= 64
+                    (1..=64).contains(&local.chars().count())
                         && !domain.contains('@')
                         && domain.contains('.')
                         && !domain.starts_with('.')
@@ -49,40 +59,41 @@ impl Errors {
         if !ok {
             self.add(field, "must be a valid email address");
         }
-        v
+        value.to_owned()
     }
 
-    /// A phone number: digits, spaces and + ( ) - . only, 3 to 40 characters.
+    /// A phone number ([`schema::PHONE_PATTERN`]): digits, spaces and + ( ) - . / only, with
+    /// a digit, 3 to 40 characters; returned trimmed.
     pub fn phone(&mut self, field: &str, value: &str) -> String {
-        let v = value.trim().to_owned();
-        let ok = (3..=40).contains(&v.len())
-            && v.chars().any(|c| c.is_ascii_digit())
-            && v.chars()
+        let ok = (3..=40).contains(&value.len())
+            && value.chars().any(|c| c.is_ascii_digit())
+            && value
+                .chars()
                 .all(|c| c.is_ascii_digit() || " +()-./".contains(c));
         if !ok {
             self.add(
                 field,
-                "must be a phone number (digits, spaces and + ( ) - . only)",
+                "must be a phone number (digits, spaces and + ( ) - . / only)",
             );
         }
-        v
+        value.trim().to_owned()
     }
 
+    /// An IANA time zone name, exactly as the time zone database spells it.
     pub fn timezone(&mut self, field: &str, value: &str) -> String {
-        let v = value.trim();
-        if v.parse::<chrono_tz::Tz>().is_err() {
+        if value.parse::<chrono_tz::Tz>().is_err() {
             self.add(field, "must be an IANA time zone such as Europe/Berlin");
         }
-        v.to_owned()
+        value.to_owned()
     }
 
+    /// An ISO 4217 currency code with minor units, in capitals.
     pub fn currency(&mut self, field: &str, value: &str) -> String {
-        let v = value.trim().to_ascii_uppercase();
-        match iso_currency::Currency::from_code(&v) {
+        match iso_currency::Currency::from_code(value) {
             Some(c) if c.exponent().is_some() => {}
             _ => self.add(field, "must be an ISO 4217 currency code such as EUR"),
         }
-        v
+        value.to_owned()
     }
 
     pub fn finish(self) -> AppResult<()> {
@@ -92,6 +103,13 @@ impl Errors {
             Err(AppError::Validation(self.0))
         }
     }
+}
+
+/// Control characters but line feed and tab.
+fn has_control(value: &str) -> bool {
+    value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
 }
 
 /// For PATCH bodies: distinguishes an absent field (`None`) from an explicit `null`
@@ -177,7 +195,7 @@ mod tests {
         let mut e = Errors::default();
         e.email("a", "front.desk@clinic.example");
         e.timezone("b", "America/New_York");
-        e.currency("c", "jpy");
+        e.currency("c", "JPY");
         assert!(e.finish().is_ok());
         let mut e = Errors::default();
         e.email("a", "no-at-sign");
@@ -189,4 +207,216 @@ mod tests {
             other => panic!("expected 422, got {other:?}"),
         }
     }
+}
+
+/// The rules above as JSON Schema, for the OpenAPI document (`#[schema(schema_with = ...)]`):
+/// the document and the server refuse the same values.
+pub mod schema {
+    use serde_json::{json, Value};
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+
+    /// Control characters but line feed and tab: refused in text.
+    const CONTROL: &str = r"\u0000-\u0008\u000B-\u001F\u007F-\u009F";
+    /// Control characters and white space (Unicode `White_Space`, what `str::trim` removes).
+    const BLANK: &str =
+        r"\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+    /// Text with at least one character that is not white space, and no control
+    /// characters but line feed and tab ([`super::Errors::text`]).
+    pub fn text_pattern() -> String {
+        format!("^[^{CONTROL}]*[^{BLANK}][^{CONTROL}]*$")
+    }
+
+    /// Text without control characters but line feed and tab; may be empty.
+    pub fn plain_pattern() -> String {
+        format!("^[^{CONTROL}]*$")
+    }
+
+    /// [`super::Errors::email`].
+    pub fn email_pattern() -> String {
+        let c = format!("[^@{BLANK}]");
+        let d = format!("[^@.{BLANK}]");
+        format!("^{c}{{1,64}}@{d}{c}*\\.{c}*{d}$")
+    }
+
+    /// [`super::Errors::phone`].
+    pub const PHONE_PATTERN: &str = r"^[0-9 +()./-]*[0-9][0-9 +()./-]*$";
+
+    fn build(mut schema: Value, nullable: bool) -> RefOr<Schema> {
+        if nullable {
+            let t = schema["type"].clone();
+            schema["type"] = json!([t, "null"]);
+        }
+        // A literal of ours: it always deserializes (a unit test makes sure).
+        let object: utoipa::openapi::schema::Object =
+            serde_json::from_value(schema).unwrap_or_default();
+        RefOr::T(Schema::Object(object))
+    }
+
+    fn text(max: usize, nullable: bool) -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "maxLength": max, "pattern": text_pattern()}),
+            nullable,
+        )
+    }
+
+    macro_rules! text_schemas {
+        ($($name:ident, $nullable:ident = $max:expr;)*) => {$(
+            #[doc = concat!("Text of up to ", stringify!($max), " characters ([`super::Errors::text`]).")]
+            pub fn $name() -> RefOr<Schema> {
+                text($max, false)
+            }
+            #[doc = concat!("[`", stringify!($name), "`] or null.")]
+            pub fn $nullable() -> RefOr<Schema> {
+                text($max, true)
+            }
+        )*};
+    }
+
+    text_schemas! {
+        text_100, text_100_or_null = 100;
+        text_200, text_200_or_null = 200;
+        text_500, text_500_or_null = 500;
+        text_2000, text_2000_or_null = 2000;
+        text_20000, text_20000_or_null = 20000;
+    }
+
+    /// An address line and the like: up to 200 characters, no control characters, or null.
+    pub fn line_or_null() -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "maxLength": 200, "pattern": plain_pattern()}),
+            true,
+        )
+    }
+
+    fn email_schema(nullable: bool) -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "format": "email", "maxLength": 254,
+                   "pattern": email_pattern()}),
+            nullable,
+        )
+    }
+
+    pub fn email() -> RefOr<Schema> {
+        email_schema(false)
+    }
+
+    pub fn email_or_null() -> RefOr<Schema> {
+        email_schema(true)
+    }
+
+    fn phone_schema(nullable: bool) -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "minLength": 3, "maxLength": 40, "pattern": PHONE_PATTERN,
+                   "description": "Digits, spaces and + ( ) - . / only, with at least one digit"}),
+            nullable,
+        )
+    }
+
+    pub fn phone() -> RefOr<Schema> {
+        phone_schema(false)
+    }
+
+    pub fn phone_or_null() -> RefOr<Schema> {
+        phone_schema(true)
+    }
+
+    /// A new password: 12 to 128 characters (and not a common or guessable one, which only
+    /// the server can judge: a 422).
+    pub fn password() -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "minLength": 12, "maxLength": 128,
+                   "description": "12 to 128 characters, not a common or easily guessed password"}),
+            false,
+        )
+    }
+
+    /// Every IANA time zone the server knows.
+    pub fn timezone() -> RefOr<Schema> {
+        let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()).collect();
+        build(
+            json!({"type": "string", "enum": zones,
+                   "description": "An IANA time zone, e.g. `Europe/Berlin`"}),
+            false,
+        )
+    }
+
+    /// Every ISO 4217 currency with minor units.
+    pub fn currency() -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "enum": super::currencies(),
+                   "description": "An ISO 4217 currency code, e.g. `EUR`"}),
+            false,
+        )
+    }
+
+    /// Tooth surfaces as a chart entry takes them.
+    pub fn surfaces() -> RefOr<Schema> {
+        build(
+            json!({"type": "array", "items": {"type": "string", "pattern": "^[MOIDBLFPmoidblfp]$"}}),
+            false,
+        )
+    }
+
+    /// An ISO 3166-1 alpha-2 country code, or null.
+    pub fn country_or_null() -> RefOr<Schema> {
+        build(
+            json!({"type": "string", "pattern": "^[A-Za-z]{2}$",
+                   "description": "ISO 3166-1 alpha-2 country code, e.g. `DE`"}),
+            true,
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_schema_is_a_real_one() {
+            let all = [
+                text_100(),
+                text_100_or_null(),
+                text_200(),
+                text_200_or_null(),
+                text_500(),
+                text_500_or_null(),
+                text_2000(),
+                text_2000_or_null(),
+                text_20000(),
+                text_20000_or_null(),
+                line_or_null(),
+                email(),
+                email_or_null(),
+                phone(),
+                phone_or_null(),
+                password(),
+                timezone(),
+                currency(),
+                country_or_null(),
+                surfaces(),
+            ];
+            for s in all {
+                let v = serde_json::to_value(&s).expect("serializes");
+                assert!(v.get("type").is_some(), "{v}");
+            }
+        }
+    }
+}
+
+/// The ISO 4217 codes [`Errors::currency`] accepts.
+pub fn currencies() -> Vec<String> {
+    let mut codes = Vec::new();
+    for a in b'A'..=b'Z' {
+        for b in b'A'..=b'Z' {
+            for c in b'A'..=b'Z' {
+                let code = String::from_utf8_lossy(&[a, b, c]).into_owned();
+                if iso_currency::Currency::from_code(&code).is_some_and(|x| x.exponent().is_some())
+                {
+                    codes.push(code);
+                }
+            }
+        }
+    }
+    codes
 }

@@ -13,7 +13,8 @@ use super::Event;
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::extract::ApiQuery;
-use crate::http::pagination::{self, Page};
+use crate::http::pagination::{self, Limit, Page};
+use crate::http::query::ActionName;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,18 +40,26 @@ pub struct AuditEvent {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
+    /// Only events about this patient.
     patient_id: Option<Uuid>,
+    /// Only events of this user.
     user_id: Option<Uuid>,
     /// Only events of this action, e.g. `auth.login`.
-    action: Option<String>,
+    #[param(value_type = Option<String>, pattern = r"^[a-z_]{1,50}\.[a-z_]{1,50}$")]
+    action: Option<ActionName>,
     /// Events at or after this instant.
     from: Option<DateTime<Utc>>,
-    /// Events before this instant.
+    /// Events before this instant; not before `from` (422).
     to: Option<DateTime<Utc>>,
-    /// Page size (default 50, max 200).
-    limit: Option<u32>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200, default = 50)]
+    limit: Option<Limit>,
+    /// The `next_cursor` of the previous page (opaque; a cursor this server did not issue
+    /// is a 400).
+    #[param(min_length = 1, pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
 }
 
@@ -124,7 +133,7 @@ pub async fn list_audit_events(
          ORDER BY at DESC, id DESC LIMIT $8",
         p.patient_id,
         p.user_id,
-        p.action.as_deref(),
+        p.action.as_ref().map(|a| a.0.as_str()),
         p.from,
         p.to,
         before_at,

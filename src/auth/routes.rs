@@ -482,6 +482,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> AppResult<Json
 pub struct ChangePassword {
     current_password: String,
     /// 12 to 128 characters, not a common password.
+    #[schema(schema_with = crate::validate::schema::password)]
     new_password: String,
 }
 

@@ -31,7 +31,6 @@ impl Tooth {
     }
 
     pub fn parse_fdi(s: &str) -> Option<Tooth> {
-        let s = s.trim();
         if s.len() != 2 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -41,8 +40,8 @@ impl Tooth {
     /// Universal: permanent 1–32 from the upper right third molar clockwise,
     /// primary A–T in the same order.
     pub fn parse_universal(s: &str) -> Option<Tooth> {
-        let s = s.trim();
-        if let Ok(n) = s.parse::<u8>() {
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if let Some(n) = digits.then(|| s.parse::<u8>().ok()).flatten() {
             if s.starts_with('0') {
                 return None;
             }
@@ -137,7 +136,7 @@ pub enum Surface {
 impl Surface {
     /// Parses a surface; `F` (facial) is `B`, `P` (palatal) is `L`.
     pub fn parse(s: &str) -> Option<Surface> {
-        match s.trim().to_ascii_uppercase().as_str() {
+        match s.to_ascii_uppercase().as_str() {
             "M" => Some(Surface::M),
             "O" => Some(Surface::O),
             "I" => Some(Surface::I),

@@ -19,7 +19,7 @@ use crate::auth::{Caller, Permission};
 use crate::chart::{Numbering, Tooth};
 use crate::error::{AppResult, Problem};
 use crate::http::extract::{ApiPath, ApiQuery};
-use crate::http::idempotency::{self, Created, HashedJson};
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::patients;
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -45,9 +45,12 @@ pub const MAX_PROBING_DEPTH: i16 = 19;
 pub struct SiteInput {
     site: Site,
     /// Millimetres, 0–19.
+    #[schema(minimum = 0, maximum = 19)]
     probing_depth: i16,
-    /// Millimetres: positive when the margin is apical to the CEJ, negative when coronal.
+    /// Millimetres, -10 to 20: positive when the margin is apical to the CEJ, negative when
+    /// coronal.
     #[serde(default)]
+    #[schema(minimum = -10, maximum = 20)]
     recession: i16,
     #[serde(default)]
     bleeding: bool,
@@ -58,23 +61,32 @@ pub struct SiteInput {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToothInput {
+    /// In the exam's `numbering` (a tooth it does not have is a 422); each tooth once.
+    #[schema(pattern = "^[0-9A-Za-z]{1,2}$")]
     tooth: String,
     /// 0–3.
+    #[schema(minimum = 0, maximum = 3)]
     mobility: Option<i16>,
     /// 0–3.
+    #[schema(minimum = 0, maximum = 3)]
     furcation: Option<i16>,
+    /// 1 to 6 sites, each site once (422).
+    #[schema(min_items = 1, max_items = 6)]
     sites: Vec<SiteInput>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPerioExam {
-    /// When the exam took place (default: now).
+    /// When the exam took place (default: now); not in the future (422).
     examined_at: Option<DateTime<Utc>>,
+    #[schema(schema_with = crate::validate::schema::text_2000_or_null)]
     note: Option<String>,
     /// How the teeth are written.
     #[serde(default)]
     numbering: Numbering,
+    /// 1 to 52 teeth.
+    #[schema(min_items = 1, max_items = 52)]
     teeth: Vec<ToothInput>,
 }
 
@@ -229,12 +241,14 @@ fn validate(exam: &NewPerioExam, errors: &mut Errors) -> Vec<StoredTooth> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct PatientPath {
     /// The patient's id.
     id: Uuid,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PerioParams {
     #[serde(default)]
@@ -252,7 +266,7 @@ pub struct PerioList {
     responses(
         (status = 200, description = "The exams", body = PerioList),
         (status = 403, description = "Role lacks clinical.read", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem)))]
 pub async fn list_perio_exams(
     State(state): State<AppState>,
     caller: Caller,
@@ -283,12 +297,12 @@ pub async fn list_perio_exams(
 
 /// Records a periodontal exam (clinical roles).
 #[utoipa::path(post, path = "/patients/{id}/perio-exams", tag = "perio", security(("bearer" = [])),
-    params(PatientPath),
+    params(PatientPath, IdempotencyKey),
     request_body = NewPerioExam,
     responses(
         (status = 201, description = "Recorded", body = PerioExam),
         (status = 403, description = "Role lacks clinical.write", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 422, description = "Invalid measurements", body = Problem)))]
 pub async fn create_perio_exam(
     State(state): State<AppState>,

@@ -19,7 +19,7 @@ use crate::auth::{Caller, Permission};
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::http::idempotency::{self, Created, HashedJson};
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::patients;
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -96,12 +96,14 @@ async fn entries(tx: &mut Tx, patient: Uuid, include_voided: bool) -> AppResult<
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct PatientPath {
     /// The patient's id.
     id: Uuid,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChartParams {
     /// `fdi` (default) or `universal`.
@@ -131,7 +133,7 @@ pub struct Chart {
     responses(
         (status = 200, description = "The chart", body = Chart),
         (status = 403, description = "Role lacks clinical.read", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem)))]
 pub async fn get_chart(
     State(state): State<AppState>,
     caller: Caller,
@@ -170,6 +172,7 @@ pub async fn get_chart(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     #[serde(default)]
@@ -189,7 +192,7 @@ pub struct ChartHistory {
     responses(
         (status = 200, description = "The history", body = ChartHistory),
         (status = 403, description = "Role lacks clinical.read", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem)))]
 pub async fn list_chart_entries(
     State(state): State<AppState>,
     caller: Caller,
@@ -213,11 +216,18 @@ pub async fn list_chart_entries(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewChartEntry {
-    /// `"36"` in FDI (default) or `"19"` / `"K"` in Universal.
+    /// `"36"` in FDI (default: 11–48, 51–85) or `"19"` / `"K"` in Universal (1–32, A–T);
+    /// a tooth the numbering does not have is a 422.
+    #[schema(pattern = "^[0-9A-Za-z]{1,2}$")]
     tooth: String,
+    /// M, O, I, D, B (or F), L (or P), either case; which ones fit depends on the tooth
+    /// (incisal only on anterior teeth, occlusal only on posterior ones) and the
+    /// condition (some need surfaces, some take none): a 422 otherwise.
     #[serde(default)]
+    #[schema(schema_with = crate::validate::schema::surfaces)]
     surfaces: Vec<String>,
     condition: Condition,
+    #[schema(schema_with = crate::validate::schema::text_2000_or_null)]
     note: Option<String>,
     /// How `tooth` is written (and how the response renders it).
     #[serde(default)]
@@ -226,12 +236,12 @@ pub struct NewChartEntry {
 
 /// Records a condition or treatment on a tooth (clinical roles).
 #[utoipa::path(post, path = "/patients/{id}/chart/entries", tag = "chart", security(("bearer" = [])),
-    params(PatientPath),
+    params(PatientPath, IdempotencyKey),
     request_body = NewChartEntry,
     responses(
         (status = 201, description = "Recorded", body = ChartEntry, headers(("Location" = String))),
         (status = 403, description = "Role lacks clinical.write", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 422, description = "Invalid tooth, surface or condition", body = Problem)))]
 pub async fn add_chart_entry(
     State(state): State<AppState>,
@@ -310,6 +320,7 @@ pub async fn add_chart_entry(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct EntryPath {
     /// The chart entry's id.
     id: Uuid,
@@ -319,6 +330,7 @@ pub struct EntryPath {
 #[serde(deny_unknown_fields)]
 pub struct VoidEntry {
     /// Why the entry was wrong; kept in the history.
+    #[schema(schema_with = crate::validate::schema::text_500)]
     reason: String,
 }
 

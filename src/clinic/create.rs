@@ -90,20 +90,28 @@ pub async fn register(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClinic {
+    #[schema(schema_with = crate::validate::schema::text_200)]
     pub name: String,
     /// IANA time zone, e.g. `Europe/Berlin`.
+    #[schema(schema_with = crate::validate::schema::timezone)]
     pub timezone: String,
     /// ISO 4217 code, e.g. `EUR`.
+    #[schema(schema_with = crate::validate::schema::currency)]
     pub currency: String,
+    #[schema(schema_with = crate::validate::schema::phone_or_null)]
     pub phone: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOwner {
+    /// Unique across the system, case-insensitive.
+    #[schema(schema_with = crate::validate::schema::email)]
     pub email: String,
     /// 12 to 128 characters, not a common password.
+    #[schema(schema_with = crate::validate::schema::password)]
     pub password: String,
+    #[schema(schema_with = crate::validate::schema::text_200)]
     pub full_name: String,
 }
 

@@ -18,12 +18,18 @@ use crate::validate::Errors;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
+    #[schema(schema_with = crate::validate::schema::line_or_null)]
     pub line1: Option<String>,
+    #[schema(schema_with = crate::validate::schema::line_or_null)]
     pub line2: Option<String>,
+    #[schema(schema_with = crate::validate::schema::line_or_null)]
     pub city: Option<String>,
+    #[schema(schema_with = crate::validate::schema::line_or_null)]
     pub postal_code: Option<String>,
+    #[schema(schema_with = crate::validate::schema::line_or_null)]
     pub region: Option<String>,
     /// ISO 3166-1 alpha-2 country code.
+    #[schema(schema_with = crate::validate::schema::country_or_null)]
     pub country: Option<String>,
 }
 
@@ -37,9 +43,7 @@ impl Address {
             ("region", &self.region),
         ] {
             if let Some(v) = value {
-                if v.chars().count() > 200 {
-                    errors.add(format!("{field}.{name}"), "must be at most 200 characters");
-                }
+                errors.line(&format!("{field}.{name}"), v, 200);
             }
         }
         if let Some(c) = &self.country {

@@ -4,7 +4,7 @@ use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, Problem};
-use crate::http::etag;
+use crate::http::etag::{self, IfMatch};
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
 use crate::validate::{merge_nested, merge_patch, patch_field, Errors};
@@ -43,23 +43,34 @@ pub async fn get_clinic(State(state): State<AppState>, caller: Caller) -> AppRes
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClinicPatch {
-    name: Option<String>,
-    timezone: Option<String>,
-    currency: Option<String>,
+    /// Cannot be cleared (`null` is a 422).
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::text_200)]
+    name: Option<Option<String>>,
+    /// An IANA time zone; changing it changes only how local times are read.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(schema_with = crate::validate::schema::timezone)]
+    timezone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(schema_with = crate::validate::schema::currency)]
+    currency: Option<Option<String>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(schema_with = crate::validate::schema::phone_or_null)]
     phone: Option<Option<String>>,
     /// Merged into the current address (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Address>)]
     address: Option<Option<serde_json::Value>>,
-    /// Merged into the current settings (RFC 7396).
-    #[schema(value_type = Option<Object>)]
-    settings: Option<serde_json::Value>,
+    /// Merged into the current settings (RFC 7396); at most 16 KiB of JSON.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Object)]
+    settings: Option<Option<serde_json::Value>>,
 }
 
 /// Updates the caller's clinic (owner and admin).
 #[utoipa::path(patch, path = "/clinic", tag = "clinic", security(("bearer" = [])),
+    params(IfMatch),
     request_body = ClinicPatch,
     responses(
         (status = 200, description = "The updated clinic", body = Clinic),
@@ -78,20 +89,36 @@ pub async fn update_clinic(
         })
         .await?;
     let mut errors = Errors::default();
-    let name = patch.name.as_deref().map(|n| errors.text("name", n, 200));
+    for (field, null) in [
+        ("name", matches!(patch.name, Some(None))),
+        ("timezone", matches!(patch.timezone, Some(None))),
+        ("currency", matches!(patch.currency, Some(None))),
+        ("settings", matches!(patch.settings, Some(None))),
+    ] {
+        if null {
+            errors.add(field, "cannot be cleared");
+        }
+    }
+    let name = patch
+        .name
+        .clone()
+        .flatten()
+        .map(|n| errors.text("name", &n, 200));
     let timezone = patch
         .timezone
-        .as_deref()
-        .map(|t| errors.timezone("timezone", t));
+        .clone()
+        .flatten()
+        .map(|t| errors.timezone("timezone", &t));
     let currency = patch
         .currency
-        .as_deref()
-        .map(|c| errors.currency("currency", c));
+        .clone()
+        .flatten()
+        .map(|c| errors.currency("currency", &c));
     let phone = patch
         .phone
         .as_ref()
         .map(|p| p.as_deref().map(|p| errors.phone("phone", p)));
-    if let Some(s) = &patch.settings {
+    if let Some(Some(s)) = &patch.settings {
         if !s.is_object() {
             errors.add("settings", "must be an object");
         } else if s.to_string().len() > 16 * 1024 {
@@ -104,7 +131,7 @@ pub async fn update_clinic(
     let current = load_for_update(&mut tx, caller.clinic_id).await?;
     etag::check(&headers, current.version)?;
     let mut settings = current.settings.clone();
-    if let Some(s) = &patch.settings {
+    if let Some(Some(s)) = &patch.settings {
         merge_patch(&mut settings, s);
     }
     let mut errors = Errors::default();

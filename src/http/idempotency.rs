@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::db::{Db, Tx};
@@ -63,23 +64,37 @@ pub enum Begin {
     Replay(Response),
 }
 
+/// The `Idempotency-Key` header of the creating operations.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKey {
+    /// Makes a retried create safe: the same key with the same body returns the first
+    /// response; with another body it is a 422; while the first request still runs, a 409.
+    /// 1 to 255 visible ASCII characters (inner spaces allowed), kept 24 hours per user.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false,
+        min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")]
+    idempotency_key: String,
+}
+
+/// The request's key; one that is not 1 to 255 visible ASCII characters (inner spaces
+/// allowed) is a 400.
 fn key_of(headers: &HeaderMap) -> AppResult<Option<String>> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| AppError::BadRequest("Idempotency-Key is malformed".into()))?
-                .trim();
-            if s.is_empty() || s.len() > 255 {
-                return Err(AppError::validation(
-                    "Idempotency-Key",
-                    "must be 1 to 255 characters",
-                ));
-            }
-            Ok(Some(s.to_owned()))
-        }
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = v.as_bytes();
+    let visible = |b: &u8| (0x21..=0x7e).contains(b);
+    let ok = (1..=255).contains(&bytes.len())
+        && bytes.first().is_some_and(visible)
+        && bytes.last().is_some_and(visible)
+        && bytes.iter().all(|b| (0x20..=0x7e).contains(b));
+    if !ok {
+        return Err(AppError::BadRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        ));
     }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Claims the request's key, or answers with the stored response, 409 or 422.

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod middleware;
 pub mod pagination;
+pub mod query;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};

@@ -10,11 +10,12 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::Sha256;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::error::{AppError, AppResult};
+pub use crate::http::query::Limit;
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
@@ -44,27 +45,16 @@ impl<T> Page<T> {
     }
 }
 
-/// The requested page size: absent means 50, above 200 means 200, 0 is invalid.
-pub fn limit(requested: Option<u32>) -> AppResult<u32> {
-    match requested {
-        None => Ok(DEFAULT_LIMIT),
-        Some(0) => Err(AppError::validation("limit", "must be at least 1")),
-        Some(n) => Ok(n.min(MAX_LIMIT)),
-    }
+/// The requested page size: absent means 50 (the parameter itself refuses anything but 1
+/// to 200, see [`Limit`]).
+pub fn limit(requested: Option<Limit>) -> AppResult<u32> {
+    Ok(requested.map_or(DEFAULT_LIMIT, |l| l.0))
 }
 
 /// The rows to fetch for a page of `limit`: one more, which only says that another page
 /// follows (see [`Page::from_overfetch`]).
 pub fn overfetch(limit: u32) -> i64 {
     i64::from(limit) + 1
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct PageParams {
-    /// Page size (default 50, max 200).
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
 }
 
 /// The nonce length of XChaCha20-Poly1305: random nonces this long never repeat in practice.
@@ -183,9 +173,8 @@ mod tests {
     }
 
     #[test]
-    fn limits_default_and_cap() {
+    fn limits_default() {
         assert_eq!(limit(None).ok(), Some(50));
-        assert_eq!(limit(Some(500)).ok(), Some(200));
-        assert!(limit(Some(0)).is_err());
+        assert_eq!(limit(Some(Limit(200))).ok(), Some(200));
     }
 }

@@ -4,9 +4,9 @@ use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission, Role, NOT_PERMITTED};
 use crate::error::{AppError, AppResult, OnConstraint, Problem};
-use crate::http::etag;
+use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath};
-use crate::http::idempotency::{self, Created, HashedJson};
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::patients;
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -22,6 +22,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct PatientPath {
     /// The patient's id.
     id: Uuid,
@@ -38,7 +39,7 @@ pub struct NoteList {
     responses(
         (status = 200, description = "The notes", body = NoteList),
         (status = 403, description = "Role lacks clinical.read", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem)))]
 pub async fn list_notes(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,19 +75,21 @@ pub async fn list_notes(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNote {
+    #[schema(schema_with = crate::validate::schema::text_20000)]
     body: String,
-    /// A signed note of the same patient that this addendum corrects.
+    /// A signed note of the same patient that this addendum corrects (422 when it is not
+    /// one of this patient's notes; 409 when it is not signed yet).
     addendum_to: Option<Uuid>,
 }
 
 /// Writes a note or an addendum (clinical roles).
 #[utoipa::path(post, path = "/patients/{id}/notes", tag = "notes", security(("bearer" = [])),
-    params(PatientPath),
+    params(PatientPath, IdempotencyKey),
     request_body = NewNote,
     responses(
         (status = 201, description = "Written", body = Note, headers(("Location" = String))),
         (status = 403, description = "Role lacks notes.write", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 409, description = "An addendum's note is not signed yet", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem)))]
 pub async fn create_note(
@@ -164,6 +167,7 @@ pub async fn create_note(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct NotePath {
     /// The note's id.
     id: Uuid,
@@ -172,7 +176,10 @@ pub struct NotePath {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotePatch {
-    body: Option<String>,
+    /// Cannot be cleared.
+    #[serde(default, deserialize_with = "crate::validate::patch_field")]
+    #[schema(schema_with = crate::validate::schema::text_20000)]
+    body: Option<Option<String>>,
 }
 
 /// One note (clinical roles, owner and admin).
@@ -202,7 +209,7 @@ pub async fn get_note(
 
 /// Edits an unsigned note (its author only); a signed note is 409.
 #[utoipa::path(patch, path = "/notes/{id}", tag = "notes", security(("bearer" = [])),
-    params(NotePath),
+    params(NotePath, IfMatch),
     request_body = NotePatch,
     responses(
         (status = 200, description = "Updated", body = Note),
@@ -222,10 +229,14 @@ pub async fn update_note(
         .authorize(&state, Permission::NotesWrite, event)
         .await?;
     let mut errors = Errors::default();
+    if let Some(None) = patch.body {
+        errors.add("body", "cannot be cleared");
+    }
     let text = patch
         .body
-        .as_deref()
-        .map(|b| errors.text("body", b, 20_000));
+        .clone()
+        .flatten()
+        .map(|b| errors.text("body", &b, 20_000));
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
     let current = load_for_update(&mut tx, id).await?;

@@ -1,5 +1,7 @@
 //! Patients: demographics, medical alerts, contacts and family accounts; search by name
-//! (typo tolerant), phone digits, email or date of birth; archive instead of delete.
+//! (typo tolerant), phone digits, email or date of birth; archive instead of delete: an
+//! archived patient is kept, and listed with `include_archived=true`, but is gone from
+//! `/patients/{id}` and everything under it (404), as after any DELETE.
 //! Every read, list and change is audited in the same transaction.
 
 pub mod routes;
@@ -62,6 +64,7 @@ pub enum Severity {
 #[serde(deny_unknown_fields)]
 pub struct MedicalAlert {
     pub kind: AlertKind,
+    #[schema(schema_with = crate::validate::schema::text_500)]
     pub description: String,
     pub severity: Severity,
 }
@@ -70,9 +73,26 @@ pub struct MedicalAlert {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
+    #[schema(schema_with = crate::validate::schema::text_200)]
     pub name: String,
+    #[schema(schema_with = crate::validate::schema::text_100_or_null)]
     pub relationship: Option<String>,
+    #[schema(schema_with = crate::validate::schema::phone_or_null)]
     pub phone: Option<String>,
+}
+
+/// A merge patch of an emergency contact or a guardian (RFC 7396): absent fields stay,
+/// `null` clears `relationship` or `phone`; the result must be a valid [`Contact`] (a new
+/// contact needs a `name`), else 422.
+#[derive(Debug, Clone, ToSchema)]
+#[allow(dead_code)]
+pub struct ContactPatch {
+    #[schema(schema_with = crate::validate::schema::text_200)]
+    name: Option<String>,
+    #[schema(schema_with = crate::validate::schema::text_100_or_null)]
+    relationship: Option<Option<String>>,
+    #[schema(schema_with = crate::validate::schema::phone_or_null)]
+    phone: Option<Option<String>>,
 }
 
 impl Contact {
@@ -175,8 +195,8 @@ impl Patient {
     }
 }
 
-/// One patient of the transaction's clinic (archived ones too); another clinic's is 404.
-/// `lock` takes the row for update.
+/// One patient of the transaction's clinic that is not archived; an archived patient, like
+/// another clinic's, is 404. `lock` takes the row for update.
 pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
     // The locking and the plain read are two statements: a macro's SQL is one literal.
     let row = if lock {
@@ -188,7 +208,7 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
                 emergency_contact AS "emergency_contact: SqlJson<Contact>",
                 guardian AS "guardian: SqlJson<Contact>",
                 responsible_party_id, archived_at, version, created_at, updated_at
-               FROM patients WHERE id = $1 FOR UPDATE"#,
+               FROM patients WHERE id = $1 AND archived_at IS NULL FOR UPDATE"#,
             id
         )
         .fetch_optional(&mut **tx)
@@ -202,7 +222,7 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
                 emergency_contact AS "emergency_contact: SqlJson<Contact>",
                 guardian AS "guardian: SqlJson<Contact>",
                 responsible_party_id, archived_at, version, created_at, updated_at
-               FROM patients WHERE id = $1"#,
+               FROM patients WHERE id = $1 AND archived_at IS NULL"#,
             id
         )
         .fetch_optional(&mut **tx)
@@ -212,13 +232,16 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
         .ok_or_else(|| AppError::not_found("patient"))
 }
 
-/// 404 unless the patient exists in the transaction's clinic.
+/// 404 unless the patient exists in the transaction's clinic and is not archived.
 pub async fn ensure_exists(tx: &mut Tx, id: Uuid) -> AppResult<()> {
-    sqlx::query_scalar!("SELECT 1 FROM patients WHERE id = $1", id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|_| ())
-        .ok_or_else(|| AppError::not_found("patient"))
+    sqlx::query_scalar!(
+        "SELECT 1 FROM patients WHERE id = $1 AND archived_at IS NULL",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|_| ())
+    .ok_or_else(|| AppError::not_found("patient"))
 }
 
 pub fn validate_dob(dob: NaiveDate, errors: &mut Errors) {
@@ -230,8 +253,10 @@ pub fn validate_dob(dob: NaiveDate, errors: &mut Errors) {
     }
 }
 
+pub const MAX_ALERTS: usize = 100;
+
 pub fn validate_alerts(alerts: &[MedicalAlert], errors: &mut Errors) {
-    if alerts.len() > 100 {
+    if alerts.len() > MAX_ALERTS {
         errors.add("medical_alerts", "at most 100 alerts");
     }
     for (i, a) in alerts.iter().enumerate() {

@@ -15,10 +15,11 @@ use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, Problem};
-use crate::http::etag;
+use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::http::idempotency::{self, Created, HashedJson};
-use crate::http::pagination::{self, Page};
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
+use crate::http::pagination::{self, Limit, Page};
+use crate::http::query::SearchText;
 use crate::state::AppState;
 use crate::validate::{merge_nested, patch_field, Errors};
 
@@ -38,15 +39,23 @@ fn patient_response(status: StatusCode, patient: &Patient) -> Response {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PatientListParams {
-    /// Name (typo tolerant), phone digits, email, or date of birth (`YYYY-MM-DD`).
-    q: Option<String>,
+    /// Name (typo tolerant), phone digits, email, or date of birth (`YYYY-MM-DD`); empty
+    /// or absent lists by name.
+    #[param(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    q: Option<SearchText>,
     /// Include archived patients.
     #[serde(default)]
+    #[param(default = false)]
     include_archived: bool,
-    /// Page size (default 50, max 200).
-    limit: Option<u32>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200, default = 50)]
+    limit: Option<Limit>,
+    /// The `next_cursor` of the previous page (opaque; a cursor this server did not issue
+    /// for this query is a 400).
+    #[param(min_length = 1, pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
 }
 
@@ -70,7 +79,7 @@ pub async fn list_patients(
     caller: Caller,
     ApiQuery(p): ApiQuery<PatientListParams>,
 ) -> AppResult<Json<Page<Patient>>> {
-    let q = p.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let q = p.q.as_ref().map(|q| q.0.trim()).filter(|q| !q.is_empty());
     let action = if q.is_some() {
         "patient.search"
     } else {
@@ -82,9 +91,6 @@ pub async fn list_patients(
         })
         .await?;
     let limit = pagination::limit(p.limit)?;
-    if q.is_some_and(|q| q.chars().count() > 200) {
-        return Err(AppError::validation("q", "must be at most 200 characters"));
-    }
     let position: Option<Position> = p
         .cursor
         .as_deref()
@@ -267,25 +273,35 @@ fn not_null<T>(column: &str, value: Option<T>) -> Result<T, sqlx::Error> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPatient {
+    #[schema(schema_with = crate::validate::schema::text_100)]
     first_name: String,
+    #[schema(schema_with = crate::validate::schema::text_100)]
     last_name: String,
+    /// Not in the future, not before 1880-01-01 (else 422).
     date_of_birth: NaiveDate,
     sex: Option<Sex>,
+    #[schema(schema_with = crate::validate::schema::email_or_null)]
     email: Option<String>,
+    #[schema(schema_with = crate::validate::schema::phone_or_null)]
     phone: Option<String>,
     address: Option<Address>,
+    /// An active provider of your clinic (else 422).
     preferred_provider_id: Option<Uuid>,
+    /// Writing them needs `medical_alerts.write`.
     #[serde(default)]
+    #[schema(max_items = 100)]
     medical_alerts: Vec<MedicalAlert>,
     emergency_contact: Option<Contact>,
+    /// For minors.
     guardian: Option<Contact>,
+    /// Another patient of your clinic who pays (else 422).
     responsible_party_id: Option<Uuid>,
 }
 
 /// Registers a patient. Accepts `Idempotency-Key`.
 #[utoipa::path(post, path = "/patients", tag = "patients", security(("bearer" = [])),
     request_body = NewPatient,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
+    params(IdempotencyKey),
     responses(
         (status = 201, description = "Created", body = Patient, headers(("Location" = String), ("ETag" = String))),
         (status = 403, description = "Role lacks patients.write", body = Problem),
@@ -376,18 +392,19 @@ pub async fn create_patient(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct PatientPath {
     /// The patient's id.
     id: Uuid,
 }
 
-/// One patient (archived ones too).
+/// One patient; an archived one is gone (404): list it with `include_archived=true`.
 #[utoipa::path(get, path = "/patients/{id}", tag = "patients", security(("bearer" = [])),
     params(PatientPath),
     responses(
         (status = 200, description = "The patient, with its ETag", body = Patient),
         (status = 403, description = "Role lacks patients.read", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem)))]
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem)))]
 pub async fn get_patient(
     State(state): State<AppState>,
     caller: Caller,
@@ -407,7 +424,8 @@ pub async fn get_patient(
         PatientRow,
         r#"WITH p AS (SELECT id, first_name, last_name, date_of_birth, sex, email, phone, address,
             preferred_provider_id, medical_alerts, emergency_contact, guardian, responsible_party_id,
-            archived_at, version, created_at, updated_at FROM patients WHERE id = $1),
+            archived_at, version, created_at, updated_at FROM patients
+            WHERE id = $1 AND archived_at IS NULL),
          audit AS (INSERT INTO audit_events
             (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details)
             SELECT $2, $3, $4, 'patient.read', 'patient', p.id, p.id, $5, $6, 'success', NULL FROM p)
@@ -449,23 +467,26 @@ pub async fn get_patient(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientPatch {
+    /// Cannot be cleared.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::text_100)]
     first_name: Option<Option<String>>,
+    /// Cannot be cleared.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::text_100)]
     last_name: Option<Option<String>>,
+    /// Cannot be cleared; not in the future, not before 1880-01-01 (else 422).
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<NaiveDate>)]
+    #[schema(value_type = NaiveDate)]
     date_of_birth: Option<Option<NaiveDate>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Sex>)]
     sex: Option<Option<Sex>>,
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::email_or_null)]
     email: Option<Option<String>>,
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::phone_or_null)]
     phone: Option<Option<String>>,
     /// Merged into the current value (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
@@ -474,17 +495,17 @@ pub struct PatientPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Uuid>)]
     preferred_provider_id: Option<Option<Uuid>>,
-    /// Replaces the whole list (`null` or `[]` clears it).
+    /// Replaces the whole list (`null` or `[]` clears it); needs `medical_alerts.write`.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<Vec<MedicalAlert>>)]
+    #[schema(value_type = Option<Vec<MedicalAlert>>, max_items = 100)]
     medical_alerts: Option<Option<Vec<MedicalAlert>>>,
     /// Merged into the current value (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<Contact>)]
+    #[schema(value_type = Option<ContactPatch>)]
     emergency_contact: Option<Option<serde_json::Value>>,
     /// Merged into the current value (RFC 7396); `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<Contact>)]
+    #[schema(value_type = Option<ContactPatch>)]
     guardian: Option<Option<serde_json::Value>>,
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Uuid>)]
@@ -509,12 +530,12 @@ impl PatientPatch {
 
 /// Updates a patient (`If-Match` honoured).
 #[utoipa::path(patch, path = "/patients/{id}", tag = "patients", security(("bearer" = [])),
-    params(PatientPath),
+    params(PatientPath, IfMatch),
     request_body = PatientPatch,
     responses(
         (status = 200, description = "The updated patient", body = Patient),
         (status = 403, description = "Role may not change these fields", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 412, description = "If-Match does not match", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem)))]
 pub async fn update_patient(
@@ -663,13 +684,14 @@ pub async fn update_patient(
     Ok(patient_response(StatusCode::OK, &updated))
 }
 
-/// Archives a patient: kept, hidden from lists unless `include_archived=true`.
+/// Archives a patient: kept, and listed with `include_archived=true`, but gone from
+/// `/patients/{id}` and everything under it (404), like any deleted resource.
 #[utoipa::path(delete, path = "/patients/{id}", tag = "patients", security(("bearer" = [])),
-    params(PatientPath),
+    params(PatientPath, IfMatch),
     responses(
         (status = 204, description = "Archived"),
         (status = 403, description = "Role lacks patients.write", body = Problem),
-        (status = 404, description = "No such patient in your clinic", body = Problem),
+        (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 412, description = "If-Match does not match", body = Problem)))]
 pub async fn archive_patient(
     State(state): State<AppState>,
@@ -688,14 +710,12 @@ pub async fn archive_patient(
     let mut tx = caller.begin(&state).await?;
     let current = load(&mut tx, id, true).await?;
     etag::check(&headers, current.version)?;
-    if current.archived_at.is_none() {
-        sqlx::query!(
-            "UPDATE patients SET archived_at = now(), version = version + 1, updated_at = now() WHERE id = $1",
-            id
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query!(
+        "UPDATE patients SET archived_at = now(), version = version + 1, updated_at = now() WHERE id = $1",
+        id
+    )
+    .execute(&mut *tx)
+    .await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)

@@ -27,10 +27,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct WeeklyHours {
     /// ISO weekday: Monday = 1 … Sunday = 7.
+    #[schema(minimum = 1, maximum = 7)]
     weekday: u32,
-    /// Local time `HH:MM`.
+    /// Local time `HH:MM` (or `HH:MM:SS`).
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
     start: String,
-    /// Local time `HH:MM`, after `start`.
+    /// Local time `HH:MM`, after `start` (422); the intervals of a day must not overlap (422).
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
     end: String,
 }
 
@@ -38,9 +41,14 @@ pub struct WeeklyHours {
 #[serde(deny_unknown_fields)]
 pub struct HoursException {
     date: NaiveDate,
-    /// With `end`: that day's hours instead of the template; without: a day off.
+    /// With `end` (both or neither, else 422): that day's hours instead of the template;
+    /// without: a day off.
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
     start: Option<String>,
+    /// After `start` (422).
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
     end: Option<String>,
+    #[schema(schema_with = crate::validate::schema::text_200_or_null)]
     reason: Option<String>,
 }
 
@@ -52,10 +60,27 @@ pub struct WorkingHours {
     exceptions: Vec<HoursException>,
 }
 
+/// `HH:MM` or `HH:MM:SS`, two digits each, exactly.
 fn parse_time(s: &str) -> Option<NaiveTime> {
-    NaiveTime::parse_from_str(s.trim(), "%H:%M")
-        .or_else(|_| NaiveTime::parse_from_str(s.trim(), "%H:%M:%S"))
-        .ok()
+    let b = s.as_bytes();
+    let two = |i: usize| -> Option<u32> {
+        let (x, y) = (*b.get(i)?, *b.get(i + 1)?);
+        (x.is_ascii_digit() && y.is_ascii_digit())
+            .then(|| u32::from(x - b'0') * 10 + u32::from(y - b'0'))
+    };
+    let (h, m) = (two(0)?, two(3)?);
+    if b.get(2) != Some(&b':') {
+        return None;
+    }
+    let sec = match b.len() {
+        5 => 0,
+        8 if b[5] == b':' => two(6)?,
+        _ => return None,
+    };
+    if sec > 59 {
+        return None;
+    }
+    NaiveTime::from_hms_opt(h, m, sec)
 }
 
 fn fmt_time(t: NaiveTime) -> String {
@@ -121,6 +146,7 @@ pub async fn load(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct ProviderPath {
     /// The provider's user id.
     id: Uuid,

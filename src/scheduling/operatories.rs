@@ -15,9 +15,9 @@ use uuid::Uuid;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, OnConstraint, Problem};
-use crate::http::etag;
+use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::http::idempotency::{self, Created, HashedJson};
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -44,6 +44,7 @@ pub struct OperatoryList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OperatoryParams {
     /// Include inactive operatories.
@@ -82,7 +83,10 @@ pub async fn list_operatories(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperatory {
+    /// Unique in the clinic (409), case-insensitive.
+    #[schema(schema_with = crate::validate::schema::text_100)]
     name: String,
+    /// Default true.
     active: Option<bool>,
 }
 
@@ -96,6 +100,7 @@ fn operatory_response(status: StatusCode, o: Operatory) -> Response {
 
 /// Adds an operatory (owner and admin).
 #[utoipa::path(post, path = "/operatories", tag = "scheduling", security(("bearer" = [])),
+    params(IdempotencyKey),
     request_body = NewOperatory,
     responses((status = 201, description = "Created", body = Operatory),
               (status = 403, description = "Role lacks schedule.manage", body = Problem),
@@ -148,6 +153,7 @@ pub async fn create_operatory(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct OperatoryPath {
     /// The operatory's id.
     id: Uuid,
@@ -155,9 +161,14 @@ pub struct OperatoryPath {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+/// No field can be cleared: `null` is a 422.
 pub struct OperatoryPatch {
-    name: Option<String>,
-    active: Option<bool>,
+    #[serde(default, deserialize_with = "crate::validate::patch_field")]
+    #[schema(schema_with = crate::validate::schema::text_100)]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "crate::validate::patch_field")]
+    #[schema(value_type = bool)]
+    active: Option<Option<bool>>,
 }
 
 /// One operatory.
@@ -190,7 +201,7 @@ pub async fn get_operatory(
 
 /// Renames or (de)activates an operatory (owner and admin).
 #[utoipa::path(patch, path = "/operatories/{id}", tag = "scheduling", security(("bearer" = [])),
-    params(OperatoryPath),
+    params(OperatoryPath, IfMatch),
     request_body = OperatoryPatch,
     responses((status = 200, description = "Updated", body = Operatory),
               (status = 404, description = "No such operatory in your clinic", body = Problem),
@@ -209,7 +220,19 @@ pub async fn update_operatory(
         })
         .await?;
     let mut errors = Errors::default();
-    let name = patch.name.as_deref().map(|n| errors.text("name", n, 100));
+    for (field, null) in [
+        ("name", matches!(patch.name, Some(None))),
+        ("active", matches!(patch.active, Some(None))),
+    ] {
+        if null {
+            errors.add(field, "cannot be cleared");
+        }
+    }
+    let name = patch
+        .name
+        .clone()
+        .flatten()
+        .map(|n| errors.text("name", &n, 100));
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
     let current = sqlx::query_as!(
@@ -228,7 +251,7 @@ pub async fn update_operatory(
          WHERE id = $1 RETURNING id, name, active, version, created_at, updated_at",
         id,
         name.unwrap_or(current.name),
-        patch.active.unwrap_or(current.active)
+        patch.active.flatten().unwrap_or(current.active)
     )
     .fetch_one(&mut *tx)
     .await

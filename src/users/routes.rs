@@ -7,9 +7,9 @@ use crate::auth::password::check_policy;
 use crate::auth::routes::revoke_refresh_tokens;
 use crate::auth::{Caller, Permission, Role};
 use crate::error::{AppError, AppResult, OnConstraint, Problem};
-use crate::http::etag;
+use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::http::pagination::{self, Page};
+use crate::http::pagination::{self, Limit, Page};
 use crate::state::AppState;
 use crate::validate::{patch_field, Errors};
 use axum::extract::State;
@@ -38,12 +38,19 @@ fn user_response(status: StatusCode, user: User) -> Response {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UserListParams {
-    /// Page size (default 50, max 200).
-    limit: Option<u32>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200, default = 50)]
+    limit: Option<Limit>,
+    /// The `next_cursor` of the previous page (opaque; a cursor this server did not issue
+    /// is a 400).
+    #[param(min_length = 1, pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
+    /// Only users with this role.
     role: Option<Role>,
+    /// Only active (`true`) or deactivated (`false`) users.
     active: Option<bool>,
 }
 
@@ -99,10 +106,14 @@ pub async fn list_users(
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Unique across the system, case-insensitive.
+    #[schema(schema_with = crate::validate::schema::email)]
     email: String,
     /// 12 to 128 characters, not a common password.
+    #[schema(schema_with = crate::validate::schema::password)]
     password: String,
+    #[schema(schema_with = crate::validate::schema::text_200)]
     full_name: String,
+    /// Not above the caller's own role (403).
     role: Role,
     /// Defaults to true for dentists and hygienists.
     is_provider: Option<bool>,
@@ -175,6 +186,7 @@ pub async fn create_user(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct UserPath {
     /// The user's id.
     id: Uuid,
@@ -208,22 +220,23 @@ pub async fn get_user(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+/// No field can be cleared: `null` is a 422.
 pub struct UserPatch {
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::email)]
     email: Option<Option<String>>,
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::text_200)]
     full_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<Role>)]
+    #[schema(value_type = Role)]
     role: Option<Option<Role>>,
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<bool>)]
+    #[schema(value_type = bool)]
     is_provider: Option<Option<bool>>,
     /// `false` deactivates the user and ends their sessions.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<bool>)]
+    #[schema(value_type = bool)]
     active: Option<Option<bool>>,
 }
 
@@ -262,7 +275,7 @@ struct PlainUserPatch {
 /// Changes a staff member. Anyone may change their own name and email; role, provider
 /// flag and activation need users.manage.
 #[utoipa::path(patch, path = "/users/{id}", tag = "users", security(("bearer" = [])),
-    params(UserPath),
+    params(UserPath, IfMatch),
     request_body = UserPatch,
     responses(
         (status = 200, description = "The updated user", body = User),

@@ -6,9 +6,9 @@ use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
-use crate::http::etag;
+use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath};
-use crate::http::idempotency::{self, Created, HashedJson};
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::scheduling::AppointmentStatus;
 use crate::state::AppState;
 use crate::validate::{patch_field, Errors};
@@ -22,26 +22,40 @@ use uuid::Uuid;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+/// A merge patch of an appointment: absent fields stay; only `reason` and `notes` can be
+/// cleared (`null` elsewhere is a 422). Moving it follows the booking rules: `end_at` after
+/// `start_at` and at most `APPOINTMENT_MAX_MINUTES` later, active provider and operatory of
+/// your clinic, inside the provider's working hours unless `override` (all 422); a clash
+/// is a 409, as is moving an appointment that has started or ended.
 pub struct AppointmentPatch {
-    pub(super) start_at: Option<DateTime<Utc>>,
-    pub(super) end_at: Option<DateTime<Utc>>,
-    pub(super) provider_id: Option<Uuid>,
-    pub(super) operatory_id: Option<Uuid>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = DateTime<Utc>)]
+    pub(super) start_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = DateTime<Utc>)]
+    pub(super) end_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Uuid)]
+    pub(super) provider_id: Option<Option<Uuid>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Uuid)]
+    pub(super) operatory_id: Option<Option<Uuid>>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::text_500_or_null)]
     pub(super) reason: Option<Option<String>>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "patch_field")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::validate::schema::text_2000_or_null)]
     pub(super) notes: Option<Option<String>>,
+    /// Move it outside the provider's working hours (audited).
     #[serde(default)]
     r#override: bool,
 }
 
 /// Reschedules or edits an appointment under the same rules as booking (`If-Match` honoured).
 #[utoipa::path(patch, path = "/appointments/{id}", tag = "scheduling", security(("bearer" = [])),
-    params(AppointmentPath),
+    params(AppointmentPath, IfMatch),
     request_body = AppointmentPatch,
     responses((status = 200, description = "Updated", body = Appointment),
               (status = 404, description = "No such appointment in your clinic", body = Problem),
@@ -61,6 +75,16 @@ pub async fn reschedule_appointment(
         })
         .await?;
     let mut errors = Errors::default();
+    for (field, null) in [
+        ("start_at", matches!(patch.start_at, Some(None))),
+        ("end_at", matches!(patch.end_at, Some(None))),
+        ("provider_id", matches!(patch.provider_id, Some(None))),
+        ("operatory_id", matches!(patch.operatory_id, Some(None))),
+    ] {
+        if null {
+            errors.add(field, "cannot be cleared");
+        }
+    }
     let reason = patch
         .reason
         .as_ref()
@@ -74,10 +98,10 @@ pub async fn reschedule_appointment(
     let current = load_for_update(&mut tx, id).await?;
     etag::check(&headers, current.version)?;
     let slot = Slot {
-        provider: patch.provider_id.unwrap_or(current.provider_id),
-        operatory: patch.operatory_id.unwrap_or(current.operatory_id),
-        start: patch.start_at.unwrap_or(current.start_at),
-        end: patch.end_at.unwrap_or(current.end_at),
+        provider: patch.provider_id.flatten().unwrap_or(current.provider_id),
+        operatory: patch.operatory_id.flatten().unwrap_or(current.operatory_id),
+        start: patch.start_at.flatten().unwrap_or(current.start_at),
+        end: patch.end_at.flatten().unwrap_or(current.end_at),
     };
     let moved = slot.provider != current.provider_id
         || slot.operatory != current.operatory_id
@@ -195,13 +219,20 @@ pub(super) fn is_retryable(e: &AppError) -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAppointment {
+    /// A patient of your clinic (else 422).
     pub(super) patient_id: Uuid,
+    /// An active provider of your clinic (else 422).
     pub(super) provider_id: Uuid,
+    /// An active operatory of your clinic (else 422).
     pub(super) operatory_id: Uuid,
+    /// Inside the provider's working hours unless `override` (else 422).
     pub(super) start_at: DateTime<Utc>,
-    /// After `start_at`; the interval is half-open, so back-to-back bookings do not clash.
+    /// After `start_at`, and at most `APPOINTMENT_MAX_MINUTES` (480 by default) later (else
+    /// 422); the interval is half-open, so back-to-back bookings do not clash.
     pub(super) end_at: DateTime<Utc>,
+    #[schema(schema_with = crate::validate::schema::text_500_or_null)]
     pub(super) reason: Option<String>,
+    #[schema(schema_with = crate::validate::schema::text_2000_or_null)]
     pub(super) notes: Option<String>,
     /// Book outside the provider's working hours (audited).
     #[serde(default)]
@@ -212,7 +243,7 @@ pub struct NewAppointment {
 /// the patient is a 409 listing the conflicts; two concurrent requests for one slot: one wins.
 #[utoipa::path(post, path = "/appointments", tag = "scheduling", security(("bearer" = [])),
     request_body = NewAppointment,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried booking safe")),
+    params(IdempotencyKey),
     responses(
         (status = 201, description = "Booked", body = Appointment, headers(("Location" = String))),
         (status = 403, description = "Role lacks appointments.write", body = Problem),

@@ -5,7 +5,7 @@ use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::extract::{ApiPath, ApiQuery};
-use crate::http::pagination::{self, Page};
+use crate::http::pagination::{self, Limit, Page};
 use crate::scheduling::{free_slots, hours, providers, working_intervals, AppointmentStatus};
 use crate::state::AppState;
 use axum::extract::State;
@@ -18,18 +18,28 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CalendarParams {
     /// Window start (default: now).
     pub(super) from: Option<DateTime<Utc>>,
-    /// Window end (default: 7 days after `from`); at most CALENDAR_MAX_DAYS after it.
+    /// Window end (default: 7 days after `from`): after `from` and at most
+    /// `CALENDAR_MAX_DAYS` (62 by default) after it, else 422.
     pub(super) to: Option<DateTime<Utc>>,
+    /// Only this provider's appointments.
     pub(super) provider_id: Option<Uuid>,
+    /// Only this operatory's appointments.
     pub(super) operatory_id: Option<Uuid>,
+    /// Only this patient's appointments.
     pub(super) patient_id: Option<Uuid>,
+    /// Only appointments in this status.
     pub(super) status: Option<AppointmentStatus>,
-    /// Page size (default 50, max 200).
-    pub(super) limit: Option<u32>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200, default = 50)]
+    pub(super) limit: Option<Limit>,
+    /// The `next_cursor` of the previous page (opaque; a cursor this server did not issue
+    /// is a 400).
+    #[param(min_length = 1, pattern = "^[A-Za-z0-9_-]+$")]
     pub(super) cursor: Option<String>,
 }
 
@@ -106,13 +116,17 @@ pub async fn list_appointments(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AvailabilityParams {
+    /// An active provider of the caller's clinic (else 422).
     pub(super) provider_id: Uuid,
     /// The local date in the clinic's time zone.
     pub(super) date: NaiveDate,
+    /// The appointment's length: 5 to `APPOINTMENT_MAX_MINUTES` (480 by default).
+    #[param(minimum = 5, maximum = 1440)]
     pub(super) duration_minutes: u32,
-    /// Also require the operatory to be free.
+    /// Also require this operatory (an active one of the caller's clinic, else 422) to be free.
     pub(super) operatory_id: Option<Uuid>,
 }
 
@@ -133,7 +147,7 @@ pub struct Availability {
     params(AvailabilityParams),
     responses((status = 200, description = "Free slots", body = Availability),
               (status = 400, description = "Malformed parameters", body = Problem),
-              (status = 422, description = "Unknown provider or operatory, or a bad duration", body = Problem)))]
+              (status = 422, description = "The provider or the operatory is not an active one of your clinic", body = Problem)))]
 pub async fn availability(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,10 +159,10 @@ pub async fn availability(
         })
         .await?;
     if p.duration_minutes < 5 || p.duration_minutes > state.config.appointment_max_minutes {
-        return Err(AppError::validation(
-            "duration_minutes",
-            format!("must be 5 to {}", state.config.appointment_max_minutes),
-        ));
+        return Err(AppError::BadRequest(format!(
+            "the query parameter `duration_minutes` must be 5 to {}",
+            state.config.appointment_max_minutes
+        )));
     }
     let mut tx = caller.begin(&state).await?;
     if !providers::is_active(&mut tx, p.provider_id).await? {
@@ -206,6 +220,7 @@ pub async fn availability(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct AppointmentPath {
     /// The appointment's id.
     pub(super) id: Uuid,

@@ -20,8 +20,12 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusChange {
-    /// The new status.
+    /// The new status: `scheduled → confirmed → arrived → in_chair → completed`, also
+    /// `scheduled → arrived`; `scheduled`/`confirmed` → `cancelled` or `no_show`; any other
+    /// transition is a 409.
+    #[schema(value_type = AppointmentStatus)]
     pub(super) status: String,
+    #[schema(schema_with = crate::validate::schema::text_500_or_null)]
     pub(super) reason: Option<String>,
 }
 
@@ -45,7 +49,7 @@ pub async fn change_status(
         })
         .await?;
     let mut errors = Errors::default();
-    let next = AppointmentStatus::parse(body.status.trim());
+    let next = AppointmentStatus::parse(&body.status);
     if next.is_none() {
         errors.add(
             "status",

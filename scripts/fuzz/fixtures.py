@@ -1,0 +1,91 @@
+"""Sets up what scripts/fuzz-api fuzzes against: a clinic and its owner (whose token
+schemathesis uses), a dentist with working hours, an operatory, a patient and an
+appointment. Prints shell assignments (TOKEN=..., PATIENT_ID=...) for the caller to eval.
+
+Usage: python3 fixtures.py BASE_URL   (BASE_URL like http://127.0.0.1:8000/api/v2)
+"""
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+BASE = sys.argv[1].rstrip("/")
+
+
+def call(method, path, body=None, token=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(BASE + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as res:
+            text = res.read().decode()
+            return json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        sys.exit(f"fixtures: {method} {path} answered {e.code}: {e.read().decode()}")
+
+
+registered = call(
+    "POST",
+    "/auth/register-clinic",
+    {
+        "clinic": {"name": "Fuzz Dental", "timezone": "Europe/Berlin", "currency": "EUR"},
+        "owner": {
+            "email": "owner@fuzz.example",
+            "password": "fuzz-owner-password-2030",
+            "full_name": "Olga Owner",
+        },
+    },
+)
+token = registered["tokens"]["access_token"]
+dentist = call(
+    "POST",
+    "/users",
+    {
+        "email": "dana@fuzz.example",
+        "password": "fuzz-dentist-password-2030",
+        "full_name": "Dana Dentist",
+        "role": "dentist",
+    },
+    token,
+)
+call(
+    "PUT",
+    f"/providers/{dentist['id']}/working-hours",
+    {
+        "weekly": [{"weekday": d, "start": "00:00", "end": "23:59"} for d in range(1, 8)],
+        "exceptions": [],
+    },
+    token,
+)
+operatory = call("POST", "/operatories", {"name": "Chair 1"}, token)
+patient = call(
+    "POST",
+    "/patients",
+    {"first_name": "Max", "last_name": "Mustermann", "date_of_birth": "1985-04-12"},
+    token,
+)
+appointment = call(
+    "POST",
+    "/appointments",
+    {
+        "patient_id": patient["id"],
+        "provider_id": dentist["id"],
+        "operatory_id": operatory["id"],
+        "start_at": "2031-01-06T09:00:00Z",
+        "end_at": "2031-01-06T09:30:00Z",
+    },
+    token,
+)
+for name, value in [
+    ("TOKEN", token),
+    ("OWNER_ID", registered["user"]["id"]),
+    ("DENTIST_ID", dentist["id"]),
+    ("OPERATORY_ID", operatory["id"]),
+    ("PATIENT_ID", patient["id"]),
+    ("APPOINTMENT_ID", appointment["id"]),
+]:
+    print(f"{name}={value}")
