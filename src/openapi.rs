@@ -163,6 +163,17 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, settings: DocSettings) -> Value {
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
     {
+        // Request bodies refuse unknown fields (`deny_unknown_fields`), and responses hold
+        // exactly their fields: every object with named properties is closed.
+        for schema in schemas.values_mut() {
+            if schema["type"] == "object"
+                && schema.get("properties").is_some()
+                && schema.get("additionalProperties").is_none()
+            {
+                schema["additionalProperties"] = Value::Bool(false);
+            }
+        }
+        // A problem document may carry members of its own: it stays open.
         schemas.insert("Problem".into(), problem_schema());
     }
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {

@@ -1,16 +1,22 @@
 """Sets up what scripts/fuzz-api fuzzes against: a clinic and its owner (whose token
-schemathesis uses), a dentist with working hours, an operatory, a patient and an
-appointment. Prints shell assignments (TOKEN=..., PATIENT_ID=...) for the caller to eval.
+schemathesis uses), a dentist with working hours (whose token the clinical writes use:
+an owner does not chart), an operatory, a patient and an appointment. Prints shell
+assignments (TOKEN=..., PATIENT_ID=...) for the caller to eval.
 
-Usage: python3 fixtures.py BASE_URL   (BASE_URL like http://127.0.0.1:8000/api/v2)
+Also writes the ids as schemathesis dictionaries (libFuzzer format) into DICT_DIR, which
+scripts/fuzz/schemathesis.toml binds to the parameters and fields that take them.
+
+Usage: python3 fixtures.py BASE_URL DICT_DIR   (BASE_URL like http://127.0.0.1:8000/api/v2)
 """
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 
 BASE = sys.argv[1].rstrip("/")
+DICT_DIR = sys.argv[2]
 
 
 def call(method, path, body=None, token=None):
@@ -61,6 +67,11 @@ call(
     },
     token,
 )
+dentist_token = call(
+    "POST",
+    "/auth/login",
+    {"email": "dana@fuzz.example", "password": "fuzz-dentist-password-2030"},
+)["access_token"]
 operatory = call("POST", "/operatories", {"name": "Chair 1"}, token)
 patient = call(
     "POST",
@@ -80,8 +91,18 @@ appointment = call(
     },
     token,
 )
+os.makedirs(DICT_DIR, exist_ok=True)
+for name, values in [
+    ("providers", [dentist["id"]]),
+    ("operatories", [operatory["id"]]),
+    ("patients", [patient["id"]]),
+]:
+    with open(os.path.join(DICT_DIR, f"{name}.dict"), "w", encoding="utf-8") as f:
+        f.writelines(f'"{v}"\n' for v in values)
+
 for name, value in [
     ("TOKEN", token),
+    ("DENTIST_TOKEN", dentist_token),
     ("OWNER_ID", registered["user"]["id"]),
     ("DENTIST_ID", dentist["id"]),
     ("OPERATORY_ID", operatory["id"]),

@@ -1,17 +1,53 @@
 """schemathesis hooks of scripts/fuzz-api (loaded through SCHEMATHESIS_HOOKS=hooks).
 
-A list cursor is opaque: only a `next_cursor` the server issued is one, and anything else
-is a 400 whatever its shape, which no schema can say. So a case meant to be valid never
-carries an invented cursor (the cursors the server does issue are covered by the
-integration tests); invalid cases still send invented ones, which must be refused.
+Some rules of the contract depend on the server's state or tie two fields together, which
+a JSON Schema cannot say (the document says them in words). Cases meant to be valid follow
+them as a client would, so that they reach the logic behind them; cases meant to be
+invalid are left exactly as drawn, and must still be refused.
+
+- A list cursor is opaque: only a `next_cursor` the server issued is one, and anything else
+  is a 400 whatever its shape. A valid case carries no invented cursor (the server's own
+  cursors are covered by the integration tests).
+- An `Idempotency-Key` promises that a request with it is the same request again: reusing
+  one with another body is a 422 by contract, and generated cases reuse the few keys they
+  draw with ever new bodies. A valid case gets a key of its own.
+- An appointment ends after it starts and lasts at most APPOINTMENT_MAX_MINUTES. A valid
+  booking or move that gives a start ends 5 to 240 minutes after it.
 """
 
+import datetime
+import hashlib
+import uuid
+
 import schemathesis
+
+TIMED = {"book_appointment", "reschedule_appointment"}
 
 
 @schemathesis.hook
 def map_case(context, case):
     meta = case.meta
-    if meta is not None and meta.generation.mode.is_positive and case.query:
+    if meta is None or not meta.generation.mode.is_positive:
+        return case
+    if case.query:
         case.query.pop("cursor", None)
+    if case.headers:
+        for name in list(case.headers):
+            if name.lower() == "idempotency-key":
+                case.headers[name] = f"fuzz-{uuid.uuid4()}"
+    if case.operation.definition.raw.get("operationId") in TIMED:
+        case.body = _sensible_interval(case.body)
     return case
+
+
+def _sensible_interval(body):
+    if not isinstance(body, dict) or not isinstance(body.get("start_at"), str):
+        return body
+    # The length follows from the start, so that a seed replays the same cases.
+    minutes = 5 * (1 + hashlib.sha256(body["start_at"].encode()).digest()[0] % 48)
+    try:
+        start = datetime.datetime.fromisoformat(body["start_at"].replace("Z", "+00:00"))
+        end = start + datetime.timedelta(minutes=minutes)
+    except (ValueError, OverflowError):
+        return body
+    return {**body, "end_at": end.isoformat()}

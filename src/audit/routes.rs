@@ -102,7 +102,8 @@ impl From<Row> for AuditEvent {
     responses(
         (status = 200, description = "A page of events", body = Page<AuditEvent>),
         (status = 400, description = "Malformed parameters or cursor", body = Problem),
-        (status = 403, description = "Only owners and admins read the audit trail", body = Problem)))]
+        (status = 403, description = "Only owners and admins read the audit trail", body = Problem),
+        (status = 422, description = "`from` is after `to`", body = Problem)))]
 pub async fn list_audit_events(
     State(state): State<AppState>,
     caller: Caller,

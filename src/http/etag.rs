@@ -12,10 +12,10 @@ use crate::error::{AppError, AppResult};
 #[allow(dead_code)]
 pub struct IfMatch {
     /// `*` or the resource's `ETag` (`"<version>"`), or a comma-separated list of entity
-    /// tags: the change is made only when one of them is the current version (strong
-    /// comparison: a weak tag never matches), else 412. Optional.
+    /// tags (RFC 9110): the change is made only when one of them is the current version
+    /// (strong comparison: a weak tag never matches), else 412. Optional.
     #[param(rename = "If-Match", value_type = String, required = false,
-        pattern = r#"^(\*|(W/)?"[!#-+\--~]*"([ \t]*,[ \t]*(W/)?"[!#-+\--~]*")*)$"#)]
+        pattern = r#"^[ \t]*(\*|((W/)?"[!#-+\--~]*")?([ \t]*,[ \t]*((W/)?"[!#-+\--~]*")?)*)[ \t]*$"#)]
     if_match: String,
 }
 
@@ -47,8 +47,12 @@ pub fn if_match(headers: &HeaderMap) -> AppResult<Precondition> {
         return Ok(Precondition::Any);
     }
     let mut strong = Vec::new();
+    // A list may hold empty elements (RFC 9110, 5.6.1); an empty list matches nothing.
     for tag in raw.split(',') {
         let tag = tag.trim_matches([' ', '\t']);
+        if tag.is_empty() {
+            continue;
+        }
         let (weak, quoted) = match tag.strip_prefix("W/") {
             Some(rest) => (true, rest),
             None => (false, tag),
@@ -100,7 +104,7 @@ mod tests {
         assert!(check(&with("*"), 3).is_ok());
         assert!(check(&with("\"3\""), 3).is_ok());
         assert!(check(&with("\"1\", \"3\""), 3).is_ok());
-        for stale in ["\"2\"", "W/\"3\"", "\"abc\"", "\"\""] {
+        for stale in ["\"2\"", "W/\"3\"", "\"abc\"", "\"\"", "", " , "] {
             assert!(
                 matches!(check(&with(stale), 3), Err(AppError::PreconditionFailed)),
                 "{stale}"
