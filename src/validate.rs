@@ -353,10 +353,18 @@ pub mod schema {
 
     /// Tooth surfaces as a chart entry takes them.
     pub fn surfaces() -> RefOr<Schema> {
-        build(
-            json!({"type": "array", "items": {"type": "string", "pattern": "^[MOIDBLFPmoidblfp]$"}}),
+        let item = build(
+            json!({"type": "string", "pattern": "^[MOIDBLFPmoidblfp]$"}),
             false,
-        )
+        );
+        RefOr::T(Schema::Array(
+            utoipa::openapi::schema::ArrayBuilder::new()
+                .items(item)
+                .description(Some(
+                    "Surfaces: M, O, I, D, B (or F), L (or P), either case",
+                ))
+                .build(),
+        ))
     }
 
     /// An ISO 3166-1 alpha-2 country code, or null.
@@ -399,6 +407,13 @@ pub mod schema {
             for s in all {
                 let v = serde_json::to_value(&s).expect("serializes");
                 assert!(v.get("type").is_some(), "{v}");
+                // The constraints survived the trip through utoipa's types.
+                assert!(
+                    ["pattern", "enum", "minLength", "items"]
+                        .iter()
+                        .any(|k| v.get(*k).is_some()),
+                    "{v}"
+                );
             }
         }
     }

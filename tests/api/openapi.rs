@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::common::*;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Every endpoint of the REST contract (API.md), implemented or still to come.
 const CONTRACT: &[(&str, &str)] = &[
@@ -197,5 +197,246 @@ async fn documented_operations_name_their_errors_and_security() {
                 "{method} {path} has a success response"
             );
         }
+    }
+}
+
+async fn served_document(app: &TestApp) -> Value {
+    app.get("/api/v2/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn parameters_are_where_the_document_says_and_errors_are_problems() {
+    let app = spawn_with(|v| {
+        v.insert("APPOINTMENT_MAX_MINUTES".into(), "240".into());
+    })
+    .await;
+    let doc = served_document(&app).await;
+    // `molar openapi` prints what the server serves (for the same configuration).
+    let settings = molar::openapi::DocSettings {
+        appointment_max_minutes: 240,
+    };
+    assert_eq!(doc, molar::openapi::document(settings));
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let placeholders: BTreeSet<String> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_owned)
+            .collect();
+        for (method, op) in item.as_object().expect("item") {
+            let label = format!("{method} {path}");
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let in_path: BTreeSet<String> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().expect("name").to_owned())
+                .collect();
+            assert_eq!(in_path, placeholders, "{label}: path parameters");
+            for p in &params {
+                let name = p["name"].as_str().expect("name");
+                assert!(
+                    ["path", "query", "header"].contains(&p["in"].as_str().expect("in")),
+                    "{label} {name}"
+                );
+                if p["in"] == "path" {
+                    assert_eq!(p["required"], true, "{label} {name}");
+                }
+                // Absent is how a client leaves a parameter out; none takes null.
+                let types = &p["schema"]["type"];
+                assert!(
+                    !types
+                        .as_array()
+                        .is_some_and(|t| t.contains(&Value::from("null"))),
+                    "{label} {name} is nullable"
+                );
+            }
+            let responses = op["responses"].as_object().expect("responses");
+            assert!(
+                responses.contains_key("400") && responses.contains_key("500"),
+                "{label}: 400 and 500"
+            );
+            for (status, response) in responses {
+                if !status.starts_with('4') && !status.starts_with('5') {
+                    continue;
+                }
+                // The probes describe a failed dependency in their own JSON body.
+                if status == "503" && (path.ends_with("/ready") || path.ends_with("/startup-check"))
+                {
+                    continue;
+                }
+                let content = response["content"].as_object().expect("content");
+                assert_eq!(
+                    content.keys().collect::<Vec<_>>(),
+                    vec!["application/problem+json"],
+                    "{label} {status}"
+                );
+                assert_eq!(
+                    content["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{label} {status}"
+                );
+            }
+            if op["security"].is_array() {
+                assert!(responses.contains_key("401"), "{label}: 401");
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["413", "415", "422"] {
+                    assert!(responses.contains_key(status), "{label}: {status}");
+                }
+            }
+            if params.iter().any(|p| p["name"] == "If-Match") {
+                assert!(responses.contains_key("412"), "{label}: 412");
+            }
+        }
+    }
+    // Required parameters are required; limits the configuration sets are shown.
+    let availability = doc["paths"]["/api/v2/availability"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters");
+    for p in availability {
+        let required = ["provider_id", "date", "duration_minutes"].contains(&p["name"].as_str().expect("name"));
+        assert_eq!(p["required"], required, "{}", p["name"]);
+        assert_eq!(p["in"], "query");
+        if p["name"] == "duration_minutes" {
+            assert_eq!(p["schema"]["minimum"], 5);
+            assert_eq!(p["schema"]["maximum"], 240);
+        }
+    }
+    // Creating operations link to what can be done with what they created.
+    let links = &doc["paths"]["/api/v2/patients"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["GetPatient"]["operationId"], "get_patient");
+    assert_eq!(
+        links["GetPatient"]["parameters"]["path.id"],
+        "$response.body#/id"
+    );
+}
+
+#[tokio::test]
+async fn query_parameters_outside_their_schema_or_unknown_are_400() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Queries").await;
+    let patient = app.patient(&owner.access, "Quinn", "Query").await;
+    let bad = [
+        "/api/v2/patients?limit=0",
+        "/api/v2/patients?limit=201",
+        "/api/v2/patients?limit=true",
+        "/api/v2/patients?limit=",
+        "/api/v2/patients?include_archived=1",
+        "/api/v2/patients?limit=5&limit=6",
+        "/api/v2/patients?nope=1",
+        "/api/v2/users?role=wizard",
+        "/api/v2/users?active=yes",
+        "/api/v2/operatories?include_inactive=1",
+        "/api/v2/appointments?provider_id=not-a-uuid",
+        "/api/v2/appointments?from=yesterday",
+        "/api/v2/appointments?status=done",
+        "/api/v2/audit-events?patient_id=42",
+        "/api/v2/audit-events?action=DROP%20TABLE",
+        "/api/v2/availability?date=2030-01-07&duration_minutes=30",
+        "/api/v2/availability?provider_id=x&date=2030-01-07&duration_minutes=30",
+        // Parameters an operation does not declare, on operations with and without any.
+        "/api/v2/clinic?verbose=true",
+        "/api/v2/providers?limit=5",
+    ];
+    for path in bad {
+        let res = app.get(path, Some(&owner.access)).await;
+        let problem = expect_problem(res, StatusCode::BAD_REQUEST).await;
+        assert_eq!(problem["type"], "urn:molar:problem:bad-request", "{path}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("query parameter")),
+            "{path}: {problem}"
+        );
+    }
+    let long = "a".repeat(201);
+    for path in [
+        format!("/api/v2/patients?q={long}"),
+        "/api/v2/patients?q=a%01b".to_owned(),
+        format!("/api/v2/patients/{patient}/chart?numbering=palmer"),
+        format!(
+            "/api/v2/availability?provider_id={}&date=2030-01-07&duration_minutes=4",
+            owner.user_id
+        ),
+        format!(
+            "/api/v2/availability?provider_id={}&date=2030-01-07&duration_minutes=481",
+            owner.user_id
+        ),
+    ] {
+        let res = app.get(&path, Some(&owner.access)).await;
+        expect_problem(res, StatusCode::BAD_REQUEST).await;
+    }
+    // Within the schema: served (422 is left to what a schema cannot say).
+    for path in [
+        "/api/v2/patients?limit=200&include_archived=false&q=",
+        "/api/v2/patients?limit=1",
+    ] {
+        let res = app.get(path, Some(&owner.access)).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    let res = app
+        .get(
+            &format!(
+                "/api/v2/availability?provider_id={}&date=2030-01-07&duration_minutes=30",
+                owner.user_id
+            ),
+            Some(&owner.access),
+        )
+        .await;
+    let problem = expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["errors"][0]["field"], "provider_id");
+    let res = app
+        .get(
+            "/api/v2/appointments?from=2030-01-08T00:00:00Z&to=2030-01-07T00:00:00Z",
+            Some(&owner.access),
+        )
+        .await;
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[tokio::test]
+async fn if_match_and_idempotency_keys_are_checked_by_their_grammar() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Preconditions").await;
+    let patient = app.patient(&owner.access, "Ida", "Match").await;
+    let path = format!("/api/v2/patients/{patient}");
+    let patch = |if_match: &'static str| {
+        let app = &app;
+        let path = path.clone();
+        let token = owner.access.clone();
+        async move {
+            app.client
+                .patch(app.url(&path))
+                .bearer_auth(token)
+                .header("If-Match", if_match)
+                .json(&json!({"first_name": "Ida"}))
+                .send()
+                .await
+                .expect("send")
+        }
+    };
+    // Malformed: 400; well formed but another version (or weak): 412; the current: 200.
+    expect_problem(patch("1").await, StatusCode::BAD_REQUEST).await;
+    expect_problem(patch("\"1").await, StatusCode::BAD_REQUEST).await;
+    expect_problem(patch("\"7\"").await, StatusCode::PRECONDITION_FAILED).await;
+    expect_problem(patch("W/\"1\"").await, StatusCode::PRECONDITION_FAILED).await;
+    expect_problem(patch("").await, StatusCode::PRECONDITION_FAILED).await;
+    assert_eq!(patch("\"9\", \"1\"").await.status(), StatusCode::OK);
+    assert_eq!(patch("*").await.status(), StatusCode::OK);
+    // An Idempotency-Key that is not 1 to 255 visible ASCII characters: 400.
+    for key in [" ", "x".repeat(256).as_str(), "tab\there"] {
+        let res = app
+            .client
+            .post(app.url("/api/v2/patients"))
+            .bearer_auth(&owner.access)
+            .header("Idempotency-Key", key)
+            .json(&patient_body("Kay", "Key"))
+            .send()
+            .await
+            .expect("send");
+        expect_problem(res, StatusCode::BAD_REQUEST).await;
     }
 }

@@ -357,7 +357,7 @@ async fn patch_is_a_merge_patch() {
 }
 
 #[tokio::test]
-async fn archived_patients_leave_lists_but_stay_readable() {
+async fn archived_patients_leave_lists_and_their_address_but_are_kept() {
     let app = spawn().await;
     let owner = app.register_clinic("Archive").await;
     let keep = app.patient(&owner.access, "Kee", "Pme").await;
@@ -398,13 +398,46 @@ async fn archived_patients_leave_lists_but_stay_readable() {
         .await
         .expect("json"));
     assert!(searched.is_empty());
-    let read: Value = app
-        .get(&format!("/api/v2/patients/{gone}"), Some(&owner.access))
+    // Kept, and listed on request, with the whole record.
+    let all: Value = app
+        .get(
+            "/api/v2/patients?include_archived=true",
+            Some(&owner.access),
+        )
         .await
         .json()
         .await
         .expect("json");
-    assert_eq!(read["archived"], true);
+    let archived = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|p| p["id"] == gone.as_str())
+        .expect("the archived patient is listed");
+    assert_eq!(archived["archived"], true);
+    assert_eq!(archived["last_name"], "Ived");
+    // Gone from its address and everything under it, as after any DELETE.
+    for path in [
+        format!("/api/v2/patients/{gone}"),
+        format!("/api/v2/patients/{gone}/chart"),
+        format!("/api/v2/patients/{gone}/notes"),
+        format!("/api/v2/patients/{gone}/perio-exams"),
+    ] {
+        let res = app.get(&path, Some(&owner.access)).await;
+        expect_problem(res, StatusCode::NOT_FOUND).await;
+    }
+    let res = app
+        .patch(
+            &format!("/api/v2/patients/{gone}"),
+            Some(&owner.access),
+            json!({"first_name": "Back"}),
+        )
+        .await;
+    expect_problem(res, StatusCode::NOT_FOUND).await;
+    let res = app
+        .delete(&format!("/api/v2/patients/{gone}"), Some(&owner.access))
+        .await;
+    expect_problem(res, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
