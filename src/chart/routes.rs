@@ -215,6 +215,7 @@ pub async fn list_chart_entries(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tooth": "36", "surfaces": ["M", "O"], "condition": "caries", "note": "Distal margin stained"}))]
 pub struct NewChartEntry {
     /// `"36"` in FDI (default: 11–48, 51–85) or `"19"` / `"K"` in Universal (1–32, A–T);
     /// a tooth the numbering does not have is a 422.
@@ -328,6 +329,7 @@ pub struct EntryPath {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "Charted on the wrong tooth"}))]
 pub struct VoidEntry {
     /// Why the entry was wrong; kept in the history.
     #[schema(schema_with = crate::validate::schema::text_500)]

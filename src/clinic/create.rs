@@ -117,6 +117,11 @@ pub struct NewOwner {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "clinic": {"name": "Lindenhof Dental", "timezone": "Europe/Berlin", "currency": "EUR"},
+    "owner": {"email": "owner@lindenhof.example", "password": "molar-demo-owner-2026",
+              "full_name": "Olga Owner"}
+}))]
 pub struct RegisterClinic {
     pub clinic: NewClinic,
     pub owner: NewOwner,

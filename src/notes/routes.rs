@@ -74,6 +74,7 @@ pub async fn list_notes(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"body": "Caries on 36 MO; composite planned."}))]
 pub struct NewNote {
     #[schema(schema_with = crate::validate::schema::text_20000)]
     body: String,

@@ -272,6 +272,11 @@ fn not_null<T>(column: &str, value: Option<T>) -> Result<T, sqlx::Error> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "first_name": "Max", "last_name": "Mustermann", "date_of_birth": "1985-04-12",
+    "sex": "male", "phone": "+49 30 1234567", "email": "max@example.org",
+    "medical_alerts": [{"kind": "allergy", "description": "Penicillin", "severity": "high"}]
+}))]
 pub struct NewPatient {
     #[schema(schema_with = crate::validate::schema::text_100)]
     first_name: String,

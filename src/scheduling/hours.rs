@@ -54,6 +54,13 @@ pub struct HoursException {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "weekly": [
+        {"weekday": 1, "start": "08:00", "end": "12:00"},
+        {"weekday": 1, "start": "13:00", "end": "17:00"}
+    ],
+    "exceptions": [{"date": "2029-12-24", "reason": "Christmas Eve"}]
+}))]
 pub struct WorkingHours {
     weekly: Vec<WeeklyHours>,
     #[serde(default)]

@@ -82,6 +82,7 @@ pub async fn list_operatories(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Chair 2"}))]
 pub struct NewOperatory {
     /// Unique in the clinic (409), case-insensitive.
     #[schema(schema_with = crate::validate::schema::text_100)]

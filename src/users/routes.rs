@@ -104,6 +104,10 @@ pub async fn list_users(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "email": "dana@example.org", "password": "molar-demo-dentist-2026",
+    "full_name": "Dr. Dana Weber", "role": "dentist"
+}))]
 pub struct NewUser {
     /// Unique across the system, case-insensitive.
     #[schema(schema_with = crate::validate::schema::email)]

@@ -14,7 +14,7 @@ async fn registering_a_clinic_returns_the_clinic_its_owner_and_tokens() {
             "/api/v2/auth/register-clinic",
             None,
             json!({
-                "clinic": {"name": "Smile Dental", "timezone": "America/New_York", "currency": "usd"},
+                "clinic": {"name": "Smile Dental", "timezone": "America/New_York", "currency": "USD"},
                 "owner": {"email": "Owner@Smile.example", "password": STRONG_PASSWORD, "full_name": "Sam Smile"}
             }),
         )

@@ -645,7 +645,8 @@ async fn availability_follows_hours_bookings_and_the_operatory() {
             t,
         )
         .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
+        // A query parameter outside its schema (5 to APPOINTMENT_MAX_MINUTES).
+        StatusCode::BAD_REQUEST,
     )
     .await;
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "confirmed"}))]
 pub struct StatusChange {
     /// The new status: `scheduled → confirmed → arrived → in_chair → completed`, also
     /// `scheduled → arrived`; `scheduled`/`confirmed` → `cancelled` or `no_show`; any other
