@@ -297,7 +297,8 @@ async fn parameters_are_where_the_document_says_and_errors_are_problems() {
         .as_array()
         .expect("parameters");
     for p in availability {
-        let required = ["provider_id", "date", "duration_minutes"].contains(&p["name"].as_str().expect("name"));
+        let required = ["provider_id", "date", "duration_minutes"]
+            .contains(&p["name"].as_str().expect("name"));
         assert_eq!(p["required"], required, "{}", p["name"]);
         assert_eq!(p["in"], "query");
         if p["name"] == "duration_minutes" {
