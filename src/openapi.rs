@@ -362,7 +362,11 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
 }
 
 /// A source operation, its status, and `(target operation, where the id goes)` pairs.
-pub type Links = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+pub type Links = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 /// Where a created resource leads: `(source operation, status, [(target operation, where
 /// the created id goes)])`. The id goes into the target's `path.id`, or into a field of its
