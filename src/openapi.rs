@@ -151,7 +151,8 @@ impl From<&crate::config::Config> for DocSettings {
 /// - every error response is `application/problem+json` with the [`Problem`] schema;
 /// - every operation names the errors any request can meet: 400 (a malformed or unknown
 ///   parameter, malformed JSON), 500, 503 (a dependency down, a timeout) and, on the rate
-///   limited routes, 429; 401 where it needs a token; 404 where its path names a resource;
+///   limited routes, 429; 401 where it needs a token, and 403 where a role may lack the
+///   permission it checks ([`EVERY_ROLE`] aside); 404 where its path names a resource;
 ///   413, 415 and 422 where it takes a body; 409 where it writes (a concurrent change);
 ///   409 and 422 where it takes an `Idempotency-Key`; 412 where it takes `If-Match`;
 /// - the creating operations' responses carry links to what can be done with what they
@@ -176,6 +177,18 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, settings: DocSettings) -> Value {
         // A problem document may carry members of its own: it stays open.
         schemas.insert("Problem".into(), problem_schema());
     }
+    // Resources with an integer `version` are answered with their strong ETag.
+    let versioned: Vec<String> = doc
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+        .map(|schemas| {
+            schemas
+                .iter()
+                .filter(|(_, s)| s.pointer("/properties/version/type") == Some(&json!("integer")))
+                .map(|(name, _)| format!("#/components/schemas/{name}"))
+                .collect()
+        })
+        .unwrap_or_default();
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc;
     };
@@ -186,6 +199,7 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, settings: DocSettings) -> Value {
         for (method, op) in item.iter_mut() {
             if let Some(op) = op.as_object_mut() {
                 complete_operation(path, method, op);
+                add_etags(op, &versioned);
                 apply_settings(op, settings);
             }
         }
@@ -270,6 +284,9 @@ fn common_response(status: &str) -> Value {
     response
 }
 
+/// Signed-in operations every role may call (no permission to lack: no 403).
+const EVERY_ROLE: [&str; 3] = ["me", "change_password", "get_clinic"];
+
 /// Routes the API-wide rate limit does not apply to (see `http::limits`).
 const NOT_RATE_LIMITED: [&str; 2] = ["/api/v2/health", "/api/v2/ready"];
 /// Routes that answer without any dependency, or that describe a failed dependency in a
@@ -298,6 +315,11 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     let writes = matches!(method, "post" | "put" | "patch" | "delete");
     let idempotent_create = has_parameter(op, "header", "Idempotency-Key");
     let if_match = has_parameter(op, "header", "If-Match");
+    let role_checked = secured
+        && !op
+            .get("operationId")
+            .and_then(Value::as_str)
+            .is_some_and(|id| EVERY_ROLE.contains(&id));
     let responses = op
         .entry("responses")
         .or_insert_with(|| json!({}))
@@ -325,6 +347,9 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     let mut wanted: Vec<&str> = vec!["400", "500"];
     if secured {
         wanted.push("401");
+    }
+    if role_checked {
+        wanted.push("403");
     }
     if path.contains('{') {
         wanted.push("404");
@@ -481,6 +506,53 @@ fn link_name(operation: &str) -> String {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// The `Location` of every 201, and the `ETag` header of a 200 or 201 whose body is a
+/// versioned resource.
+fn add_etags(op: &mut Map<String, Value>, versioned: &[String]) {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if let Some(created) = responses.get_mut("201").and_then(Value::as_object_mut) {
+        if let Some(Value::Object(headers)) =
+            Some(created.entry("headers").or_insert_with(|| json!({})))
+        {
+            headers.insert(
+                "Location".into(),
+                json!({
+                    "description": "Where the created resource is, as an absolute path",
+                    "required": true,
+                    "schema": {"type": "string", "pattern": "^/api/v2/"}
+                }),
+            );
+        }
+    }
+    for status in ["200", "201"] {
+        let Some(response) = responses.get_mut(status) else {
+            continue;
+        };
+        let is_versioned = response
+            .pointer("/content/application~1json/schema/$ref")
+            .and_then(Value::as_str)
+            .is_some_and(|r| versioned.iter().any(|v| v == r));
+        if !is_versioned {
+            continue;
+        }
+        let headers = response
+            .as_object_mut()
+            .map(|r| r.entry("headers").or_insert_with(|| json!({})));
+        if let Some(Value::Object(headers)) = headers {
+            headers.insert(
+                "ETag".into(),
+                json!({
+                    "description": "The resource's version as a strong entity tag, for `If-Match`",
+                    "required": true,
+                    "schema": {"type": "string", "pattern": "^\"[0-9]+\"$"}
+                }),
+            );
+        }
+    }
 }
 
 /// The limits the configuration sets.

@@ -281,6 +281,17 @@ async fn parameters_are_where_the_document_says_and_errors_are_problems() {
             }
             if op["security"].is_array() {
                 assert!(responses.contains_key("401"), "{label}: 401");
+                // Every role may call these three; every other operation checks a
+                // permission some role lacks.
+                let every_role = ["me", "change_password", "get_clinic"]
+                    .contains(&op["operationId"].as_str().expect("operationId"));
+                assert_eq!(responses.contains_key("403"), !every_role, "{label}: 403");
+            }
+            if let Some(created) = responses.get("201") {
+                assert_eq!(
+                    created["headers"]["Location"]["required"], true,
+                    "{label}: Location"
+                );
             }
             if op.get("requestBody").is_some() {
                 for status in ["413", "415", "422"] {
@@ -440,4 +451,30 @@ async fn if_match_and_idempotency_keys_are_checked_by_their_grammar() {
             .expect("send");
         expect_problem(res, StatusCode::BAD_REQUEST).await;
     }
+}
+
+#[tokio::test]
+async fn free_form_settings_refuse_what_jsonb_cannot_hold() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Settings").await;
+    for settings in [
+        json!({"greeting": "a\u{0}b"}),
+        json!({"nested": [{"k\u{0}": 1}]}),
+    ] {
+        let res = app
+            .patch(
+                "/api/v2/clinic",
+                Some(&owner.access),
+                json!({ "settings": settings }),
+            )
+            .await;
+        let problem = expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(problem["errors"][0]["field"], "settings");
+    }
+    // Fields that cannot be cleared say so.
+    let res = app
+        .patch("/api/v2/clinic", Some(&owner.access), json!({"name": null}))
+        .await;
+    let problem = expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["errors"][0]["field"], "name");
 }
