@@ -1,7 +1,7 @@
 """Sets up what scripts/fuzz-api fuzzes against: a clinic and its owner (whose token
-schemathesis uses), a dentist with working hours (whose token the clinical writes use:
-an owner does not chart), an operatory, a patient and an appointment. Prints shell
-assignments (TOKEN=..., PATIENT_ID=...) for the caller to eval.
+schemathesis uses), dentists with working hours (the first one's token is the one the
+clinical writes use: an owner does not chart), operatories, patients and an appointment.
+Prints shell assignments (TOKEN=..., PATIENT_ID=...) for the caller to eval.
 
 Also writes the ids as schemathesis dictionaries (libFuzzer format) into DICT_DIR, which
 scripts/fuzz/schemathesis.toml binds to the parameters and fields that take them.
@@ -47,38 +47,49 @@ registered = call(
     },
 )
 token = registered["tokens"]["access_token"]
-dentist = call(
-    "POST",
-    "/users",
-    {
-        "email": "dana@fuzz.example",
-        "password": "fuzz-dentist-password-2030",
-        "full_name": "Dana Dentist",
-        "role": "dentist",
-    },
-    token,
-)
-call(
-    "PUT",
-    f"/providers/{dentist['id']}/working-hours",
-    {
-        "weekly": [{"weekday": d, "start": "00:00", "end": "23:59"} for d in range(1, 8)],
-        "exceptions": [],
-    },
-    token,
-)
+# Three of each, as the fuzzer deactivates, renames and rewrites what it finds: bookings
+# keep finding a provider with hours and an active operatory.
+dentists = []
+for i in range(3):
+    dentist = call(
+        "POST",
+        "/users",
+        {
+            "email": f"dentist{i}@fuzz.example",
+            "password": "fuzz-dentist-password-2030",
+            "full_name": f"Dana Dentist {i}",
+            "role": "dentist",
+        },
+        token,
+    )
+    call(
+        "PUT",
+        f"/providers/{dentist['id']}/working-hours",
+        {
+            "weekly": [{"weekday": d, "start": "00:00", "end": "23:59"} for d in range(1, 8)],
+            "exceptions": [],
+        },
+        token,
+    )
+    dentists.append(dentist)
+dentist = dentists[0]
 dentist_token = call(
     "POST",
     "/auth/login",
-    {"email": "dana@fuzz.example", "password": "fuzz-dentist-password-2030"},
+    {"email": "dentist0@fuzz.example", "password": "fuzz-dentist-password-2030"},
 )["access_token"]
-operatory = call("POST", "/operatories", {"name": "Chair 1"}, token)
-patient = call(
-    "POST",
-    "/patients",
-    {"first_name": "Max", "last_name": "Mustermann", "date_of_birth": "1985-04-12"},
-    token,
-)
+operatories = [call("POST", "/operatories", {"name": f"Chair {i}"}, token) for i in range(3)]
+operatory = operatories[0]
+patients = [
+    call(
+        "POST",
+        "/patients",
+        {"first_name": "Max", "last_name": f"Mustermann {i}", "date_of_birth": "1985-04-12"},
+        token,
+    )
+    for i in range(3)
+]
+patient = patients[0]
 appointment = call(
     "POST",
     "/appointments",
@@ -93,9 +104,9 @@ appointment = call(
 )
 os.makedirs(DICT_DIR, exist_ok=True)
 for name, values in [
-    ("providers", [dentist["id"]]),
-    ("operatories", [operatory["id"]]),
-    ("patients", [patient["id"]]),
+    ("providers", [d["id"] for d in dentists]),
+    ("operatories", [o["id"] for o in operatories]),
+    ("patients", [p["id"] for p in patients]),
 ]:
     with open(os.path.join(DICT_DIR, f"{name}.dict"), "w", encoding="utf-8") as f:
         f.writelines(f'"{v}"\n' for v in values)
