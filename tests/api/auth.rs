@@ -1219,3 +1219,84 @@ async fn pruning_old_audit_months_keeps_the_chain_verifiable() {
         Some("42501")
     );
 }
+
+#[tokio::test]
+async fn nul_characters_in_sign_in_the_audit_filter_and_clinic_settings_are_refused() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Nul settings").await;
+    let body = expect_problem(
+        app.post(
+            "/api/v2/auth/login",
+            None,
+            json!({"email": format!("{}\u{0}", owner.email), "password": STRONG_PASSWORD}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "email");
+    for query in ["action=auth.login%00", "action=%00", "act%00ion=x"] {
+        let body = expect_problem(
+            app.get(
+                &format!("/api/v2/audit-events?{query}"),
+                Some(&owner.access),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().expect("detail").contains("U+0000"),
+            "{body}"
+        );
+    }
+    for (patch, field) in [
+        (
+            json!({"settings": {"greeting": "hi\u{0}"}}),
+            "settings.greeting",
+        ),
+        (
+            json!({"settings": {"nested": {"list": ["ok", "\u{0}"]}}}),
+            "settings.nested.list[1]",
+        ),
+        (
+            json!({"address": {"line1": "Main St\u{0}"}}),
+            "address.line1",
+        ),
+        (json!({"name": "Clinic\u{0}"}), "name"),
+    ] {
+        let body = expect_problem(
+            app.patch("/api/v2/clinic", Some(&owner.access), patch)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+    }
+    // A NUL in a settings key, too.
+    let body = expect_problem(
+        app.patch(
+            "/api/v2/clinic",
+            Some(&owner.access),
+            json!({"settings": {"k\u{0}ey": true}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(
+        body["errors"][0]["field"]
+            .as_str()
+            .expect("field")
+            .starts_with("settings."),
+        "{body}"
+    );
+    let clinic: Value = app
+        .get("/api/v2/clinic", Some(&owner.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(clinic["settings"], json!({}));
+    assert_eq!(clinic["version"], 1);
+}
