@@ -142,8 +142,62 @@ async fn limit(state: &AppState, checks: &[(Quota, String)]) -> Result<Vec<Decis
     Ok(decisions)
 }
 
-fn email_key(email: &str) -> String {
-    hex::encode(&Sha256::digest(email.trim().to_lowercase().as_bytes())[..16])
+/// The per-account sign-in quota's key for an account key from [`find_login`].
+fn account_rate_key(account_key: &str) -> String {
+    hex::encode(&Sha256::digest(account_key.as_bytes())[..16])
+}
+
+/// What [`find_login`] found for an email.
+struct LoginLookup {
+    /// The email as the account lookup compares it: PostgreSQL's `lower()` of it.
+    account_key: String,
+    account: Option<LoginAccount>,
+}
+
+struct LoginAccount {
+    clinic_id: Uuid,
+    user_id: Uuid,
+    password_hash: String,
+    active: bool,
+}
+
+/// Finds the account an email signs in to, and the key that account's sign-in quota is
+/// charged under, in one statement.
+///
+/// Emails are matched as `lower(email)` in the database (`auth_find_login`, and the
+/// `user_logins` table its trigger fills). The quota must be keyed on exactly that
+/// normalisation: any other one (Rust's `to_lowercase()`, say) disagrees with it on some
+/// characters — U+0130 `İ` is `i` to PostgreSQL's `lower()` under a UTF-8 locale, and
+/// `i` followed by U+0307 to Rust — so spellings of one address would each get a quota of
+/// their own while reaching the same account. The key is therefore computed by the database, from
+/// the same argument and in the same statement as the lookup: two spellings reach one
+/// account exactly when they have one key, whatever the database's locale or version. It
+/// is the same for an email that matches no account, so a shared quota tells nothing
+/// about which addresses exist.
+async fn find_login(state: &AppState, email: &str) -> AppResult<LoginLookup> {
+    let mut tx = state.db.unscoped_tx().await?;
+    let row = sqlx::query!(
+        r#"SELECT lower($1::text) AS "account_key!", f.clinic_id AS "clinic_id?",
+                  f.user_id AS "user_id?", f.password_hash AS "password_hash?", f.active AS "active?"
+           FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL auth_find_login($1::text) AS f ON true"#,
+        email
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let account = match (row.clinic_id, row.user_id, row.password_hash, row.active) {
+        (Some(clinic_id), Some(user_id), Some(password_hash), Some(active)) => Some(LoginAccount {
+            clinic_id,
+            user_id,
+            password_hash,
+            active,
+        }),
+        _ => None,
+    };
+    Ok(LoginLookup {
+        account_key: row.account_key,
+        account,
+    })
 }
 
 /// Registers a clinic with its first owner (can be switched off: then 404).
@@ -202,54 +256,55 @@ pub async fn login(
     ApiJson(body): ApiJson<Login>,
 ) -> AppResult<Response> {
     let request_id = crate::error::current_request_id();
-    let decisions = match limit(
+    // The client address's quota first, before any database work.
+    let mut decisions = match limit(
         &state,
-        &[
-            (
-                Quota::per_minute("login-ip", state.config.login_ip_rate_limit_per_minute),
-                ip.map(crate::http::client_ip::rate_key).unwrap_or_default(),
-            ),
-            (
-                Quota::per_minute("login-account", state.config.login_rate_limit_per_minute),
-                email_key(&body.email),
-            ),
-        ],
+        &[(
+            Quota::per_minute("login-ip", state.config.login_ip_rate_limit_per_minute),
+            ip.map(crate::http::client_ip::rate_key).unwrap_or_default(),
+        )],
     )
     .await
     {
         Ok(d) => d,
         Err(res) => return Ok(res),
     };
-    if body.email.len() > 254 || body.password.chars().count() > super::password::MAX_LENGTH {
-        // Still spend the hashing time, so that length does not tell.
+    let email = body.email.trim();
+    if email.len() > 254 {
+        // No account has such an email. Still spend the hashing time, so that length
+        // does not tell.
         state.passwords.verify(&body.password, None).await?;
         return Err(bad_credentials());
     }
-
-    let found = {
-        let mut tx = state.db.unscoped_tx().await?;
-        let row = sqlx::query!(
-            r#"SELECT clinic_id AS "clinic_id!", user_id AS "user_id!", password_hash AS "password_hash!", active AS "active!"
-               FROM auth_find_login($1)"#,
-            body.email.trim()
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row
-    };
+    let lookup = find_login(&state, email).await?;
+    match limit(
+        &state,
+        &[(
+            Quota::per_minute("login-account", state.config.login_rate_limit_per_minute),
+            account_rate_key(&lookup.account_key),
+        )],
+    )
+    .await
+    {
+        Ok(d) => decisions.extend(d),
+        Err(res) => return Ok(res),
+    }
+    if body.password.chars().count() > super::password::MAX_LENGTH {
+        state.passwords.verify(&body.password, None).await?;
+        return Err(bad_credentials());
+    }
     let ok = state
         .passwords
         .verify(
             &body.password,
-            found.as_ref().map(|f| f.password_hash.as_str()),
+            lookup.account.as_ref().map(|f| f.password_hash.as_str()),
         )
         .await?;
-    let Some(found) = found else {
+    let Some(found) = lookup.account else {
         audit::record_security_event(
             &state.db,
             "auth.login_unknown_email",
-            &body.email,
+            &lookup.account_key,
             ip,
             request_id.as_deref(),
         )

@@ -1300,3 +1300,74 @@ async fn nul_characters_in_sign_in_the_audit_filter_and_clinic_settings_are_refu
     assert_eq!(clinic["settings"], json!({}));
     assert_eq!(clinic["version"], 1);
 }
+
+#[tokio::test]
+async fn login_spellings_that_reach_one_account_share_its_limit() {
+    let app = spawn_with(|v| {
+        v.insert("LOGIN_RATE_LIMIT_PER_MINUTE".into(), "3".into());
+    })
+    .await;
+    let email = format!("iris-{}@example.test", uuid::Uuid::new_v4().simple());
+    let res = app
+        .post(
+            "/api/v2/auth/register-clinic",
+            None,
+            json!({
+                "clinic": {"name": "Spellings", "timezone": "Europe/Berlin", "currency": "EUR"},
+                "owner": {"email": email, "password": STRONG_PASSWORD, "full_name": "Iris Owner"}
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // U+0130 (İ): PostgreSQL's lower() folds it to `i`, which reaches this account, while
+    // Rust's to_lowercase() makes it `i` + U+0307, a different string.
+    let variant = email.replacen('i', "\u{130}", 1);
+    assert_ne!(variant.to_lowercase(), email);
+    let mut db = app.admin_db().await;
+    let same: bool = sqlx::query_scalar("SELECT lower($1) = $2")
+        .bind(&variant)
+        .bind(&email)
+        .fetch_one(&mut db)
+        .await
+        .expect("lower");
+    assert!(same, "this database's lower() does not fold U+0130 to i");
+    for i in 0..3 {
+        let res = app
+            .post(
+                "/api/v2/auth/login",
+                None,
+                json!({"email": email, "password": "wrong wrong wrong"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let res = app
+        .post(
+            "/api/v2/auth/login",
+            None,
+            json!({"email": variant, "password": STRONG_PASSWORD}),
+        )
+        .await;
+    expect_problem(res, StatusCode::TOO_MANY_REQUESTS).await;
+    // An address that belongs to no account is limited the same way, so the shared
+    // limit does not reveal which addresses exist.
+    let unknown = format!("ivan-{}@example.test", uuid::Uuid::new_v4().simple());
+    for _ in 0..3 {
+        let res = app
+            .post(
+                "/api/v2/auth/login",
+                None,
+                json!({"email": unknown, "password": "wrong wrong wrong"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = app
+        .post(
+            "/api/v2/auth/login",
+            None,
+            json!({"email": unknown.replacen('i', "\u{130}", 1), "password": "wrong wrong wrong"}),
+        )
+        .await;
+    expect_problem(res, StatusCode::TOO_MANY_REQUESTS).await;
+}
