@@ -71,11 +71,12 @@ pub(crate) async fn issue_pair(
     let now = Utc::now();
     let family_expires = now + ChronoDuration::days(state.config.refresh_token_expire_days);
     let refresh = RefreshToken::generate(clinic_id);
-    store_refresh(state, tx, &refresh, Uuid::now_v7(), user_id, family_expires).await?;
+    let family = Uuid::now_v7();
+    store_refresh(state, tx, &refresh, family, user_id, family_expires).await?;
     Ok(TokenPair {
         access_token: state
             .tokens
-            .issue_access(user_id, clinic_id, role, auth_version)?,
+            .issue_access(user_id, clinic_id, role, auth_version, family)?,
         refresh_token: refresh.encode(),
         token_type: "Bearer",
         expires_in: state.tokens.access_ttl_secs,
@@ -457,6 +458,7 @@ pub async fn refresh(
             token.clinic_id,
             role,
             row.auth_version,
+            family,
         )?,
         refresh_token: next.encode(),
         token_type: "Bearer",

@@ -1371,3 +1371,84 @@ async fn login_spellings_that_reach_one_account_share_its_limit() {
         .await;
     expect_problem(res, StatusCode::TOO_MANY_REQUESTS).await;
 }
+
+#[tokio::test]
+async fn logging_out_ends_that_sign_ins_access_token_at_once() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Sign out").await;
+    let other = app.login(&owner.email, STRONG_PASSWORD).await;
+    let other_access = other["access_token"].as_str().expect("access");
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&owner.access))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let res = app
+        .post(
+            "/api/v2/auth/logout",
+            None,
+            json!({"refresh_token": owner.refresh}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    expect_problem(
+        app.get("/api/v2/auth/me", Some(&owner.access)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // The user's other sign-in is untouched, and so are the tokens it refreshes to.
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(other_access))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let res = refresh(&app, other["refresh_token"].as_str().expect("refresh")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let pair: Value = res.json().await.expect("json");
+    let refreshed = pair["access_token"].as_str().expect("access").to_owned();
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&refreshed)).await.status(),
+        StatusCode::OK
+    );
+    // An access token from a refresh ends with its sign-in too.
+    let res = app
+        .post(
+            "/api/v2/auth/logout",
+            None,
+            json!({"refresh_token": pair["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for token in [other_access, refreshed.as_str()] {
+        expect_problem(
+            app.get("/api/v2/auth/me", Some(token)).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    // A token from before tokens named their sign-in (no `sid`) is checked as it was
+    // then, until it expires; one naming a sign-in that does not exist is refused.
+    let secret = app.vars["SECRET_KEY"].clone();
+    let kid = Some(molar::auth::tokens::kid_of(secret.as_bytes()));
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": "molar", "aud": "molar-api", "sub": owner.user_id, "cid": owner.clinic_id,
+        "role": "owner", "ver": 1, "iat": now, "nbf": now, "exp": now + 600,
+        "jti": uuid::Uuid::now_v7(), "typ": "access"
+    });
+    let legacy = forge(&secret, Algorithm::HS256, claims.clone(), kid.clone());
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&legacy)).await.status(),
+        StatusCode::OK
+    );
+    let mut unknown = claims;
+    unknown["sid"] = json!(uuid::Uuid::now_v7());
+    let unknown = forge(&secret, Algorithm::HS256, unknown, kid);
+    expect_problem(
+        app.get("/api/v2/auth/me", Some(&unknown)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
