@@ -548,6 +548,7 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Changed; all refresh tokens revoked"),
         (status = 401, description = "Not signed in", body = Problem),
+        (status = 409, description = "The password changed meanwhile", body = Problem),
         (status = 422, description = "Wrong current password or a weak new one", body = Problem),
         (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn change_password(
@@ -566,13 +567,21 @@ pub async fn change_password(
     {
         return Ok(res);
     }
-    let mut tx = caller.begin(&state).await?;
-    let account = sqlx::query!(
-        "SELECT password_hash, email FROM users WHERE id = $1 FOR UPDATE",
-        caller.user_id
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    // Argon2 is slow on purpose, so no connection (let alone a row lock) is held while
+    // hashing: the current hash is read in a short transaction, both hashes are computed
+    // with nothing held, and a second short transaction writes the new hash only if the
+    // credentials are still the ones that were checked (optimistically, without a lock).
+    let account = {
+        let mut tx = caller.begin(&state).await?;
+        let account = sqlx::query!(
+            "SELECT password_hash, email FROM users WHERE id = $1",
+            caller.user_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        account
+    };
     let mut errors = Errors::default();
     if let Err(e) = check_policy("new_password", &body.new_password, Some(&account.email)) {
         errors.push(e);
@@ -582,7 +591,6 @@ pub async fn change_password(
         .verify(&body.current_password, Some(&account.password_hash))
         .await?
     {
-        tx.rollback().await?;
         audit::record_failure(
             &state.db,
             &caller.audit(),
@@ -597,14 +605,35 @@ pub async fn change_password(
     }
     errors.finish()?;
     let new_hash = state.passwords.hash(&body.new_password).await?;
-    sqlx::query!(
+    // The session check runs again: a change that ended this session meanwhile is a 401.
+    let mut tx = caller.begin(&state).await?;
+    let changed = sqlx::query!(
         "UPDATE users SET password_hash = $2, auth_version = auth_version + 1, \
-         version = version + 1, updated_at = now() WHERE id = $1",
+         version = version + 1, updated_at = now() \
+         WHERE id = $1 AND password_hash = $3 AND auth_version = $4",
         caller.user_id,
-        new_hash
+        new_hash,
+        account.password_hash,
+        caller.auth_version
     )
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        // The credentials changed between the check and now.
+        tx.rollback().await?;
+        audit::record_failure(
+            &state.db,
+            &caller.audit(),
+            Event::new("user.password_change", "user")
+                .resource(caller.user_id)
+                .details(serde_json::json!({"reason": "changed_meanwhile"})),
+        )
+        .await;
+        return Err(AppError::conflict(
+            "the password was changed by another request meanwhile; sign in again",
+        ));
+    }
     revoke_refresh_tokens(&mut tx, caller.user_id).await?;
     audit::record(
         &mut tx,

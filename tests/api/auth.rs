@@ -1452,3 +1452,102 @@ async fn logging_out_ends_that_sign_ins_access_token_at_once() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn password_changes_hold_no_connection_while_hashing() {
+    // One connection, a one-second wait for it, and more hashes allowed at once than
+    // there are connections: if a change held the connection while it hashed, the
+    // requests queued behind it would time out (503).
+    let app = spawn_with(|v| {
+        v.insert("DB_POOL_SIZE".into(), "1".into());
+        v.insert("DB_POOL_TIMEOUT".into(), "1".into());
+        v.insert("PASSWORD_HASH_CONCURRENCY".into(), "4".into());
+        v.insert("LOGIN_IP_RATE_LIMIT_PER_MINUTE".into(), "1000".into());
+        v.insert("RATE_LIMIT_ANON_PER_MINUTE".into(), "1000".into());
+    })
+    .await;
+    let owner = app.register_clinic("Busy").await;
+    let mut staff = Vec::new();
+    for _ in 0..40 {
+        staff.push(app.staff(&owner.access, "dentist").await);
+    }
+    let changes = staff.iter().map(|s| {
+        app.post(
+            "/api/v2/auth/change-password",
+            Some(&s.access),
+            json!({"current_password": STRONG_PASSWORD, "new_password": "a brand new passphrase 7"}),
+        )
+    });
+    let all = async {
+        let me = app.get("/api/v2/auth/me", Some(&owner.access));
+        let (changes, me) = tokio::join!(futures_util::future::join_all(changes), me);
+        (
+            changes.iter().map(|r| r.status()).collect::<Vec<_>>(),
+            me.status(),
+        )
+    };
+    let (changed, me) = tokio::time::timeout(std::time::Duration::from_secs(120), all)
+        .await
+        .expect("every request is answered");
+    assert_eq!(me, StatusCode::OK);
+    assert!(
+        changed.iter().all(|s| *s == StatusCode::NO_CONTENT),
+        "{changed:?}"
+    );
+    for s in &staff {
+        app.login(&s.email, "a brand new passphrase 7").await;
+    }
+}
+
+#[tokio::test]
+async fn a_password_changed_while_the_new_one_is_hashed_is_a_conflict() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Race").await;
+    // Another writer changes the stored hash (without committing yet) after the request
+    // has read it: the request's write must not overwrite that change.
+    let mut other = app.admin_db().await;
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut other)
+        .await
+        .expect("begin");
+    sqlx::query("UPDATE users SET password_hash = 'changed elsewhere' WHERE id = $1::uuid")
+        .bind(&owner.user_id)
+        .execute(&mut other)
+        .await
+        .expect("update");
+    let change = app.post(
+        "/api/v2/auth/change-password",
+        Some(&owner.access),
+        json!({"current_password": STRONG_PASSWORD, "new_password": "a brand new passphrase 7"}),
+    );
+    let commit_once_blocked = async {
+        let mut watcher = app.admin_db().await;
+        for _ in 0..300 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE users SET password_hash%'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .expect("pg_stat_activity");
+            if waiting > 0 {
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut other)
+                    .await
+                    .expect("commit");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the password change never reached its write");
+    };
+    let (res, ()) = tokio::join!(change, commit_once_blocked);
+    expect_problem(res, StatusCode::CONFLICT).await;
+    let mut db = app.admin_db().await;
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1::uuid")
+        .bind(&owner.user_id)
+        .fetch_one(&mut db)
+        .await
+        .expect("hash");
+    assert_eq!(hash, "changed elsewhere");
+}
