@@ -467,7 +467,8 @@ pub async fn refresh(
     .into_response())
 }
 
-/// Signs out: the refresh token's whole family is revoked. Always 204.
+/// Signs out: the refresh token's whole family is revoked, and the access tokens of that
+/// sign-in stop working on their next request. Always 204.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth",
     request_body = RefreshRequest,
     responses((status = 204, description = "Signed out")))]
