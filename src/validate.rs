@@ -8,6 +8,15 @@ use crate::error::{AppError, AppResult, FieldError};
 #[derive(Default)]
 pub struct Errors(Vec<FieldError>);
 
+/// The message for text holding control characters.
+pub const CONTROL_CHARACTERS: &str = "must not contain control characters";
+
+/// Whether free text holds a control character other than a line break or a tab (U+0000
+/// among them, which PostgreSQL cannot store). The rule for names and other free text.
+pub fn has_control_characters(v: &str) -> bool {
+    v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
 impl Errors {
     pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError::new(field, message));
@@ -24,8 +33,8 @@ impl Errors {
             self.add(field, "must not be empty");
         } else if v.chars().count() > max {
             self.add(field, format!("must be at most {max} characters"));
-        } else if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-            self.add(field, "must not contain control characters");
+        } else if has_control_characters(v) {
+            self.add(field, CONTROL_CHARACTERS);
         }
         v.to_owned()
     }

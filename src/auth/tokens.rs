@@ -27,6 +27,11 @@ pub struct AccessClaims {
     pub role: Role,
     /// The user's credential version; a mismatch with the database ends the session.
     pub ver: i32,
+    /// The sign-in (refresh-token family) that issued the token; once it is revoked
+    /// (logout, reuse of a refresh token) the token stops working. Absent from tokens
+    /// issued before this claim existed, which are checked without it until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
@@ -98,6 +103,7 @@ impl TokenService {
         clinic: Uuid,
         role: Role,
         auth_version: i32,
+        session: Uuid,
     ) -> AppResult<String> {
         let now = Utc::now().timestamp();
         let claims = AccessClaims {
@@ -107,6 +113,7 @@ impl TokenService {
             cid: clinic,
             role,
             ver: auth_version,
+            sid: Some(session),
             iat: now,
             nbf: now,
             exp: now + self.access_ttl_secs,
@@ -213,7 +220,13 @@ mod tests {
     fn tokens_signed_with_a_previous_key_still_verify_after_rotation() {
         let old = service("old-secret-old-secret-old-secret-0001", "");
         let token = old
-            .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, 1)
+            .issue_access(
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+                Role::Dentist,
+                1,
+                Uuid::now_v7(),
+            )
             .expect("issue");
         let rotated = service(
             "new-secret-new-secret-new-secret-0002",

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::db::Tx;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::validate::Errors;
+use crate::validate::{has_control_characters, Errors, CONTROL_CHARACTERS};
 
 /// A postal address.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -39,6 +39,8 @@ impl Address {
             if let Some(v) = value {
                 if v.chars().count() > 200 {
                     errors.add(format!("{field}.{name}"), "must be at most 200 characters");
+                } else if has_control_characters(v) {
+                    errors.add(format!("{field}.{name}"), CONTROL_CHARACTERS);
                 }
             }
         }
