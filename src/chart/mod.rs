@@ -43,7 +43,8 @@ impl Tooth {
     pub fn parse_universal(s: &str) -> Option<Tooth> {
         let s = s.trim();
         if let Ok(n) = s.parse::<u8>() {
-            if s.starts_with('0') {
+            // `u8::from_str` also takes a leading `+`: the notation is digits alone.
+            if s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             let fdi = match n {
@@ -317,7 +318,7 @@ mod tests {
         for n in (11..=85).filter_map(Tooth::from_fdi_number) {
             assert_eq!(Tooth::parse_universal(&n.to_universal()), Some(n));
         }
-        for bad in ["0", "33", "U", "01", "AA", "", "-1"] {
+        for bad in ["0", "33", "U", "01", "AA", "", "-1", "+1", "+32"] {
             assert!(Tooth::parse_universal(bad).is_none(), "{bad}");
         }
         assert_eq!(Tooth::parse_universal("a").map(Tooth::fdi), Some(55));
