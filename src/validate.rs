@@ -200,7 +200,10 @@ mod proptests {
     fn check(run: impl FnOnce(&mut Errors) -> String) -> (String, bool) {
         let mut e = Errors::default();
         let v = run(&mut e);
-        assert!(e.0.iter().all(|f| f.field == "f"), "an error on another field");
+        assert!(
+            e.0.iter().all(|f| f.field == "f"),
+            "an error on another field"
+        );
         (v, !e.0.is_empty())
     }
 
@@ -209,7 +212,12 @@ mod proptests {
     }
 
     fn zone_name() -> impl Strategy<Value = &'static str> {
-        proptest::sample::select(chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()).collect::<Vec<_>>())
+        proptest::sample::select(
+            chrono_tz::TZ_VARIANTS
+                .iter()
+                .map(|z| z.name())
+                .collect::<Vec<_>>(),
+        )
     }
 
     proptest! {

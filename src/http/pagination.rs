@@ -200,7 +200,8 @@ mod proptests {
     type Position = (String, i64, Uuid);
 
     fn position() -> impl Strategy<Value = Position> {
-        (any::<String>(), any::<i64>(), any::<u128>()).prop_map(|(s, n, u)| (s, n, Uuid::from_u128(u)))
+        (any::<String>(), any::<i64>(), any::<u128>())
+            .prop_map(|(s, n, u)| (s, n, Uuid::from_u128(u)))
     }
 
     fn instant() -> impl Strategy<Value = DateTime<Utc>> {

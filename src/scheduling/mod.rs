@@ -287,22 +287,34 @@ mod tests {
         let read = |zone: &str, date: NaiveDate, time: NaiveTime| {
             let tz: Tz = zone.parse().expect("tz");
             let at = local_to_utc(tz, date, time);
-            (at.to_rfc3339(), at.with_timezone(&tz).format("%F %R").to_string())
+            (
+                at.to_rfc3339(),
+                at.with_timezone(&tz).format("%F %R").to_string(),
+            )
         };
         // Lord Howe moves its clock 30 minutes: 02:00 → 02:30 on 4 October 2026.
         assert_eq!(
             read("Australia/Lord_Howe", d(2026, 10, 4), t(2, 15)),
-            ("2026-10-03T15:45:00+00:00".into(), "2026-10-04 02:45".into())
+            (
+                "2026-10-03T15:45:00+00:00".into(),
+                "2026-10-04 02:45".into()
+            )
         );
         // Troll moves it two hours: 01:00 → 03:00 on 29 March 2026.
         assert_eq!(
             read("Antarctica/Troll", d(2026, 3, 29), t(1, 30)),
-            ("2026-03-29T01:30:00+00:00".into(), "2026-03-29 03:30".into())
+            (
+                "2026-03-29T01:30:00+00:00".into(),
+                "2026-03-29 03:30".into()
+            )
         );
         // Samoa skipped 30 December 2011 when it crossed the date line.
         assert_eq!(
             read("Pacific/Apia", d(2011, 12, 30), t(9, 0)),
-            ("2011-12-30T19:00:00+00:00".into(), "2011-12-31 09:00".into())
+            (
+                "2011-12-30T19:00:00+00:00".into(),
+                "2011-12-31 09:00".into()
+            )
         );
     }
 
@@ -439,8 +451,12 @@ mod proptests {
             NaiveDate::MAX.num_days_from_ce(),
         );
         let (y1900, y2100) = (
-            NaiveDate::from_ymd_opt(1900, 1, 1).expect("date").num_days_from_ce(),
-            NaiveDate::from_ymd_opt(2100, 1, 1).expect("date").num_days_from_ce(),
+            NaiveDate::from_ymd_opt(1900, 1, 1)
+                .expect("date")
+                .num_days_from_ce(),
+            NaiveDate::from_ymd_opt(2100, 1, 1)
+                .expect("date")
+                .num_days_from_ce(),
         );
         prop_oneof![
             4 => (y1900..y2100).prop_map(day),
@@ -473,16 +489,19 @@ mod proptests {
 
     fn weekly() -> impl Strategy<Value = Vec<WeeklyInterval>> {
         proptest::collection::vec(
-            (1u32..=7, local_interval()).prop_map(|(weekday, interval)| WeeklyInterval {
-                weekday,
-                interval,
-            }),
+            (1u32..=7, local_interval())
+                .prop_map(|(weekday, interval)| WeeklyInterval { weekday, interval }),
             0..8,
         )
     }
 
     fn offset_at(tz: Tz, at: DateTime<Utc>) -> Duration {
-        Duration::seconds(tz.offset_from_utc_datetime(&at.naive_utc()).fix().local_minus_utc().into())
+        Duration::seconds(
+            tz.offset_from_utc_datetime(&at.naive_utc())
+                .fix()
+                .local_minus_utc()
+                .into(),
+        )
     }
 
     /// A change of a zone's offset: the instant, and the offsets before and after it,
@@ -517,7 +536,12 @@ mod proptests {
                 hi = mid;
             }
         }
-        let t = Transition { tz, at: at(hi), before: start, after: offset_at(tz, at(hi)) };
+        let t = Transition {
+            tz,
+            at: at(hi),
+            before: start,
+            after: offset_at(tz, at(hi)),
+        };
         let quiet = (1..=24).all(|k| {
             offset_at(tz, t.at - Duration::minutes(15 * k)) == t.before
                 && offset_at(tz, t.at + Duration::minutes(15 * (k - 1))) == t.after
@@ -529,7 +553,8 @@ mod proptests {
         (zone(), 1900i32..2100, 0i64..365 * 86_400).prop_filter_map(
             "no change of offset that year",
             |(tz, year, into)| {
-                let from = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).single()? + Duration::seconds(into);
+                let from =
+                    Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).single()? + Duration::seconds(into);
                 next_transition(tz, from)
             },
         )

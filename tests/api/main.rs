@@ -10,6 +10,7 @@ mod foundation;
 mod migrations;
 mod openapi;
 mod patients;
+mod properties;
 mod scaleout;
 mod scheduling;
 mod tenancy;
