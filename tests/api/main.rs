@@ -14,3 +14,4 @@ mod properties;
 mod scaleout;
 mod scheduling;
 mod tenancy;
+mod tenant_matrix;
