@@ -58,8 +58,8 @@ fn kind_of(name: &str) -> Option<Kind> {
     ID_NAMES.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
 }
 
-/// Values for properties and parameters whose schema alone does not give a valid one
-/// (used when the schema has no example).
+/// Values for properties and parameters whose schema alone does not give a valid one,
+/// or that must fit the fixtures (a free slot in A's dentist's hours).
 fn hint(name: &str) -> Option<Value> {
     Some(match name {
         "tooth" => json!("36"),
@@ -345,13 +345,15 @@ impl Doc {
         let raw = self.resolve(schema);
         let s = self.concrete(schema);
         if force.is_empty() {
-            for example in [raw.get("example"), s.get("example")].into_iter().flatten() {
+            // The fixtures' own values first (a slot in A's hours), then the examples.
+            if let Some(v) = hint(name) {
+                return Ok(v);
+            }
+            let examples = [raw.get("example"), s.get("example")];
+            for example in examples.into_iter().flatten() {
                 if id_stem(name, parent, s).is_none() {
                     return Ok(example.clone());
                 }
-            }
-            if let Some(v) = hint(name) {
-                return Ok(v);
             }
             if let Some(first) = s
                 .get("enum")
