@@ -320,7 +320,7 @@ mod proptests {
         ) {
             let tokens = service();
             let token = tokens
-                .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, 1)
+                .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, 1, Uuid::now_v7())
                 .expect("issue");
             prop_assert!(tokens.verify_access(&token).is_ok());
             let i = at.index(token.len());
@@ -356,6 +356,7 @@ mod proptests {
                 cid: Uuid::now_v7(),
                 role: Role::Owner,
                 ver: 1,
+                sid: Some(Uuid::now_v7()),
                 iat: now + iat,
                 nbf: now + nbf,
                 exp: now + exp,
@@ -386,7 +387,7 @@ mod proptests {
             // Neither kind of token passes for the other.
             prop_assert!(service().verify_access(&s).is_err());
             let access = service()
-                .issue_access(Uuid::now_v7(), t.clinic_id, Role::Owner, 1)
+                .issue_access(Uuid::now_v7(), t.clinic_id, Role::Owner, 1, Uuid::now_v7())
                 .expect("issue");
             prop_assert!(RefreshToken::decode(&access).is_none());
         }
