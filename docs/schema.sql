@@ -333,6 +333,36 @@ $$;
 ALTER FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text) OWNER TO molar_auth;
 
 --
+-- Name: auth_check_session(uuid, uuid, integer, text, uuid); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text, p_family uuid) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM 1 FROM users u
+    WHERE u.clinic_id = p_clinic AND u.id = p_user
+      AND u.active AND u.auth_version = p_version AND u.role = p_role;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the session is no longer valid' USING ERRCODE = 'ML401';
+    END IF;
+    IF p_family IS NOT NULL THEN
+        -- A family is revoked all at once: every token of it gets revoked_at. So while the
+        -- sign-in lives, the first token the index (refresh_tokens_family) finds answers.
+        PERFORM 1 FROM refresh_tokens rt
+        WHERE rt.clinic_id = p_clinic AND rt.family_id = p_family AND rt.user_id = p_user
+          AND rt.revoked_at IS NULL;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'the session is no longer valid' USING ERRCODE = 'ML401';
+        END IF;
+    END IF;
+END
+$$;
+
+ALTER FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text, p_family uuid) OWNER TO molar_auth;
+
+--
 -- Name: auth_email_taken(text); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
@@ -1682,6 +1712,12 @@ CREATE POLICY auth_lookup ON public.users FOR SELECT TO molar_auth USING (true);
 CREATE POLICY auth_only ON public.user_logins TO molar_auth USING (true) WITH CHECK (true);
 
 --
+-- Name: refresh_tokens auth_session_check; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY auth_session_check ON public.refresh_tokens FOR SELECT TO molar_auth USING (true);
+
+--
 -- Name: chart_entries; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -1972,6 +2008,13 @@ REVOKE ALL ON FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_v
 GRANT ALL ON FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text) TO molar_app;
 
 --
+-- Name: FUNCTION auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text, p_family uuid); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text, p_family uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.auth_check_session(p_clinic uuid, p_user uuid, p_version integer, p_role text, p_family uuid) TO molar_app;
+
+--
 -- Name: FUNCTION auth_email_taken(p_email text); Type: ACL; Schema: public; Owner: molar_auth
 --
 
@@ -2119,6 +2162,7 @@ GRANT SELECT,INSERT ON TABLE public.perio_exams TO molar_app;
 --
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.refresh_tokens TO molar_app;
+GRANT SELECT ON TABLE public.refresh_tokens TO molar_auth;
 
 --
 -- Name: TABLE security_events; Type: ACL; Schema: public; Owner: molar_owner

@@ -253,16 +253,83 @@ pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
     res
 }
 
+/// A database error as it may be logged: what identifies the failure (the SQLSTATE, the
+/// constraint, table, column and type it names, and PostgreSQL's routine) and never what
+/// may quote the data involved. PostgreSQL's message, DETAIL and CONTEXT can hold the
+/// values of a statement's parameters or rows (`Key (email)=(…) already exists`,
+/// `invalid input syntax for type uuid: "…"`, `JSON data, line 1: …`), which are patient
+/// data; so can a decoding error's source. Use it wherever a `sqlx::Error` is logged.
+pub fn loggable(e: &sqlx::Error) -> Loggable<'_> {
+    Loggable(e)
+}
+
+/// See [`loggable`].
+pub struct Loggable<'a>(&'a sqlx::Error);
+
+impl std::fmt::Display for Loggable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            sqlx::Error::Database(db) => {
+                write!(
+                    f,
+                    "database error SQLSTATE {}",
+                    db.code().as_deref().unwrap_or("unknown")
+                )?;
+                let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+                let named = [
+                    ("constraint", db.constraint()),
+                    ("table", db.table()),
+                    ("column", pg.and_then(|p| p.column())),
+                    ("type", pg.and_then(|p| p.data_type())),
+                    ("routine", pg.and_then(|p| p.routine())),
+                ];
+                for (what, name) in named {
+                    if let Some(name) = name {
+                        write!(f, " {what}={name}")?;
+                    }
+                }
+                Ok(())
+            }
+            sqlx::Error::ColumnDecode { index, .. } => {
+                write!(f, "could not decode column {index}")
+            }
+            sqlx::Error::Decode(_) => f.write_str("could not decode a value"),
+            sqlx::Error::Encode(_) => f.write_str("could not encode a value"),
+            // The other kinds describe the connection, the pool or the query's shape.
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl AppError {
+    /// The error as it may be logged: a database error through [`loggable`].
+    pub fn loggable(&self) -> String {
+        match self {
+            AppError::Database(e) => loggable(e).to_string(),
+            // Each cause on its own, a database error among them through `loggable`.
+            AppError::Internal(e) => e
+                .chain()
+                .map(|cause| match cause.downcast_ref::<sqlx::Error>() {
+                    Some(db) => loggable(db).to_string(),
+                    None => cause.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(": "),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
             match &self {
                 AppError::Database(e) if db_unavailable(e) => {
-                    tracing::warn!(error = %e, "database unavailable")
+                    tracing::warn!(error = %loggable(e), "database unavailable")
                 }
                 AppError::Unavailable(d) => tracing::warn!(detail = %d, "dependency unavailable"),
-                other => tracing::error!(error = ?other, "internal error"),
+                other => tracing::error!(error = %other.loggable(), "internal error"),
             }
         }
         let problem = self.to_problem();

@@ -8,6 +8,15 @@ use crate::error::{AppError, AppResult, FieldError};
 #[derive(Default)]
 pub struct Errors(Vec<FieldError>);
 
+/// The message for text holding control characters.
+pub const CONTROL_CHARACTERS: &str = "must not contain control characters";
+
+/// Whether free text holds a control character other than a line break or a tab (U+0000
+/// among them, which PostgreSQL cannot store). The rule for names and other free text.
+pub fn has_control_characters(v: &str) -> bool {
+    v.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
 impl Errors {
     pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError::new(field, message));
@@ -25,8 +34,8 @@ impl Errors {
             self.add(field, "must not be empty");
         } else if value.chars().count() > max {
             self.add(field, format!("must be at most {max} characters"));
-        } else if has_control(value) {
-            self.add(field, "must not contain control characters");
+        } else if has_control_characters(value) {
+            self.add(field, CONTROL_CHARACTERS);
         }
         v.to_owned()
     }
@@ -36,19 +45,19 @@ impl Errors {
     pub fn line(&mut self, field: &str, value: &str, max: usize) {
         if value.chars().count() > max {
             self.add(field, format!("must be at most {max} characters"));
-        } else if has_control(value) {
-            self.add(field, "must not contain control characters");
+        } else if has_control_characters(value) {
+            self.add(field, CONTROL_CHARACTERS);
         }
     }
 
-    /// An email address ([`schema::email_pattern`]): up to 64 characters, one `@`, a domain
-    /// with an inner dot; no white space or control characters; at most 254 characters.
+    /// An email address ([`schema::email_pattern`]): visible ASCII only, up to 64
+    /// characters, one `@`, a domain with an inner dot; at most 254 characters.
     pub fn email(&mut self, field: &str, value: &str) -> String {
-        let ok = value.chars().count() <= 254
-            && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        let ok = value.len() <= 254
+            && value.bytes().all(|b| b.is_ascii_graphic())
             && match value.split_once('@') {
                 Some((local, domain)) => {
-                    (1..=64).contains(&local.chars().count())
+                    (1..=64).contains(&local.len())
                         && !domain.contains('@')
                         && domain.contains('.')
                         && !domain.starts_with('.')
@@ -63,10 +72,12 @@ impl Errors {
     }
 
     /// A phone number ([`schema::PHONE_PATTERN`]): digits, spaces and + ( ) - . / only, with
-    /// a digit, 3 to 40 characters; returned trimmed.
+    /// a digit, 3 to 40 characters, no space first or last.
     pub fn phone(&mut self, field: &str, value: &str) -> String {
         let ok = (3..=40).contains(&value.len())
             && value.chars().any(|c| c.is_ascii_digit())
+            && !value.starts_with(' ')
+            && !value.ends_with(' ')
             && value
                 .chars()
                 .all(|c| c.is_ascii_digit() || " +()-./".contains(c));
@@ -103,13 +114,6 @@ impl Errors {
             Err(AppError::Validation(self.0))
         }
     }
-}
-
-/// Control characters but line feed and tab.
-fn has_control(value: &str) -> bool {
-    value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
 }
 
 /// For PATCH bodies: distinguishes an absent field (`None`) from an explicit `null`
@@ -233,15 +237,17 @@ pub mod schema {
         format!("^[^{CONTROL}]*$")
     }
 
-    /// [`super::Errors::email`].
+    /// [`super::Errors::email`]: visible ASCII but `@` (and no `.` first or last in the
+    /// domain).
     pub fn email_pattern() -> String {
-        let c = format!("[^@{BLANK}]");
-        let d = format!("[^@.{BLANK}]");
+        let c = r"[!-?A-~]";
+        let d = r"[!-\-/-?A-~]";
         format!("^{c}{{1,64}}@{d}{c}*\\.{c}*{d}$")
     }
 
-    /// [`super::Errors::phone`].
-    pub const PHONE_PATTERN: &str = r"^[0-9 +()./-]*[0-9][0-9 +()./-]*$";
+    /// [`super::Errors::phone`]: a digit somewhere, no space first or last.
+    pub const PHONE_PATTERN: &str =
+        r"^([0-9+()./-][0-9 +()./-]*)?[0-9]([0-9 +()./-]*[0-9+()./-])?$";
 
     fn build(mut schema: Value, nullable: bool) -> RefOr<Schema> {
         if nullable {
@@ -296,8 +302,8 @@ pub mod schema {
     fn email_schema(nullable: bool) -> RefOr<Schema> {
         build(
             json!({"type": "string", "maxLength": 254, "pattern": email_pattern(),
-                   "description": "An email address: up to 64 characters, `@`, a domain with a dot \
-                                   inside; no white space or control characters"}),
+                   "description": "An email address in visible ASCII: up to 64 characters, `@`, \
+                                   a domain with a dot inside"}),
             nullable,
         )
     }
@@ -331,6 +337,7 @@ pub mod schema {
     pub fn password() -> RefOr<Schema> {
         build(
             json!({"type": "string", "minLength": 12, "maxLength": 128,
+                   "pattern": "^[^\\u0000]*$",
                    "description": "12 to 128 characters, not a common or easily guessed password"}),
             false,
         )
@@ -438,4 +445,127 @@ pub fn currencies() -> Vec<String> {
         }
     }
     codes
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs one validator on `value`: its result, and whether it added an error on `f`.
+    fn check(run: impl FnOnce(&mut Errors) -> String) -> (String, bool) {
+        let mut e = Errors::default();
+        let v = run(&mut e);
+        assert!(
+            e.0.iter().all(|f| f.field == "f"),
+            "an error on another field"
+        );
+        (v, !e.0.is_empty())
+    }
+
+    fn blanks() -> impl Strategy<Value = String> {
+        "[ \t\n]{0,2}"
+    }
+
+    fn zone_name() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(
+            chrono_tz::TZ_VARIANTS
+                .iter()
+                .map(|z| z.name())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_iana_zone_is_accepted_as_its_name((a, z, b) in (blanks(), zone_name(), blanks())) {
+            let (v, refused) = check(|e| e.timezone("f", z));
+            prop_assert!(!refused, "{} refused", z);
+            prop_assert_eq!(v, z);
+            // Blanks around it are trimmed or refused, never kept.
+            let (v, refused) = check(|e| e.timezone("f", &format!("{a}{z}{b}")));
+            prop_assert!(refused || v == z, "{:?} kept", v);
+        }
+
+        #[test]
+        fn an_accepted_zone_is_a_canonical_zone_name(
+            s in prop_oneof![
+                any::<String>(),
+                "[A-Za-z_/+-]{1,20}",
+                zone_name().prop_map(|z| z.to_ascii_lowercase()),
+                zone_name().prop_map(|z| z.replace('/', " / ")),
+            ],
+        ) {
+            let (v, refused) = check(|e| e.timezone("f", &s));
+            if !refused {
+                let tz: chrono_tz::Tz = v.parse().map_err(|_| TestCaseError::fail("unparsable"))?;
+                // The stored text is the zone's own name: no other spelling gets in.
+                prop_assert_eq!(tz.name(), v.as_str());
+            }
+        }
+
+        #[test]
+        fn an_accepted_phone_has_only_phone_characters(
+            s in prop_oneof![any::<String>(), "[ +()0-9./a-z-]{0,45}"],
+        ) {
+            let (v, refused) = check(|e| e.phone("f", &s));
+            if !refused {
+                prop_assert_eq!(v.as_str(), v.trim());
+                prop_assert!((3..=40).contains(&v.len()), "{:?}", v);
+                prop_assert!(v.chars().any(|c| c.is_ascii_digit()));
+                prop_assert!(v.chars().all(|c| c.is_ascii_digit() || " +()-./".contains(c)), "{:?}", v);
+            }
+        }
+
+        #[test]
+        fn a_plausible_phone_number_is_accepted(
+            s in "(\\+[1-9][0-9]{0,2} )?(\\([0-9]{2,4}\\) )?[0-9]{3,6}([ ./-][0-9]{2,6}){0,3}",
+            (a, b) in (blanks(), blanks()),
+        ) {
+            let (v, refused) = check(|e| e.phone("f", &s));
+            prop_assert!(!refused, "{:?} refused", s);
+            prop_assert_eq!(&v, &s);
+            // Blanks around it are trimmed or refused, never kept.
+            let (v, refused) = check(|e| e.phone("f", &format!("{a}{s}{b}")));
+            prop_assert!(refused || v == s, "{:?} kept", v);
+        }
+
+        #[test]
+        fn an_accepted_email_has_one_at_and_a_dotted_domain(
+            s in prop_oneof![
+                any::<String>(),
+                "[a-z.@ ]{0,12}",
+                "[a-z]{0,3}@[a-z.]{0,6}",
+                "[a-z]{60,70}@[a-z]{1,5}\\.[a-z]{2,3}",
+            ],
+        ) {
+            let (v, refused) = check(|e| e.email("f", &s));
+            if !refused {
+                prop_assert_eq!(v.as_str(), v.trim());
+                prop_assert!(v.len() <= 254);
+                prop_assert!(!v.chars().any(|c| c.is_whitespace() || c.is_control()));
+                let (local, domain) = v.split_once('@').ok_or_else(|| TestCaseError::fail("no @"))?;
+                prop_assert!(!local.is_empty() && local.len() <= 64, "{:?}", v);
+                prop_assert!(!domain.contains('@'));
+                let labels: Vec<&str> = domain.split('.').collect();
+                prop_assert!(labels.len() >= 2, "{:?}", v);
+                prop_assert!(!labels[0].is_empty() && !labels[labels.len() - 1].is_empty(), "{:?}", v);
+            }
+        }
+
+        #[test]
+        fn a_plausible_email_is_accepted(
+            s in "[a-z0-9][a-z0-9.+_-]{0,30}@[a-z0-9][a-z0-9-]{0,20}(\\.[a-z]{2,10}){1,3}",
+            (a, b) in (blanks(), blanks()),
+        ) {
+            let (v, refused) = check(|e| e.email("f", &s));
+            prop_assert!(!refused, "{:?} refused", s);
+            prop_assert_eq!(&v, &s);
+            // Blanks around it are trimmed or refused, never kept.
+            let (v, refused) = check(|e| e.email("f", &format!("{a}{s}{b}")));
+            prop_assert!(refused || v == s, "{:?} kept", v);
+        }
+    }
 }

@@ -164,7 +164,7 @@ pub async fn record_failure(db: &Db, ctx: &AuditContext, event: Event) {
     }
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, action, "could not record a failed action in the audit trail");
+        tracing::error!(error = %crate::error::loggable(&e), action, "could not record a failed action in the audit trail");
     }
 }
 
@@ -195,7 +195,7 @@ pub async fn record_security_event(
     }
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, "could not record a security event");
+        tracing::error!(error = %crate::error::loggable(&e), "could not record a security event");
     }
 }
 
@@ -272,13 +272,15 @@ pub fn spawn_maintenance(db: Db, settle: Duration, every: Duration) -> tokio::ta
         loop {
             if ticks % per_day == 0 {
                 if let Err(e) = ensure_partitions(&db).await {
-                    tracing::warn!(error = %e, "could not create audit partitions");
+                    tracing::warn!(error = %crate::error::loggable(&e), "could not create audit partitions");
                 }
             }
             match seal(&db, settle).await {
                 Ok(n) if n > 0 => tracing::debug!(clinics = n, "audit events sealed"),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not seal audit events"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::loggable(&e), "could not seal audit events")
+                }
             }
             ticks += 1;
             tokio::time::sleep(every).await;

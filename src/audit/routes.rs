@@ -63,39 +63,6 @@ pub struct AuditParams {
     cursor: Option<String>,
 }
 
-/// An `audit_events` row as selected.
-struct Row {
-    id: Uuid,
-    at: DateTime<Utc>,
-    user_id: Option<Uuid>,
-    action: String,
-    resource_type: String,
-    resource_id: Option<Uuid>,
-    patient_id: Option<Uuid>,
-    request_id: Option<String>,
-    ip: Option<ipnet::IpNet>,
-    outcome: String,
-    details: Option<serde_json::Value>,
-}
-
-impl From<Row> for AuditEvent {
-    fn from(r: Row) -> AuditEvent {
-        AuditEvent {
-            id: r.id,
-            at: r.at,
-            user_id: r.user_id,
-            action: r.action,
-            resource_type: r.resource_type,
-            resource_id: r.resource_id,
-            patient_id: r.patient_id,
-            request_id: r.request_id,
-            ip: r.ip.map(|n| n.addr().to_string()),
-            outcome: r.outcome,
-            details: r.details,
-        }
-    }
-}
-
 /// The audit trail (owner and admin only), newest first.
 #[utoipa::path(get, path = "/audit-events", tag = "audit", security(("bearer" = [])),
     params(AuditParams),
@@ -123,9 +90,10 @@ pub async fn list_audit_events(
     let before: Option<(DateTime<Utc>, Uuid)> = state.cursors.decode_opt(p.cursor.as_deref())?;
     let (before_at, before_id) = before.unzip();
     let mut tx = caller.begin(&state).await?;
-    let rows = sqlx::query_as!(
-        Row,
-        "SELECT id, at, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details \
+    let events = sqlx::query_as!(
+        AuditEvent,
+        "SELECT id, at, user_id, action, resource_type, resource_id, patient_id, request_id, \
+                host(ip) AS ip, outcome, details \
          FROM audit_events \
          WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
            AND ($3::text IS NULL OR action = $3) \
@@ -144,7 +112,6 @@ pub async fn list_audit_events(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let events = rows.into_iter().map(AuditEvent::from).collect();
     Ok(Json(
         state
             .cursors

@@ -254,6 +254,9 @@ pub struct Caller {
     pub clinic_id: Uuid,
     pub role: Role,
     pub auth_version: i32,
+    /// The sign-in (refresh-token family) the token belongs to; `None` for a token issued
+    /// before tokens carried it.
+    pub session_id: Option<Uuid>,
     pub ip: Option<IpAddr>,
     pub request_id: Option<String>,
 }
@@ -284,8 +287,8 @@ impl Caller {
 
     /// Opens the caller's clinic transaction after confirming, in the same round trip, that
     /// the account is still active with the same role and credentials as when the token was
-    /// issued, so that deactivation, role changes and password changes cut access off on the
-    /// next request.
+    /// issued, and that the token's sign-in has not ended, so that deactivation, role
+    /// changes, password changes and logout cut access off on the next request.
     pub async fn begin(&self, state: &AppState) -> AppResult<Tx> {
         state
             .db
@@ -294,6 +297,7 @@ impl Caller {
                 self.user_id,
                 self.auth_version,
                 self.role.as_str(),
+                self.session_id,
             )
             .await
             .map_err(|e| {
@@ -339,6 +343,7 @@ impl FromRequestParts<AppState> for Caller {
             clinic_id: claims.cid,
             role: claims.role,
             auth_version: claims.ver,
+            session_id: claims.sid,
             ip: client_ip(parts, &state.config.trusted_proxies),
             request_id: crate::error::current_request_id(),
         })

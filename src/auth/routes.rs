@@ -71,11 +71,12 @@ pub(crate) async fn issue_pair(
     let now = Utc::now();
     let family_expires = now + ChronoDuration::days(state.config.refresh_token_expire_days);
     let refresh = RefreshToken::generate(clinic_id);
-    store_refresh(state, tx, &refresh, Uuid::now_v7(), user_id, family_expires).await?;
+    let family = Uuid::now_v7();
+    store_refresh(state, tx, &refresh, family, user_id, family_expires).await?;
     Ok(TokenPair {
         access_token: state
             .tokens
-            .issue_access(user_id, clinic_id, role, auth_version)?,
+            .issue_access(user_id, clinic_id, role, auth_version, family)?,
         refresh_token: refresh.encode(),
         token_type: "Bearer",
         expires_in: state.tokens.access_ttl_secs,
@@ -142,8 +143,62 @@ async fn limit(state: &AppState, checks: &[(Quota, String)]) -> Result<Vec<Decis
     Ok(decisions)
 }
 
-fn email_key(email: &str) -> String {
-    hex::encode(&Sha256::digest(email.trim().to_lowercase().as_bytes())[..16])
+/// The per-account sign-in quota's key for an account key from [`find_login`].
+fn account_rate_key(account_key: &str) -> String {
+    hex::encode(&Sha256::digest(account_key.as_bytes())[..16])
+}
+
+/// What [`find_login`] found for an email.
+struct LoginLookup {
+    /// The email as the account lookup compares it: PostgreSQL's `lower()` of it.
+    account_key: String,
+    account: Option<LoginAccount>,
+}
+
+struct LoginAccount {
+    clinic_id: Uuid,
+    user_id: Uuid,
+    password_hash: String,
+    active: bool,
+}
+
+/// Finds the account an email signs in to, and the key that account's sign-in quota is
+/// charged under, in one statement.
+///
+/// Emails are matched as `lower(email)` in the database (`auth_find_login`, and the
+/// `user_logins` table its trigger fills). The quota must be keyed on exactly that
+/// normalisation: any other one (Rust's `to_lowercase()`, say) disagrees with it on some
+/// characters — U+0130 `İ` is `i` to PostgreSQL's `lower()` under a UTF-8 locale, and
+/// `i` followed by U+0307 to Rust — so spellings of one address would each get a quota of
+/// their own while reaching the same account. The key is therefore computed by the database, from
+/// the same argument and in the same statement as the lookup: two spellings reach one
+/// account exactly when they have one key, whatever the database's locale or version. It
+/// is the same for an email that matches no account, so a shared quota tells nothing
+/// about which addresses exist.
+async fn find_login(state: &AppState, email: &str) -> AppResult<LoginLookup> {
+    let mut tx = state.db.unscoped_tx().await?;
+    let row = sqlx::query!(
+        r#"SELECT lower($1::text) AS "account_key!", f.clinic_id AS "clinic_id?",
+                  f.user_id AS "user_id?", f.password_hash AS "password_hash?", f.active AS "active?"
+           FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL auth_find_login($1::text) AS f ON true"#,
+        email
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let account = match (row.clinic_id, row.user_id, row.password_hash, row.active) {
+        (Some(clinic_id), Some(user_id), Some(password_hash), Some(active)) => Some(LoginAccount {
+            clinic_id,
+            user_id,
+            password_hash,
+            active,
+        }),
+        _ => None,
+    };
+    Ok(LoginLookup {
+        account_key: row.account_key,
+        account,
+    })
 }
 
 /// Registers a clinic with its first owner (can be switched off: then 404).
@@ -185,7 +240,9 @@ pub async fn register_clinic(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    #[schema(pattern = r"^[^\u0000]*$")]
     email: String,
+    #[schema(pattern = r"^[^\u0000]*$")]
     password: String,
 }
 
@@ -202,54 +259,55 @@ pub async fn login(
     ApiJson(body): ApiJson<Login>,
 ) -> AppResult<Response> {
     let request_id = crate::error::current_request_id();
-    let decisions = match limit(
+    // The client address's quota first, before any database work.
+    let mut decisions = match limit(
         &state,
-        &[
-            (
-                Quota::per_minute("login-ip", state.config.login_ip_rate_limit_per_minute),
-                ip.map(crate::http::client_ip::rate_key).unwrap_or_default(),
-            ),
-            (
-                Quota::per_minute("login-account", state.config.login_rate_limit_per_minute),
-                email_key(&body.email),
-            ),
-        ],
+        &[(
+            Quota::per_minute("login-ip", state.config.login_ip_rate_limit_per_minute),
+            ip.map(crate::http::client_ip::rate_key).unwrap_or_default(),
+        )],
     )
     .await
     {
         Ok(d) => d,
         Err(res) => return Ok(res),
     };
-    if body.email.len() > 254 || body.password.chars().count() > super::password::MAX_LENGTH {
-        // Still spend the hashing time, so that length does not tell.
+    let email = body.email.trim();
+    if email.len() > 254 {
+        // No account has such an email. Still spend the hashing time, so that length
+        // does not tell.
         state.passwords.verify(&body.password, None).await?;
         return Err(bad_credentials());
     }
-
-    let found = {
-        let mut tx = state.db.unscoped_tx().await?;
-        let row = sqlx::query!(
-            r#"SELECT clinic_id AS "clinic_id!", user_id AS "user_id!", password_hash AS "password_hash!", active AS "active!"
-               FROM auth_find_login($1)"#,
-            body.email.trim()
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row
-    };
+    let lookup = find_login(&state, email).await?;
+    match limit(
+        &state,
+        &[(
+            Quota::per_minute("login-account", state.config.login_rate_limit_per_minute),
+            account_rate_key(&lookup.account_key),
+        )],
+    )
+    .await
+    {
+        Ok(d) => decisions.extend(d),
+        Err(res) => return Ok(res),
+    }
+    if body.password.chars().count() > super::password::MAX_LENGTH {
+        state.passwords.verify(&body.password, None).await?;
+        return Err(bad_credentials());
+    }
     let ok = state
         .passwords
         .verify(
             &body.password,
-            found.as_ref().map(|f| f.password_hash.as_str()),
+            lookup.account.as_ref().map(|f| f.password_hash.as_str()),
         )
         .await?;
-    let Some(found) = found else {
+    let Some(found) = lookup.account else {
         audit::record_security_event(
             &state.db,
             "auth.login_unknown_email",
-            &body.email,
+            &lookup.account_key,
             ip,
             request_id.as_deref(),
         )
@@ -300,6 +358,7 @@ pub async fn login(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[schema(pattern = r"^[^\u0000]*$")]
     refresh_token: String,
 }
 
@@ -402,6 +461,7 @@ pub async fn refresh(
             token.clinic_id,
             role,
             row.auth_version,
+            family,
         )?,
         refresh_token: next.encode(),
         token_type: "Bearer",
@@ -410,7 +470,8 @@ pub async fn refresh(
     .into_response())
 }
 
-/// Signs out: the refresh token's whole family is revoked. Always 204.
+/// Signs out: the refresh token's whole family is revoked, and the access tokens of that
+/// sign-in stop working on their next request. Always 204.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth",
     request_body = RefreshRequest,
     responses((status = 204, description = "Signed out")))]
@@ -480,6 +541,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> AppResult<Json
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
+    #[schema(pattern = r"^[^\u0000]*$")]
     current_password: String,
     /// 12 to 128 characters, not a common password.
     #[schema(schema_with = crate::validate::schema::password)]
@@ -492,6 +554,7 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Changed; all refresh tokens revoked"),
         (status = 401, description = "Not signed in", body = Problem),
+        (status = 409, description = "The password changed meanwhile", body = Problem),
         (status = 422, description = "Wrong current password or a weak new one", body = Problem),
         (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn change_password(
@@ -510,13 +573,21 @@ pub async fn change_password(
     {
         return Ok(res);
     }
-    let mut tx = caller.begin(&state).await?;
-    let account = sqlx::query!(
-        "SELECT password_hash, email FROM users WHERE id = $1 FOR UPDATE",
-        caller.user_id
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    // Argon2 is slow on purpose, so no connection (let alone a row lock) is held while
+    // hashing: the current hash is read in a short transaction, both hashes are computed
+    // with nothing held, and a second short transaction writes the new hash only if the
+    // credentials are still the ones that were checked (optimistically, without a lock).
+    let account = {
+        let mut tx = caller.begin(&state).await?;
+        let account = sqlx::query!(
+            "SELECT password_hash, email FROM users WHERE id = $1",
+            caller.user_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        account
+    };
     let mut errors = Errors::default();
     if let Err(e) = check_policy("new_password", &body.new_password, Some(&account.email)) {
         errors.push(e);
@@ -526,7 +597,6 @@ pub async fn change_password(
         .verify(&body.current_password, Some(&account.password_hash))
         .await?
     {
-        tx.rollback().await?;
         audit::record_failure(
             &state.db,
             &caller.audit(),
@@ -541,14 +611,35 @@ pub async fn change_password(
     }
     errors.finish()?;
     let new_hash = state.passwords.hash(&body.new_password).await?;
-    sqlx::query!(
+    // The session check runs again: a change that ended this session meanwhile is a 401.
+    let mut tx = caller.begin(&state).await?;
+    let changed = sqlx::query!(
         "UPDATE users SET password_hash = $2, auth_version = auth_version + 1, \
-         version = version + 1, updated_at = now() WHERE id = $1",
+         version = version + 1, updated_at = now() \
+         WHERE id = $1 AND password_hash = $3 AND auth_version = $4",
         caller.user_id,
-        new_hash
+        new_hash,
+        account.password_hash,
+        caller.auth_version
     )
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        // The credentials changed between the check and now.
+        tx.rollback().await?;
+        audit::record_failure(
+            &state.db,
+            &caller.audit(),
+            Event::new("user.password_change", "user")
+                .resource(caller.user_id)
+                .details(serde_json::json!({"reason": "changed_meanwhile"})),
+        )
+        .await;
+        return Err(AppError::conflict(
+            "the password was changed by another request meanwhile; sign in again",
+        ));
+    }
     revoke_refresh_tokens(&mut tx, caller.user_id).await?;
     audit::record(
         &mut tx,

@@ -27,6 +27,11 @@ pub struct AccessClaims {
     pub role: Role,
     /// The user's credential version; a mismatch with the database ends the session.
     pub ver: i32,
+    /// The sign-in (refresh-token family) that issued the token; once it is revoked
+    /// (logout, reuse of a refresh token) the token stops working. Absent from tokens
+    /// issued before this claim existed, which are checked without it until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
@@ -98,6 +103,7 @@ impl TokenService {
         clinic: Uuid,
         role: Role,
         auth_version: i32,
+        session: Uuid,
     ) -> AppResult<String> {
         let now = Utc::now().timestamp();
         let claims = AccessClaims {
@@ -107,6 +113,7 @@ impl TokenService {
             cid: clinic,
             role,
             ver: auth_version,
+            sid: Some(session),
             iat: now,
             nbf: now,
             exp: now + self.access_ttl_secs,
@@ -213,7 +220,13 @@ mod tests {
     fn tokens_signed_with_a_previous_key_still_verify_after_rotation() {
         let old = service("old-secret-old-secret-old-secret-0001", "");
         let token = old
-            .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, 1)
+            .issue_access(
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+                Role::Dentist,
+                1,
+                Uuid::now_v7(),
+            )
             .expect("issue");
         let rotated = service(
             "new-secret-new-secret-new-secret-0002",
@@ -233,5 +246,187 @@ mod tests {
         assert_eq!(back.secret, t.secret);
         assert!(RefreshToken::decode("mrt_short").is_none());
         assert!(RefreshToken::decode("eyJhbGciOi.x.y").is_none());
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "property-secret-property-secret-0001";
+
+    fn service() -> TokenService {
+        let mut vars = HashMap::new();
+        vars.insert("SECRET_KEY".to_string(), SECRET.to_string());
+        TokenService::new(&Config::from_map(vars).expect("config")).expect("tokens")
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Text shaped like a JWT: three base64url segments, some of them JSON.
+    fn jwt_like() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            "[A-Za-z0-9_-]{0,60}",
+            any::<String>().prop_map(|s| b64(s.as_bytes())),
+            proptest::sample::select(vec![
+                r#"{"alg":"none","typ":"JWT"}"#,
+                r#"{"alg":"HS256"}"#,
+                r#"{"alg":"HS256","kid":"0000000000000000"}"#,
+                r#"{"alg":"RS256","kid":"x"}"#,
+                r#"{}"#,
+                r#"null"#,
+            ])
+            .prop_map(|s| b64(s.as_bytes())),
+        ];
+        (segment.clone(), segment.clone(), segment).prop_map(|(h, p, s)| format!("{h}.{p}.{s}"))
+    }
+
+    /// An offset from now, in seconds, well clear of the 5-second leeway: mostly in the
+    /// past (`past`) or mostly in the future.
+    fn offset(past: bool) -> impl Strategy<Value = i64> {
+        let (likely, unlikely) = if past {
+            (-100_000i64..-60, 60i64..100_000)
+        } else {
+            (60i64..100_000, -100_000i64..-60)
+        };
+        prop_oneof![6 => likely, 1 => unlikely]
+    }
+
+    /// Mostly true, so that a case with every claim right comes up often.
+    fn mostly() -> impl Strategy<Value = bool> {
+        proptest::bool::weighted(6.0 / 7.0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_never_verifies_as_an_access_token(
+            s in prop_oneof![any::<String>(), jwt_like()],
+        ) {
+            let tokens = service();
+            prop_assert!(tokens.verify_access(&s).is_err());
+            prop_assert!(tokens.verify_access(s.trim()).is_err());
+        }
+
+        #[test]
+        fn any_changed_character_of_an_issued_token_is_refused(
+            at in any::<prop::sample::Index>(),
+            c in any::<char>(),
+        ) {
+            let tokens = service();
+            let token = tokens
+                .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, 1, Uuid::now_v7())
+                .expect("issue");
+            prop_assert!(tokens.verify_access(&token).is_ok());
+            let i = at.index(token.len());
+            prop_assume!(token.as_bytes()[i] as char != c);
+            let mut changed = token.clone();
+            changed.replace_range(i..=i, c.encode_utf8(&mut [0; 4]));
+            prop_assert!(tokens.verify_access(&changed).is_err(), "{} accepted", changed);
+        }
+
+        #[test]
+        fn a_token_is_accepted_only_with_every_claim_right(
+            right_iss in mostly(),
+            right_aud in mostly(),
+            typ in prop_oneof![
+                6 => Just("access"),
+                1 => proptest::sample::select(vec!["refresh", "Access", ""]),
+            ],
+            exp in offset(false),
+            nbf in offset(true),
+            iat in offset(true),
+            right_key in mostly(),
+            alg in prop_oneof![
+                6 => Just(Algorithm::HS256),
+                1 => proptest::sample::select(vec![Algorithm::HS384, Algorithm::HS512]),
+            ],
+        ) {
+            let tokens = service();
+            let now = Utc::now().timestamp();
+            let claims = AccessClaims {
+                iss: if right_iss { tokens.issuer.clone() } else { format!("{}x", tokens.issuer) },
+                aud: if right_aud { tokens.audience.clone() } else { format!("x{}", tokens.audience) },
+                sub: Uuid::now_v7(),
+                cid: Uuid::now_v7(),
+                role: Role::Owner,
+                ver: 1,
+                sid: Some(Uuid::now_v7()),
+                iat: now + iat,
+                nbf: now + nbf,
+                exp: now + exp,
+                jti: Uuid::now_v7(),
+                typ: typ.to_owned(),
+            };
+            // The header always names the server's key; only the right secret signs with it.
+            let mut header = Header::new(alg);
+            header.kid = Some(tokens.current_kid.clone());
+            let secret = if right_key { SECRET.to_owned() } else { format!("{SECRET}-forged") };
+            let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes()))
+                .expect("sign");
+            let valid = right_iss && right_aud && typ == "access" && exp > 0 && nbf < 0 && iat < 0
+                && right_key && alg == Algorithm::HS256;
+            prop_assert_eq!(tokens.verify_access(&token).is_ok(), valid);
+        }
+
+        #[test]
+        fn issued_refresh_tokens_round_trip(clinic in any::<u128>()) {
+            let t = RefreshToken::generate(Uuid::from_u128(clinic));
+            let s = t.encode();
+            prop_assert!(s.starts_with(REFRESH_PREFIX));
+            let back = RefreshToken::decode(&s).expect("decodes");
+            prop_assert_eq!(back.clinic_id, t.clinic_id);
+            prop_assert_eq!(back.id, t.id);
+            prop_assert_eq!(back.secret, t.secret);
+            prop_assert_eq!(back.secret_hash(), t.secret_hash());
+            // Neither kind of token passes for the other.
+            prop_assert!(service().verify_access(&s).is_err());
+            let access = service()
+                .issue_access(Uuid::now_v7(), t.clinic_id, Role::Owner, 1, Uuid::now_v7())
+                .expect("issue");
+            prop_assert!(RefreshToken::decode(&access).is_none());
+        }
+
+        #[test]
+        fn a_refresh_token_parses_only_in_its_own_spelling(
+            s in prop_oneof![
+                any::<String>(),
+                "mrt_[A-Za-z0-9_-]{80,90}",
+                proptest::collection::vec(any::<u8>(), 60..68)
+                    .prop_map(|raw| format!("{REFRESH_PREFIX}{}", b64(&raw))),
+                proptest::collection::vec(any::<u8>(), 64)
+                    .prop_map(|raw| format!("MRT_{}", b64(&raw))),
+            ],
+        ) {
+            // What parses is exactly the encoding of what it parsed to: no second spelling
+            // (padding, other alphabets, stray bits, other lengths) names the same token.
+            if let Some(t) = RefreshToken::decode(&s) {
+                prop_assert_eq!(t.encode(), s.trim());
+            }
+        }
+
+        #[test]
+        fn a_changed_character_of_a_refresh_token_changes_or_breaks_it(
+            at in any::<prop::sample::Index>(),
+            c in any::<char>(),
+        ) {
+            let t = RefreshToken::generate(Uuid::now_v7());
+            let s = t.encode();
+            let i = at.index(s.len());
+            prop_assume!(s.as_bytes()[i] as char != c);
+            let mut changed = s.clone();
+            changed.replace_range(i..=i, c.encode_utf8(&mut [0; 4]));
+            if let Some(back) = RefreshToken::decode(&changed) {
+                prop_assert!(
+                    back.clinic_id != t.clinic_id || back.id != t.id || back.secret != t.secret,
+                    "{} names the same token as {}", changed, s
+                );
+            }
+        }
     }
 }

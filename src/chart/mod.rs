@@ -316,7 +316,7 @@ mod tests {
         for n in (11..=85).filter_map(Tooth::from_fdi_number) {
             assert_eq!(Tooth::parse_universal(&n.to_universal()), Some(n));
         }
-        for bad in ["0", "33", "U", "01", "AA", "", "-1"] {
+        for bad in ["0", "33", "U", "01", "AA", "", "-1", "+1", "+32"] {
             assert!(Tooth::parse_universal(bad).is_none(), "{bad}");
         }
         assert_eq!(Tooth::parse_universal("a").map(Tooth::fdi), Some(55));
@@ -348,5 +348,142 @@ mod tests {
         assert_eq!(Condition::parse("cavity"), None);
         assert_eq!(Condition::Missing.surfaces_rule(), SurfacesRule::None);
         assert_eq!(Condition::Caries.surfaces_rule(), SurfacesRule::Required);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every tooth there is, in FDI.
+    fn all_teeth() -> Vec<Tooth> {
+        (0..=u8::MAX).filter_map(Tooth::from_fdi_number).collect()
+    }
+
+    fn tooth() -> impl Strategy<Value = Tooth> {
+        proptest::sample::select(all_teeth())
+    }
+
+    /// Strings near the notations (digits, letters, signs, blanks) as well as any text.
+    fn tooth_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{0,3}",
+            "[ \t]?[+-]?[0-9A-Za-z]{1,3}[ \t]?",
+            "[A-Za-z]",
+            any::<String>(),
+        ]
+    }
+
+    fn surface_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::sample::select(vec![
+                "M", "O", "I", "D", "B", "L", "F", "P", "m", "o", "i", "d", "b", "l", "f", "p",
+                " M", "O ", "X", "MO", "", " ",
+            ])
+            .prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_tooth_number_is_valid_exactly_when_quadrant_and_position_exist(n in any::<u8>()) {
+            let (q, p) = (n / 10, n % 10);
+            let expected = match q {
+                1..=4 => (1..=8).contains(&p),
+                5..=8 => (1..=5).contains(&p),
+                _ => false,
+            };
+            prop_assert_eq!(Tooth::from_fdi_number(n).is_some(), expected);
+        }
+
+        #[test]
+        fn every_tooth_round_trips_through_both_notations(t in tooth()) {
+            prop_assert_eq!(Tooth::parse(&t.render(Numbering::Fdi), Numbering::Fdi), Some(t));
+            let u = t.render(Numbering::Universal);
+            prop_assert_eq!(Tooth::parse(&u, Numbering::Universal), Some(t));
+            prop_assert_eq!(Tooth::parse(&u.to_ascii_lowercase(), Numbering::Universal), Some(t));
+            // Universal numbers permanent teeth 1–32 and primary teeth A–T.
+            if t.is_primary() {
+                prop_assert!(u.len() == 1 && ("A"..="T").contains(&u.as_str()), "{}", u);
+            } else {
+                let n: u8 = u.parse().map_err(|_| TestCaseError::fail(format!("{u} is not a number")))?;
+                prop_assert!((1..=32).contains(&n));
+            }
+        }
+
+        #[test]
+        fn universal_notation_is_one_to_one(a in tooth(), b in tooth()) {
+            prop_assert_eq!(a == b, a.to_universal() == b.to_universal());
+        }
+
+        #[test]
+        fn a_string_is_a_tooth_only_in_its_canonical_spelling(s in tooth_like()) {
+            // Parsing never panics; what parses is exactly the tooth's own rendering
+            // (surrounding blanks aside, and letters in either case for Universal).
+            if let Some(t) = Tooth::parse(&s, Numbering::Fdi) {
+                prop_assert_eq!(t.render(Numbering::Fdi), s.trim());
+                prop_assert!(Tooth::from_fdi_number(t.fdi()).is_some());
+            }
+            if let Some(t) = Tooth::parse(&s, Numbering::Universal) {
+                prop_assert!(
+                    t.to_universal().eq_ignore_ascii_case(s.trim()),
+                    "{:?} parsed as Universal {}", s, t.to_universal()
+                );
+            }
+        }
+
+        #[test]
+        fn surfaces_are_checked_deduplicated_and_ordered(
+            t in tooth(),
+            raw in proptest::collection::vec(surface_like(), 0..8),
+        ) {
+            let parsed: Vec<Option<Surface>> = raw.iter().map(|s| Surface::parse(s)).collect();
+            match parse_surfaces(t, &raw) {
+                Ok(out) => {
+                    // Strictly ascending: sorted and without duplicates.
+                    prop_assert!(out.windows(2).all(|w| w[0] < w[1]), "{:?}", out);
+                    // Each one fits the tooth: incisal only on anterior, occlusal only on posterior.
+                    for s in &out {
+                        prop_assert!(s.fits(t));
+                        if t.is_anterior() {
+                            prop_assert_ne!(*s, Surface::O);
+                        } else {
+                            prop_assert_ne!(*s, Surface::I);
+                        }
+                    }
+                    // Exactly the surfaces that were asked for.
+                    let mut asked: Vec<Surface> = parsed.iter().map(|p| p.expect("every input parsed")).collect();
+                    asked.sort();
+                    asked.dedup();
+                    prop_assert_eq!(out, asked);
+                }
+                Err(_) => prop_assert!(
+                    parsed.iter().any(|p| p.is_none_or(|s| !s.fits(t))),
+                    "{:?} refused for tooth {} though every surface is valid", raw, t.fdi()
+                ),
+            }
+        }
+
+        #[test]
+        fn a_surface_is_one_of_the_letters_and_their_aliases(s in surface_like()) {
+            match Surface::parse(&s) {
+                Some(surface) => {
+                    let letter = s.trim().to_ascii_uppercase();
+                    let alias = match letter.as_str() {
+                        "F" => "B",
+                        "P" => "L",
+                        other => other,
+                    };
+                    prop_assert_eq!(surface.as_str(), alias);
+                }
+                // Blanks around a letter may be trimmed or refused.
+                None => prop_assert!(!["M", "O", "I", "D", "B", "L", "F", "P"]
+                    .contains(&s.to_ascii_uppercase().as_str())),
+            }
+        }
     }
 }

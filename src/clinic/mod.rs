@@ -129,28 +129,28 @@ pub async fn cached(state: &AppState, tx: &mut Tx, id: Uuid) -> AppResult<Clinic
     Ok(clinic)
 }
 
+/// The one SELECT of a clinic, with `$lock` either `""` or `" FOR UPDATE"`: the statement
+/// stays a literal that sqlx checks at build time.
+macro_rules! select_clinic {
+    ($tx:expr, $id:expr, $lock:literal) => {
+        sqlx::query_as!(
+            ClinicRow,
+            "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, \
+             updated_at FROM clinics WHERE id = $1"
+                + $lock,
+            $id
+        )
+        .fetch_optional(&mut **$tx)
+        .await?
+    };
+}
+
 /// The transaction's clinic; another clinic's id is simply not found.
 pub async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
-    let row = sqlx::query_as!(
-        ClinicRow,
-        "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, updated_at \
-         FROM clinics WHERE id = $1",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
-    found(row)
+    found(select_clinic!(tx, id, ""))
 }
 
 /// [`load`], locking the row until the transaction ends.
 pub async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
-    let row = sqlx::query_as!(
-        ClinicRow,
-        "SELECT id, name, timezone, currency, phone, address, settings, version, created_at, updated_at \
-         FROM clinics WHERE id = $1 FOR UPDATE",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
-    found(row)
+    found(select_clinic!(tx, id, " FOR UPDATE"))
 }

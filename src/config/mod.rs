@@ -58,6 +58,9 @@ const KNOWN_DEFAULT_SECRETS: &[&str] = &[
 /// Minimum length of a signing secret in production.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// `HSTS_MAX_AGE` in production when it is not set: two years, the most it accepts.
+pub const HSTS_TWO_YEARS: u64 = 63_072_000;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub environment: Environment,
@@ -185,7 +188,10 @@ impl Config {
             shutdown_drain: Duration::from_secs(
                 check.number(&r::SHUTDOWN_DRAIN_SECONDS, s.shutdown_drain_seconds),
             ),
-            hsts_max_age: check.number(&r::HSTS_MAX_AGE, s.hsts_max_age),
+            hsts_max_age: s
+                .hsts_max_age
+                .map(|v| check.number(&r::HSTS_MAX_AGE, v))
+                .unwrap_or(if production { HSTS_TWO_YEARS } else { 0 }),
 
             database_url: s.database_url,
             migration_database_url: s.migration_database_url,
@@ -460,6 +466,30 @@ mod tests {
         assert!(c.require_redis);
         assert!(!c.allow_clinic_signup);
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn production_sends_hsts_for_two_years_unless_told_otherwise() {
+        let production = [
+            ("ENVIRONMENT", "production"),
+            ("DATABASE_URL", "postgres://x@y/z"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("SECRET_KEY", GOOD),
+        ];
+        let c = Config::from_map(map(&production)).expect("valid production config");
+        assert_eq!(c.hsts_max_age, 63_072_000);
+        let mut off = production.to_vec();
+        off.push(("HSTS_MAX_AGE", "0"));
+        let c = Config::from_map(map(&off)).expect("valid production config");
+        assert_eq!(c.hsts_max_age, 0);
+        let mut short = production.to_vec();
+        short.push(("HSTS_MAX_AGE", "86400"));
+        let c = Config::from_map(map(&short)).expect("valid production config");
+        assert_eq!(c.hsts_max_age, 86_400);
+        for environment in ["development", "test"] {
+            let c = Config::from_map(map(&[("ENVIRONMENT", environment)])).expect("valid");
+            assert_eq!(c.hsts_max_age, 0, "{environment}");
+        }
     }
 
     #[test]

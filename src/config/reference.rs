@@ -194,12 +194,18 @@ pub const SHUTDOWN_DRAIN_SECONDS: Setting = number(
     "after SIGTERM/SIGINT readiness is 503 but requests are still accepted this long, then \
      in-flight requests finish",
 );
-pub const HSTS_MAX_AGE: Setting = number(
+pub const HSTS_MAX_AGE: Setting = setting(
     "HSTS_MAX_AGE",
-    "0",
-    0,
-    63_072_000,
-    "in seconds; 0 sends no `Strict-Transport-Security` (else `max-age=…; includeSubDomains`)",
+    ByEnvironment {
+        otherwise: "0",
+        production: "63072000",
+    },
+    Allowed::Range {
+        min: 0,
+        max: 63_072_000,
+    },
+    "in seconds; 0 sends no `Strict-Transport-Security` (else `max-age=…; includeSubDomains`). \
+     Production defaults to two years: serve it only behind HTTPS",
 );
 
 // Database

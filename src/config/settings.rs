@@ -34,7 +34,7 @@ pub struct Settings {
     pub request_timeout_seconds: Parsed<u64>,
     pub max_body_kb: Parsed<usize>,
     pub shutdown_drain_seconds: Parsed<u64>,
-    pub hsts_max_age: Parsed<u64>,
+    pub hsts_max_age: Option<Parsed<u64>>,
 
     // Database
     #[serde(deserialize_with = "de::secret")]
@@ -116,7 +116,7 @@ impl Default for Settings {
             request_timeout_seconds: 30.into(),
             max_body_kb: 1024.into(),
             shutdown_drain_seconds: 5.into(),
-            hsts_max_age: 0.into(),
+            hsts_max_age: None,
 
             database_url: None,
             migration_database_url: None,

@@ -64,22 +64,29 @@ impl Db {
 
     /// [`Db::clinic_tx`] for a signed-in caller, with the session check in the same round
     /// trip: `auth_check_session` runs before `BEGIN` in one simple query and raises
-    /// [`SESSION_INVALID`] when the account is inactive or its role or credentials changed
-    /// (see [`is_session_invalid`]). Raising before `BEGIN` leaves the connection idle.
+    /// [`SESSION_INVALID`] when the account is inactive, its role or credentials changed,
+    /// or the sign-in (refresh-token family) `session` was revoked (see
+    /// [`is_session_invalid`]). Raising before `BEGIN` leaves the connection idle.
     pub async fn session_tx(
         &self,
         clinic_id: Uuid,
         user_id: Uuid,
         auth_version: i32,
         role: &'static str,
+        session: Option<Uuid>,
     ) -> Result<Tx, sqlx::Error> {
         // Uuids, an integer and a role name from a fixed list: nothing here needs quoting.
         debug_assert!(role.bytes().all(|b| b.is_ascii_lowercase()));
+        let session = match session {
+            Some(id) => format!("'{id}'"),
+            // A token from before tokens named their sign-in: no family to check.
+            None => "NULL".to_owned(),
+        };
         // Not a macro: several statements in one simple query (one round trip), which the
         // macros, being prepared statements, cannot express.
         let sql = format!(
-            "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}'); \
-             BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true)"
+            "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}', \
+             {session}::uuid); BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true)"
         );
         self.begin_counted(&self.pool, sql).await
     }

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{AppError, FieldError};
 
 /// A JSON request body. Unknown fields are refused by the target type
-/// (`#[serde(deny_unknown_fields)]`), wrong types and missing fields are 422 naming the field.
+/// (`#[serde(deny_unknown_fields)]`), wrong types and missing fields are 422 naming the field,
+/// and so is a string holding U+0000 anywhere in the body.
 pub struct ApiJson<T>(pub T);
 
 fn is_json_content_type(req: &Request) -> bool {
@@ -54,8 +55,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The message for a string that holds U+0000.
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
+
 /// Parses a JSON document, classifying syntax errors (400) apart from shape errors (422).
+/// A string or key holding U+0000 anywhere in the document is a 422 naming it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    if let Some(field) = nul_in_json(bytes) {
+        return Err(AppError::validation(field, NUL_MESSAGE));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(de) {
         Ok(v) => Ok(v),
@@ -76,6 +84,63 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
             }
         }
     }
+}
+
+/// Where a JSON document holds U+0000, as a field path (`address.line1`,
+/// `medical_alerts[0].description`), if it does.
+///
+/// PostgreSQL cannot store U+0000 in `text` or `jsonb` and fails the statement (a 500
+/// whose error would quote the value), so no such string may reach it: this backstop
+/// covers every JSON body, whatever its fields, including free-form ones such as the
+/// clinic's settings. A NUL can only be written `\u0000` in JSON (a raw control character
+/// in a string is a syntax error), so documents without that escape are not walked.
+fn nul_in_json(bytes: &[u8]) -> Option<String> {
+    const ESCAPE: &[u8] = b"\\u0000";
+    if !bytes.windows(ESCAPE.len()).any(|w| w == ESCAPE) {
+        return None;
+    }
+    // Not a JSON document: the normal parse reports it.
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    nul_path(&doc, String::new())
+}
+
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    let at = |path: String| if path.is_empty() { "body".into() } else { path };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at(path)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let name = k.replace('\0', "\\u0000");
+            let field = if path.is_empty() {
+                name
+            } else {
+                format!("{path}.{name}")
+            };
+            if k.contains('\0') {
+                Some(field)
+            } else {
+                nul_path(v, field)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Where a query string holds U+0000 (`%00`), as the parameter's name, if it does.
+fn nul_in_query(uri: &axum::http::Uri) -> Option<String> {
+    // `%00` is the only way to write a NUL in a query string.
+    if !uri.query()?.contains("%00") {
+        return None;
+    }
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        .map(|(k, _)| k.replace('\0', "\\u0000").chars().take(64).collect())
 }
 
 /// Turns serde's message into a field name and a message that does not echo positions.
@@ -111,13 +176,20 @@ fn describe_data_error(path: &str, raw: &str) -> (String, String) {
     (field, message)
 }
 
-/// A query string; anything that does not parse is a 400 naming the parameter.
+/// A query string; anything that does not parse, or a value holding U+0000, is a 400
+/// naming the parameter.
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // As for JSON bodies: no value holding U+0000 reaches the database.
+        if let Some(name) = nul_in_query(&parts.uri) {
+            return Err(AppError::BadRequest(format!(
+                "invalid query parameters: `{name}` {NUL_MESSAGE}"
+            )));
+        }
         crate::http::query::parse(parts.uri.query()).map(ApiQuery)
     }
 }
@@ -190,5 +262,52 @@ mod tests {
             "owner.age"
         );
         assert_eq!(field_of(parse_json(br#"{}"#)), "owner");
+    }
+
+    fn nul_field(json: &[u8]) -> Option<String> {
+        match parse_json::<serde_json::Value>(json) {
+            Err(AppError::Validation(errs)) => {
+                assert_eq!(errs[0].message, NUL_MESSAGE);
+                Some(errs[0].field.clone())
+            }
+            Ok(_) => None,
+            Err(other) => panic!("expected a NUL refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_a_body_is_named() {
+        assert_eq!(
+            nul_field(br#"{"owner": {"email": "a\u0000b"}}"#).as_deref(),
+            Some("owner.email")
+        );
+        assert_eq!(
+            nul_field(br#"{"alerts": [{"d": "x"}, {"d": "\u0000"}]}"#).as_deref(),
+            Some("alerts[1].d")
+        );
+        assert_eq!(
+            nul_field(br#"{"settings": {"k\u0000": 1}}"#).as_deref(),
+            Some("settings.k\\u0000")
+        );
+        assert_eq!(nul_field(br#""\u0000""#).as_deref(), Some("body"));
+        // An escaped backslash followed by `u0000` is text, not a NUL.
+        assert_eq!(nul_field(br#"{"note": "C:\\u0000"}"#), None);
+        assert_eq!(
+            nul_field(br#"{"note": "\u2400 is a picture of NUL"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn a_nul_in_a_query_string_names_the_parameter() {
+        let uri = |s: &str| s.parse::<axum::http::Uri>().expect("uri");
+        assert_eq!(nul_in_query(&uri("/p?q=a%00b")).as_deref(), Some("q"));
+        assert_eq!(
+            nul_in_query(&uri("/p?limit=5&x%00=1")).as_deref(),
+            Some("x\\u0000")
+        );
+        assert_eq!(nul_in_query(&uri("/p?q=%2500")), None);
+        assert_eq!(nul_in_query(&uri("/p?q=ann")), None);
+        assert_eq!(nul_in_query(&uri("/p")), None);
     }
 }

@@ -217,7 +217,7 @@ pub async fn release(db: &Db, caller: &Caller, claim: Claim) {
     }
     .await;
     if let Err(e) = result {
-        tracing::warn!(error = %e, "could not release an idempotency key");
+        tracing::warn!(error = %crate::error::loggable(&e), "could not release an idempotency key");
     }
 }
 

@@ -178,3 +178,93 @@ mod tests {
         assert_eq!(limit(Some(Limit(200))).ok(), Some(200));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    type Position = (String, i64, Uuid);
+
+    fn position() -> impl Strategy<Value = Position> {
+        (any::<String>(), any::<i64>(), any::<u128>())
+            .prop_map(|(s, n, u)| (s, n, Uuid::from_u128(u)))
+    }
+
+    fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+        (-62_135_596_800i64..253_402_300_799, 0u32..1_000_000_000)
+            .prop_map(|(s, ns)| DateTime::from_timestamp(s, ns).expect("in range"))
+    }
+
+    fn codec() -> CursorCodec {
+        CursorCodec::new(b"property-test-secret")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_position_round_trips(p in position(), at in instant(), id in any::<u128>()) {
+            let codec = codec();
+            prop_assert_eq!(codec.decode::<Position>(&codec.encode(&p)).ok(), Some(p));
+            let q = (at, Uuid::from_u128(id));
+            prop_assert_eq!(codec.decode::<(DateTime<Utc>, Uuid)>(&codec.encode(&q)).ok(), Some(q));
+        }
+
+        #[test]
+        fn a_flipped_bit_is_refused(p in position(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let codec = codec();
+            let mut raw = URL_SAFE_NO_PAD.decode(codec.encode(&p)).expect("base64url");
+            let i = at.index(raw.len());
+            raw[i] ^= 1 << bit;
+            prop_assert!(codec.decode::<Position>(&URL_SAFE_NO_PAD.encode(&raw)).is_err());
+        }
+
+        #[test]
+        fn a_changed_character_is_refused(
+            p in position(),
+            at in any::<prop::sample::Index>(),
+            c in any::<char>(),
+        ) {
+            let codec = codec();
+            let cursor = codec.encode(&p);
+            let i = at.index(cursor.len());
+            prop_assume!(cursor.as_bytes()[i] as char != c);
+            let mut changed = cursor.clone();
+            changed.replace_range(i..=i, c.encode_utf8(&mut [0; 4]));
+            prop_assert!(codec.decode::<Position>(&changed).is_err(), "{} accepted", changed);
+        }
+
+        #[test]
+        fn a_truncated_or_extended_cursor_is_refused(
+            p in position(),
+            keep in any::<prop::sample::Index>(),
+            suffix in "\\PC{1,8}",
+        ) {
+            let codec = codec();
+            let cursor = codec.encode(&p);
+            let cut = &cursor[..keep.index(cursor.len())];
+            prop_assert!(codec.decode::<Position>(cut).is_err(), "{} accepted", cut);
+            let longer = format!("{cursor}{suffix}");
+            prop_assert!(codec.decode::<Position>(&longer).is_err(), "{} accepted", longer);
+        }
+
+        #[test]
+        fn arbitrary_text_is_never_a_cursor(
+            s in prop_oneof![any::<String>(), "[A-Za-z0-9_-]{0,120}"],
+        ) {
+            let codec = codec();
+            prop_assert!(codec.decode::<Position>(&s).is_err());
+            prop_assert!(codec.decode::<serde_json::Value>(&s).is_err());
+        }
+
+        #[test]
+        fn a_cursor_of_another_key_is_refused(p in position(), other in "[a-z]{1,32}") {
+            prop_assume!(other != "property-test-secret");
+            let cursor = CursorCodec::new(other.as_bytes()).encode(&p);
+            prop_assert!(codec().decode::<Position>(&cursor).is_err());
+        }
+    }
+}

@@ -166,9 +166,20 @@ impl StrictQuery {
     }
 }
 
-/// Middleware: a query parameter the route does not declare is a 400.
+/// Middleware: a query parameter the route does not declare is a 400, and so is one
+/// holding U+0000 (as `ApiQuery` says it, on routes without one too).
 pub async fn reject_undeclared(strict: StrictQuery, req: Request, next: Next) -> Response {
     if let (Some(query), Some(route)) = (req.uri().query(), req.extensions().get::<MatchedPath>()) {
+        let nul = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'));
+        if let Some((name, _)) = nul {
+            return AppError::BadRequest(format!(
+                "invalid query parameters: `{}` {}",
+                name.replace('\0', "\\0"),
+                crate::http::extract::NUL_MESSAGE
+            ))
+            .into_response();
+        }
         if let Some(name) = strict.undeclared(req.method().as_str(), route.as_str(), query) {
             return AppError::BadRequest(format!("unknown query parameter `{name}`"))
                 .into_response();

@@ -60,32 +60,32 @@ impl From<NoteRow> for Note {
     }
 }
 
+/// The one SELECT of a note, with `$lock` either `""` or `" FOR UPDATE"`: the statement
+/// stays a literal that sqlx checks at build time.
+macro_rules! select_note {
+    ($tx:expr, $id:expr, $lock:literal) => {
+        sqlx::query_as!(
+            NoteRow,
+            "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
+             created_at, updated_at FROM clinical_notes WHERE id = $1"
+                + $lock,
+            $id
+        )
+        .fetch_optional(&mut **$tx)
+        .await?
+        .map(Note::from)
+        .ok_or_else(|| AppError::not_found("note"))
+    };
+}
+
 /// One note of the transaction's clinic; another clinic's is 404.
 async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
-    sqlx::query_as!(
-        NoteRow,
-        "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
-         created_at, updated_at FROM clinical_notes WHERE id = $1",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(Note::from)
-    .ok_or_else(|| AppError::not_found("note"))
+    select_note!(tx, id, "")
 }
 
 /// [`load`], the row locked until the transaction ends.
 async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<Note> {
-    sqlx::query_as!(
-        NoteRow,
-        "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
-         created_at, updated_at FROM clinical_notes WHERE id = $1 FOR UPDATE",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(Note::from)
-    .ok_or_else(|| AppError::not_found("note"))
+    select_note!(tx, id, " FOR UPDATE")
 }
 
 /// Who may sign a note, from the author's role and the signer.

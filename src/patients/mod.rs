@@ -195,38 +195,34 @@ impl Patient {
     }
 }
 
+/// The one SELECT of a patient, with `$lock` either `""` or `" FOR UPDATE"`: the
+/// statement stays a literal that sqlx checks at build time.
+macro_rules! select_patient {
+    ($tx:expr, $id:expr, $lock:literal) => {
+        sqlx::query_as!(
+            PatientRow,
+            r#"SELECT id, first_name, last_name, date_of_birth, sex, email, phone,
+                address AS "address: SqlJson<Address>", preferred_provider_id,
+                medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
+                emergency_contact AS "emergency_contact: SqlJson<Contact>",
+                guardian AS "guardian: SqlJson<Contact>",
+                responsible_party_id, archived_at, version, created_at, updated_at
+               FROM patients WHERE id = $1 AND archived_at IS NULL"#
+                + $lock,
+            $id
+        )
+        .fetch_optional(&mut **$tx)
+        .await?
+    };
+}
+
 /// One patient of the transaction's clinic that is not archived; an archived patient, like
 /// another clinic's, is 404. `lock` takes the row for update.
 pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
-    // The locking and the plain read are two statements: a macro's SQL is one literal.
     let row = if lock {
-        sqlx::query_as!(
-            PatientRow,
-            r#"SELECT id, first_name, last_name, date_of_birth, sex, email, phone,
-                address AS "address: SqlJson<Address>", preferred_provider_id,
-                medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
-                emergency_contact AS "emergency_contact: SqlJson<Contact>",
-                guardian AS "guardian: SqlJson<Contact>",
-                responsible_party_id, archived_at, version, created_at, updated_at
-               FROM patients WHERE id = $1 AND archived_at IS NULL FOR UPDATE"#,
-            id
-        )
-        .fetch_optional(&mut **tx)
-        .await?
+        select_patient!(tx, id, " FOR UPDATE")
     } else {
-        sqlx::query_as!(
-            PatientRow,
-            r#"SELECT id, first_name, last_name, date_of_birth, sex, email, phone,
-                address AS "address: SqlJson<Address>", preferred_provider_id,
-                medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
-                emergency_contact AS "emergency_contact: SqlJson<Contact>",
-                guardian AS "guardian: SqlJson<Contact>",
-                responsible_party_id, archived_at, version, created_at, updated_at
-               FROM patients WHERE id = $1 AND archived_at IS NULL"#,
-            id
-        )
-        .fetch_optional(&mut **tx)
-        .await?
+        select_patient!(tx, id, "")
     };
     row.map(Patient::from)
         .ok_or_else(|| AppError::not_found("patient"))

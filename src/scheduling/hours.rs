@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use chrono::{NaiveDate, NaiveTime};
+use chrono::{Datelike, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -29,11 +29,11 @@ pub struct WeeklyHours {
     /// ISO weekday: Monday = 1 … Sunday = 7.
     #[schema(minimum = 1, maximum = 7)]
     weekday: u32,
-    /// Local time `HH:MM` (or `HH:MM:SS`).
-    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
+    /// Local time `HH:MM` (whole minutes; `HH:MM:00` is taken too).
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:00)?$")]
     start: String,
     /// Local time `HH:MM`, after `start` (422); the intervals of a day must not overlap (422).
-    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:00)?$")]
     end: String,
 }
 
@@ -43,10 +43,10 @@ pub struct HoursException {
     date: NaiveDate,
     /// With `end` (both or neither, else 422): that day's hours instead of the template;
     /// without: a day off.
-    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:00)?$")]
     start: Option<String>,
     /// After `start` (422).
-    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")]
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9](:00)?$")]
     end: Option<String>,
     #[schema(schema_with = crate::validate::schema::text_200_or_null)]
     reason: Option<String>,
@@ -79,15 +79,20 @@ fn parse_time(s: &str) -> Option<NaiveTime> {
     if b.get(2) != Some(&b':') {
         return None;
     }
-    let sec = match b.len() {
-        5 => 0,
-        8 if b[5] == b':' => two(6)?,
+    // Whole minutes, as the API shows them: `09:00:30` would be kept but shown as 09:00,
+    // and the leap second `23:59:60` would be stored as 24:00 and read as 00:00.
+    match b.len() {
+        5 => {}
+        8 if &b[5..] == b":00" => {}
         _ => return None,
-    };
-    if sec > 59 {
-        return None;
     }
-    NaiveTime::from_hms_opt(h, m, sec)
+    NaiveTime::from_hms_opt(h, m, 0)
+}
+
+/// The dates the API reads and writes: `YYYY-MM-DD` with four digits, which PostgreSQL
+/// also stores (chrono parses years far beyond its range).
+pub(crate) fn plain_date(d: NaiveDate) -> bool {
+    (1..=9999).contains(&d.year())
 }
 
 fn fmt_time(t: NaiveTime) -> String {
@@ -256,6 +261,9 @@ pub async fn put_working_hours(
     }
     let mut exceptions: Vec<(NaiveDate, Option<LocalInterval>, Option<String>)> = Vec::new();
     for (i, e) in body.exceptions.iter().enumerate() {
+        if !plain_date(e.date) {
+            errors.add(format!("exceptions[{i}].date"), "must be a date YYYY-MM-DD");
+        }
         let interval = match (&e.start, &e.end) {
             (None, None) => None,
             (Some(s), Some(en)) => match (parse_time(s), parse_time(en)) {
@@ -351,4 +359,69 @@ pub async fn put_working_hours(
     let hours = read(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(hours))
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use chrono::Timelike;
+    use proptest::prelude::*;
+
+    fn time_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,2}:[0-9]{1,2}",
+            "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}",
+            "[ 0-9:.apmAPM+-]{0,10}",
+            any::<String>(),
+        ]
+    }
+
+    fn interval() -> impl Strategy<Value = LocalInterval> {
+        (0u32..24 * 60, 1u32..24 * 60).prop_filter_map("ends after midnight", |(start, len)| {
+            let end = start + len;
+            (end < 24 * 60).then(|| LocalInterval {
+                start: NaiveTime::from_hms_opt(start / 60, start % 60, 0).expect("time"),
+                end: NaiveTime::from_hms_opt(end / 60, end % 60, 0).expect("time"),
+            })
+        })
+    }
+
+    #[test]
+    fn seconds_and_leap_seconds_are_refused() {
+        for bad in ["09:00:30", "23:59:60", "24:00", "9", "09:60", "noon"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+        assert_eq!(parse_time("09:30:00"), NaiveTime::from_hms_opt(9, 30, 0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_wall_clock_minute_parses(h in 0u32..24, m in 0u32..60) {
+            let t = NaiveTime::from_hms_opt(h, m, 0).expect("time");
+            prop_assert_eq!(parse_time(&format!("{h:02}:{m:02}")), Some(t));
+            prop_assert_eq!(parse_time(&format!("{h:02}:{m:02}:00")), Some(t));
+            prop_assert_eq!(fmt_time(t), format!("{h:02}:{m:02}"));
+        }
+
+        #[test]
+        fn an_accepted_time_reads_back_as_it_was_stored(s in time_like()) {
+            // What the API shows (HH:MM) must be the time it keeps and schedules with.
+            if let Some(t) = parse_time(&s) {
+                prop_assert_eq!(parse_time(&fmt_time(t)), Some(t), "{:?} kept as {:?}", s, t);
+                prop_assert!(t.nanosecond() < 1_000_000_000, "{:?} is a leap second", s);
+            }
+        }
+
+        #[test]
+        fn overlap_means_some_two_intervals_share_time(
+            list in proptest::collection::vec(interval(), 0..6),
+        ) {
+            let pairwise = list.iter().enumerate().any(|(i, a)| {
+                list.iter().skip(i + 1).any(|b| a.start < b.end && b.start < a.end)
+            });
+            prop_assert_eq!(overlaps(&list), pairwise);
+        }
+    }
 }

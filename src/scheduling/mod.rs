@@ -6,7 +6,9 @@ pub mod hours;
 pub mod operatories;
 pub mod providers;
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -112,12 +114,21 @@ pub fn local_to_utc(tz: Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
         LocalResult::Single(t) => t.with_timezone(&Utc),
         LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
         LocalResult::None => {
-            // Inside a spring-forward gap: the wall time an hour later exists.
-            let later = naive + Duration::hours(1);
-            match tz.from_local_datetime(&later) {
-                LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
-                LocalResult::None => Utc.from_utc_datetime(&naive),
-            }
+            // Inside a gap (30 minutes on Lord Howe, an hour in most zones, two in Troll,
+            // a whole day when Samoa crossed the date line). The offset after the gap reads
+            // the wall time as an instant before the change; the offset in force there
+            // reads it as the instant the gap's length later in wall time.
+            let after = (1..=48).find_map(|h| {
+                let later = naive.checked_add_signed(Duration::hours(h))?;
+                tz.offset_from_local_datetime(&later).earliest()
+            });
+            after
+                .and_then(|after| naive.checked_sub_offset(after.fix()))
+                .map(|before_change| tz.offset_from_utc_datetime(&before_change).fix())
+                .and_then(|before| naive.checked_sub_offset(before))
+                .map(|t| t.and_utc())
+                // Only at the ends of chrono's calendar, where no offset fits: read as UTC.
+                .unwrap_or_else(|| naive.and_utc())
         }
     }
 }
@@ -179,13 +190,16 @@ pub fn free_slots(
     }
     for (start, end) in intervals {
         let mut t = *start;
-        while t + duration <= *end {
-            let slot_end = t + duration;
+        // Checked: a working day at the end of chrono's calendar must not overflow.
+        while let Some(slot_end) = t.checked_add_signed(duration).filter(|e| e <= end) {
             let clashes = busy.iter().any(|(bs, be)| t < *be && *bs < slot_end);
             if t >= not_before && !clashes {
                 slots.push((t, slot_end));
             }
-            t += grid;
+            match t.checked_add_signed(grid) {
+                Some(next) => t = next,
+                None => break,
+            }
         }
     }
     slots
@@ -266,6 +280,69 @@ mod tests {
         assert_eq!(spring[0].1.to_rfc3339(), "2026-03-08T09:00:00+00:00");
         let gap = local_to_utc(tz, d(2026, 3, 8), t(2, 30));
         assert_eq!(gap.to_rfc3339(), "2026-03-08T07:30:00+00:00");
+    }
+
+    #[test]
+    fn a_wall_time_in_a_gap_moves_forward_by_the_gap_whatever_its_length() {
+        let read = |zone: &str, date: NaiveDate, time: NaiveTime| {
+            let tz: Tz = zone.parse().expect("tz");
+            let at = local_to_utc(tz, date, time);
+            (
+                at.to_rfc3339(),
+                at.with_timezone(&tz).format("%F %R").to_string(),
+            )
+        };
+        // Lord Howe moves its clock 30 minutes: 02:00 → 02:30 on 4 October 2026.
+        assert_eq!(
+            read("Australia/Lord_Howe", d(2026, 10, 4), t(2, 15)),
+            (
+                "2026-10-03T15:45:00+00:00".into(),
+                "2026-10-04 02:45".into()
+            )
+        );
+        // Troll moves it two hours: 01:00 → 03:00 on 29 March 2026.
+        assert_eq!(
+            read("Antarctica/Troll", d(2026, 3, 29), t(1, 30)),
+            (
+                "2026-03-29T01:30:00+00:00".into(),
+                "2026-03-29 03:30".into()
+            )
+        );
+        // Samoa skipped 30 December 2011 when it crossed the date line.
+        assert_eq!(
+            read("Pacific/Apia", d(2011, 12, 30), t(9, 0)),
+            (
+                "2011-12-30T19:00:00+00:00".into(),
+                "2011-12-31 09:00".into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_last_day_of_the_calendar_neither_panics_nor_offers_slots_past_it() {
+        let weekly: Vec<WeeklyInterval> = (1..=7)
+            .map(|weekday| WeeklyInterval {
+                weekday,
+                interval: LocalInterval {
+                    start: t(20, 0),
+                    end: t(23, 59),
+                },
+            })
+            .collect();
+        for zone in ["America/New_York", "UTC", "Pacific/Kiritimati"] {
+            let tz: Tz = zone.parse().expect("tz");
+            for date in [NaiveDate::MIN, NaiveDate::MAX] {
+                let hours = working_intervals(tz, date, &weekly, &[]);
+                let slots = free_slots(
+                    &hours,
+                    &[],
+                    Duration::minutes(5),
+                    Duration::minutes(60),
+                    DateTime::<Utc>::MIN_UTC,
+                );
+                assert!(slots.iter().all(|(s, e)| s < e), "{zone} {date}");
+            }
+        }
     }
 
     #[test]
@@ -355,3 +432,6 @@ mod tests {
         assert_eq!(later.len(), 2, "only future starts");
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -64,30 +64,30 @@ fn found(row: Option<UserRow>) -> AppResult<User> {
         .ok_or_else(|| AppError::not_found("user"))
 }
 
+/// The one SELECT of a user, with `$lock` either `""` or `" FOR UPDATE"`: the statement
+/// stays a literal that sqlx checks at build time.
+macro_rules! select_user {
+    ($tx:expr, $id:expr, $lock:literal) => {
+        sqlx::query_as!(
+            UserRow,
+            "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, \
+             created_at, updated_at FROM users WHERE id = $1"
+                + $lock,
+            $id
+        )
+        .fetch_optional(&mut **$tx)
+        .await?
+    };
+}
+
 /// One user of the transaction's clinic; another clinic's id is simply not found.
 pub async fn load(tx: &mut Tx, id: Uuid) -> AppResult<User> {
-    let row = sqlx::query_as!(
-        UserRow,
-        "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at \
-         FROM users WHERE id = $1",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
-    found(row)
+    found(select_user!(tx, id, ""))
 }
 
 /// [`load`], locking the row until the transaction ends.
 pub async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<User> {
-    let row = sqlx::query_as!(
-        UserRow,
-        "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at \
-         FROM users WHERE id = $1 FOR UPDATE",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
-    found(row)
+    found(select_user!(tx, id, " FOR UPDATE"))
 }
 
 /// The 409 for an email another account of the clinic already signs in with.

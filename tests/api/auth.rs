@@ -1219,3 +1219,335 @@ async fn pruning_old_audit_months_keeps_the_chain_verifiable() {
         Some("42501")
     );
 }
+
+#[tokio::test]
+async fn nul_characters_in_sign_in_the_audit_filter_and_clinic_settings_are_refused() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Nul settings").await;
+    let body = expect_problem(
+        app.post(
+            "/api/v2/auth/login",
+            None,
+            json!({"email": format!("{}\u{0}", owner.email), "password": STRONG_PASSWORD}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "email");
+    for query in ["action=auth.login%00", "action=%00", "act%00ion=x"] {
+        let body = expect_problem(
+            app.get(
+                &format!("/api/v2/audit-events?{query}"),
+                Some(&owner.access),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().expect("detail").contains("U+0000"),
+            "{body}"
+        );
+    }
+    for (patch, field) in [
+        (
+            json!({"settings": {"greeting": "hi\u{0}"}}),
+            "settings.greeting",
+        ),
+        (
+            json!({"settings": {"nested": {"list": ["ok", "\u{0}"]}}}),
+            "settings.nested.list[1]",
+        ),
+        (
+            json!({"address": {"line1": "Main St\u{0}"}}),
+            "address.line1",
+        ),
+        (json!({"name": "Clinic\u{0}"}), "name"),
+    ] {
+        let body = expect_problem(
+            app.patch("/api/v2/clinic", Some(&owner.access), patch)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+    }
+    // A NUL in a settings key, too.
+    let body = expect_problem(
+        app.patch(
+            "/api/v2/clinic",
+            Some(&owner.access),
+            json!({"settings": {"k\u{0}ey": true}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(
+        body["errors"][0]["field"]
+            .as_str()
+            .expect("field")
+            .starts_with("settings."),
+        "{body}"
+    );
+    let clinic: Value = app
+        .get("/api/v2/clinic", Some(&owner.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(clinic["settings"], json!({}));
+    assert_eq!(clinic["version"], 1);
+}
+
+#[tokio::test]
+async fn login_spellings_that_reach_one_account_share_its_limit() {
+    let app = spawn_with(|v| {
+        v.insert("LOGIN_RATE_LIMIT_PER_MINUTE".into(), "3".into());
+    })
+    .await;
+    let email = format!("iris-{}@example.test", uuid::Uuid::new_v4().simple());
+    let res = app
+        .post(
+            "/api/v2/auth/register-clinic",
+            None,
+            json!({
+                "clinic": {"name": "Spellings", "timezone": "Europe/Berlin", "currency": "EUR"},
+                "owner": {"email": email, "password": STRONG_PASSWORD, "full_name": "Iris Owner"}
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // U+0130 (İ): PostgreSQL's lower() folds it to `i`, which reaches this account, while
+    // Rust's to_lowercase() makes it `i` + U+0307, a different string.
+    let variant = email.replacen('i', "\u{130}", 1);
+    assert_ne!(variant.to_lowercase(), email);
+    let mut db = app.admin_db().await;
+    let same: bool = sqlx::query_scalar("SELECT lower($1) = $2")
+        .bind(&variant)
+        .bind(&email)
+        .fetch_one(&mut db)
+        .await
+        .expect("lower");
+    assert!(same, "this database's lower() does not fold U+0130 to i");
+    for i in 0..3 {
+        let res = app
+            .post(
+                "/api/v2/auth/login",
+                None,
+                json!({"email": email, "password": "wrong wrong wrong"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let res = app
+        .post(
+            "/api/v2/auth/login",
+            None,
+            json!({"email": variant, "password": STRONG_PASSWORD}),
+        )
+        .await;
+    expect_problem(res, StatusCode::TOO_MANY_REQUESTS).await;
+    // An address that belongs to no account is limited the same way, so the shared
+    // limit does not reveal which addresses exist.
+    let unknown = format!("ivan-{}@example.test", uuid::Uuid::new_v4().simple());
+    for _ in 0..3 {
+        let res = app
+            .post(
+                "/api/v2/auth/login",
+                None,
+                json!({"email": unknown, "password": "wrong wrong wrong"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = app
+        .post(
+            "/api/v2/auth/login",
+            None,
+            json!({"email": unknown.replacen('i', "\u{130}", 1), "password": "wrong wrong wrong"}),
+        )
+        .await;
+    expect_problem(res, StatusCode::TOO_MANY_REQUESTS).await;
+}
+
+#[tokio::test]
+async fn logging_out_ends_that_sign_ins_access_token_at_once() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Sign out").await;
+    let other = app.login(&owner.email, STRONG_PASSWORD).await;
+    let other_access = other["access_token"].as_str().expect("access");
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&owner.access))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let res = app
+        .post(
+            "/api/v2/auth/logout",
+            None,
+            json!({"refresh_token": owner.refresh}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    expect_problem(
+        app.get("/api/v2/auth/me", Some(&owner.access)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // The user's other sign-in is untouched, and so are the tokens it refreshes to.
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(other_access))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let res = refresh(&app, other["refresh_token"].as_str().expect("refresh")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let pair: Value = res.json().await.expect("json");
+    let refreshed = pair["access_token"].as_str().expect("access").to_owned();
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&refreshed)).await.status(),
+        StatusCode::OK
+    );
+    // An access token from a refresh ends with its sign-in too.
+    let res = app
+        .post(
+            "/api/v2/auth/logout",
+            None,
+            json!({"refresh_token": pair["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for token in [other_access, refreshed.as_str()] {
+        expect_problem(
+            app.get("/api/v2/auth/me", Some(token)).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    // A token from before tokens named their sign-in (no `sid`) is checked as it was
+    // then, until it expires; one naming a sign-in that does not exist is refused.
+    let secret = app.vars["SECRET_KEY"].clone();
+    let kid = Some(molar::auth::tokens::kid_of(secret.as_bytes()));
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": "molar", "aud": "molar-api", "sub": owner.user_id, "cid": owner.clinic_id,
+        "role": "owner", "ver": 1, "iat": now, "nbf": now, "exp": now + 600,
+        "jti": uuid::Uuid::now_v7(), "typ": "access"
+    });
+    let legacy = forge(&secret, Algorithm::HS256, claims.clone(), kid.clone());
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&legacy)).await.status(),
+        StatusCode::OK
+    );
+    let mut unknown = claims;
+    unknown["sid"] = json!(uuid::Uuid::now_v7());
+    let unknown = forge(&secret, Algorithm::HS256, unknown, kid);
+    expect_problem(
+        app.get("/api/v2/auth/me", Some(&unknown)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn password_changes_hold_no_connection_while_hashing() {
+    // One connection, a one-second wait for it, and more hashes allowed at once than
+    // there are connections: if a change held the connection while it hashed, the
+    // requests queued behind it would time out (503).
+    let app = spawn_with(|v| {
+        v.insert("DB_POOL_SIZE".into(), "1".into());
+        v.insert("DB_POOL_TIMEOUT".into(), "1".into());
+        v.insert("PASSWORD_HASH_CONCURRENCY".into(), "4".into());
+        v.insert("LOGIN_IP_RATE_LIMIT_PER_MINUTE".into(), "1000".into());
+        v.insert("RATE_LIMIT_ANON_PER_MINUTE".into(), "1000".into());
+    })
+    .await;
+    let owner = app.register_clinic("Busy").await;
+    let mut staff = Vec::new();
+    for _ in 0..40 {
+        staff.push(app.staff(&owner.access, "dentist").await);
+    }
+    let changes = staff.iter().map(|s| {
+        app.post(
+            "/api/v2/auth/change-password",
+            Some(&s.access),
+            json!({"current_password": STRONG_PASSWORD, "new_password": "a brand new passphrase 7"}),
+        )
+    });
+    let all = async {
+        let me = app.get("/api/v2/auth/me", Some(&owner.access));
+        let (changes, me) = tokio::join!(futures_util::future::join_all(changes), me);
+        (
+            changes.iter().map(|r| r.status()).collect::<Vec<_>>(),
+            me.status(),
+        )
+    };
+    let (changed, me) = tokio::time::timeout(std::time::Duration::from_secs(120), all)
+        .await
+        .expect("every request is answered");
+    assert_eq!(me, StatusCode::OK);
+    assert!(
+        changed.iter().all(|s| *s == StatusCode::NO_CONTENT),
+        "{changed:?}"
+    );
+    for s in &staff {
+        app.login(&s.email, "a brand new passphrase 7").await;
+    }
+}
+
+#[tokio::test]
+async fn a_password_changed_while_the_new_one_is_hashed_is_a_conflict() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Race").await;
+    // Another writer changes the stored hash (without committing yet) after the request
+    // has read it: the request's write must not overwrite that change.
+    let mut other = app.admin_db().await;
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut other)
+        .await
+        .expect("begin");
+    sqlx::query("UPDATE users SET password_hash = 'changed elsewhere' WHERE id = $1::uuid")
+        .bind(&owner.user_id)
+        .execute(&mut other)
+        .await
+        .expect("update");
+    let change = app.post(
+        "/api/v2/auth/change-password",
+        Some(&owner.access),
+        json!({"current_password": STRONG_PASSWORD, "new_password": "a brand new passphrase 7"}),
+    );
+    let commit_once_blocked = async {
+        let mut watcher = app.admin_db().await;
+        for _ in 0..300 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE users SET password_hash%'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .expect("pg_stat_activity");
+            if waiting > 0 {
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut other)
+                    .await
+                    .expect("commit");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the password change never reached its write");
+    };
+    let (res, ()) = tokio::join!(change, commit_once_blocked);
+    expect_problem(res, StatusCode::CONFLICT).await;
+    let mut db = app.admin_db().await;
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1::uuid")
+        .bind(&owner.user_id)
+        .fetch_one(&mut db)
+        .await
+        .expect("hash");
+    assert_eq!(hash, "changed elsewhere");
+}

@@ -445,3 +445,49 @@ async fn in_production_startup_check_details_need_the_metrics_token() {
         SERVER_ROLE
     );
 }
+
+#[tokio::test]
+async fn a_database_error_is_logged_without_the_values_it_quotes() {
+    let db = fresh_database().await;
+    let mut conn = admin_connection(&db).await;
+    let err = sqlx::query("SELECT $1::jsonb")
+        .bind(r#"{"name": "Jane\u0000Doe"}"#)
+        .fetch_one(&mut conn)
+        .await
+        .expect_err("PostgreSQL refuses \\u0000 in jsonb");
+    // The driver's own rendering quotes the patient's data …
+    assert!(format!("{err:?}").contains("Jane"), "{err:?}");
+    // … what the server logs does not, but still names the SQLSTATE.
+    let logged = molar::error::loggable(&err).to_string();
+    assert!(logged.contains("22P05"), "{logged}");
+    assert!(!logged.contains("Jane"), "{logged}");
+    let err = sqlx::query("SELECT $1::uuid")
+        .bind("Jane Doe")
+        .fetch_one(&mut conn)
+        .await
+        .expect_err("not a uuid");
+    assert!(err.to_string().contains("Jane"), "{err}");
+    let logged = molar::error::loggable(&err).to_string();
+    assert!(logged.contains("22P02"), "{logged}");
+    assert!(!logged.contains("Jane"), "{logged}");
+    sqlx::raw_sql("CREATE TEMP TABLE contacts (email text CONSTRAINT contacts_email UNIQUE)")
+        .execute(&mut conn)
+        .await
+        .expect("temp table");
+    let insert = "INSERT INTO contacts VALUES ('jane.doe@example.test')";
+    sqlx::raw_sql(insert)
+        .execute(&mut conn)
+        .await
+        .expect("first");
+    let err = sqlx::raw_sql(insert)
+        .execute(&mut conn)
+        .await
+        .expect_err("duplicate");
+    assert!(format!("{err:?}").contains("jane.doe"), "{err:?}");
+    let logged = molar::error::loggable(&err).to_string();
+    assert!(
+        logged.contains("23505") && logged.contains("contacts_email"),
+        "{logged}"
+    );
+    assert!(!logged.contains("jane.doe"), "{logged}");
+}

@@ -10,6 +10,8 @@ mod foundation;
 mod migrations;
 mod openapi;
 mod patients;
+mod properties;
 mod scaleout;
 mod scheduling;
 mod tenancy;
+mod tenant_matrix;

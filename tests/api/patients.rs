@@ -1121,3 +1121,90 @@ async fn an_idempotency_key_reused_on_another_patient_is_not_a_replay() {
         "nothing was written to B"
     );
 }
+
+#[tokio::test]
+async fn nul_characters_in_search_and_addresses_are_refused_before_the_database() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Nul").await;
+    for q in [
+        "Ann%00a",
+        "%00",
+        "2001-01-01%00",
+        "a%40b.example%00",
+        "030%001234",
+    ] {
+        let body = expect_problem(
+            app.get(&format!("/api/v2/patients?q={q}"), Some(&owner.access))
+                .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().expect("detail").contains("`q`"),
+            "{body}"
+        );
+    }
+    let mut create = patient_body("Nul", "Address");
+    create["address"] = json!({"line1": "Hauptstr.\u{0} 1", "city": "Berlin"});
+    let body = expect_problem(
+        app.post("/api/v2/patients", Some(&owner.access), create)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "address.line1");
+    let id = app.patient(&owner.access, "Nul", "Patch").await;
+    let path = format!("/api/v2/patients/{id}");
+    for (patch, field) in [
+        (json!({"address": {"city": "Ber\u{0}lin"}}), "address.city"),
+        (
+            json!({"address": {"postal_code": "\u{0}"}}),
+            "address.postal_code",
+        ),
+        (json!({"last_name": "Pa\u{0}tch"}), "last_name"),
+        (
+            json!({"medical_alerts": [{"kind": "allergy", "description": "latex\u{0}", "severity": "high"}]}),
+            "medical_alerts[0].description",
+        ),
+    ] {
+        let body = expect_problem(
+            app.patch(&path, Some(&owner.access), patch).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+    }
+    // Other control characters are refused in an address as they are in names.
+    let body = expect_problem(
+        app.patch(
+            &path,
+            Some(&owner.access),
+            json!({"address": {"line1": "a\u{7}b"}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "address.line1");
+    // A NUL elsewhere in a body is refused the same way.
+    let body = expect_problem(
+        app.post(
+            "/api/v2/patients",
+            Some(&owner.access),
+            json!({"first_name": "A", "last_name": "B", "date_of_birth": "1985-04-12", "notes\u{0}": 1}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(body["errors"][0]["field"].is_string(), "{body}");
+    // The patient is unchanged.
+    let unchanged: Value = app
+        .get(&path, Some(&owner.access))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(unchanged["last_name"], "Patch");
+    assert_eq!(unchanged["address"], Value::Null);
+}

@@ -158,6 +158,9 @@ pub async fn availability(
             Event::new("availability.read", "user")
         })
         .await?;
+    if !hours::plain_date(p.date) {
+        return Err(AppError::validation("date", "must be a date YYYY-MM-DD"));
+    }
     if p.duration_minutes < 5 || p.duration_minutes > state.config.appointment_max_minutes {
         return Err(AppError::BadRequest(format!(
             "the query parameter `duration_minutes` must be 5 to {}",

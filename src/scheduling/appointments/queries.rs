@@ -102,48 +102,33 @@ pub(super) async fn conflicts_in(
     exclude: Option<Uuid>,
     longest: Option<Duration>,
 ) -> AppResult<Vec<Conflict>> {
-    // The two statements differ only in the bound on `start_at`.
-    let rows = match longest {
-        None => {
+    // The two statements differ only in the bound on `start_at`; both stay literals.
+    macro_rules! clashes {
+        ($bound:literal $(, $since:expr)?) => {
             sqlx::query_as!(
                 Conflict,
                 r#"SELECT id AS appointment_id, r.resource AS "resource!", start_at, end_at FROM appointments a
                    CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2),
                                               ('patient', a.patient_id = $3)) AS r(resource, hit)
                    WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show')
-                     AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)
-                   ORDER BY start_at, id"#,
+                     AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)"#
+                    + $bound
+                    + " ORDER BY start_at, id",
                 slot.provider,
                 slot.operatory,
                 patient,
                 slot.start,
                 slot.end,
                 exclude
+                $(, $since)?
             )
             .fetch_all(&mut **tx)
             .await?
-        }
-        Some(d) => {
-            sqlx::query_as!(
-                Conflict,
-                r#"SELECT id AS appointment_id, r.resource AS "resource!", start_at, end_at FROM appointments a
-                   CROSS JOIN LATERAL (VALUES ('provider', a.provider_id = $1), ('operatory', a.operatory_id = $2),
-                                              ('patient', a.patient_id = $3)) AS r(resource, hit)
-                   WHERE r.hit AND a.status NOT IN ('cancelled', 'no_show')
-                     AND a.during && tstzrange($4, $5, '[)') AND ($6::uuid IS NULL OR a.id <> $6)
-                     AND a.start_at > $7 AND a.start_at < $5
-                   ORDER BY start_at, id"#,
-                slot.provider,
-                slot.operatory,
-                patient,
-                slot.start,
-                slot.end,
-                exclude,
-                slot.start - d
-            )
-            .fetch_all(&mut **tx)
-            .await?
-        }
+        };
+    }
+    let rows = match longest {
+        None => clashes!(""),
+        Some(d) => clashes!(" AND a.start_at > $7 AND a.start_at < $5", slot.start - d),
     };
     Ok(rows)
 }
@@ -210,32 +195,32 @@ pub(super) struct Slot {
     pub(super) end: DateTime<Utc>,
 }
 
+/// The one SELECT of an appointment, with `$lock` either `""` or `" FOR UPDATE"`: the
+/// statement stays a literal that sqlx checks at build time.
+macro_rules! select_appointment {
+    ($tx:expr, $id:expr, $lock:literal) => {
+        sqlx::query_as!(
+            Row,
+            "SELECT id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, \
+             notes, outside_hours, version, created_by, created_at, updated_at \
+             FROM appointments WHERE id = $1"
+                + $lock,
+            $id
+        )
+        .fetch_optional(&mut **$tx)
+        .await?
+        .map(Appointment::from)
+        .ok_or_else(|| AppError::not_found("appointment"))
+    };
+}
+
 pub(super) async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Appointment> {
-    sqlx::query_as!(
-        Row,
-        "SELECT id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
-         outside_hours, version, created_by, created_at, updated_at FROM appointments WHERE id = $1",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(Appointment::from)
-    .ok_or_else(|| AppError::not_found("appointment"))
+    select_appointment!(tx, id, "")
 }
 
 /// [`load`], holding the row until the transaction ends.
 pub(super) async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<Appointment> {
-    sqlx::query_as!(
-        Row,
-        "SELECT id, patient_id, provider_id, operatory_id, start_at, end_at, status, reason, notes, \
-         outside_hours, version, created_by, created_at, updated_at FROM appointments WHERE id = $1 \
-         FOR UPDATE",
-        id
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(Appointment::from)
-    .ok_or_else(|| AppError::not_found("appointment"))
+    select_appointment!(tx, id, " FOR UPDATE")
 }
 
 /// One line of an appointment's history; what a kind of change does not concern is `None`.
