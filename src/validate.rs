@@ -22,6 +22,16 @@ impl Errors {
         self.0.push(FieldError::new(field, message));
     }
 
+    /// Merge-patch fields that may change but not be cleared: each one sent as `null`
+    /// (`true` here) is a 422.
+    pub fn uncleared(&mut self, fields: &[(&str, bool)]) {
+        for (field, cleared) in fields {
+            if *cleared {
+                self.add(*field, "cannot be cleared");
+            }
+        }
+    }
+
     pub fn push(&mut self, e: FieldError) {
         self.0.push(e);
     }

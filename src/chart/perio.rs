@@ -274,11 +274,8 @@ pub async fn list_perio_exams(
     ApiQuery(p): ApiQuery<PerioParams>,
 ) -> AppResult<Json<PerioList>> {
     let event = || Event::new("perio.list", "perio_exam").patient(id);
-    caller
-        .authorize(&state, Permission::ClinicalRead, event)
-        .await?;
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
+    let mut tx =
+        patients::open_record(&state, &caller, id, Permission::ClinicalRead, event).await?;
     let rows = sqlx::query_as!(
         ExamRow,
         r#"SELECT id, patient_id, examiner_id, examined_at, note,
@@ -320,8 +317,7 @@ pub async fn create_perio_exam(
     let stored = validate(&body, &mut errors);
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
+    let mut tx = patients::begin_on(&state, &caller, id).await?;
     let exam_id = Uuid::now_v7();
     let row = sqlx::query_as!(
         ExamRow,

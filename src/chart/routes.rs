@@ -141,11 +141,8 @@ pub async fn get_chart(
     ApiQuery(p): ApiQuery<ChartParams>,
 ) -> AppResult<Json<Chart>> {
     let event = || Event::new("chart.read", "chart").patient(id);
-    caller
-        .authorize(&state, Permission::ClinicalRead, event)
-        .await?;
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
+    let mut tx =
+        patients::open_record(&state, &caller, id, Permission::ClinicalRead, event).await?;
     let rows = entries(&mut tx, id, false).await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
@@ -200,11 +197,8 @@ pub async fn list_chart_entries(
     ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> AppResult<Json<ChartHistory>> {
     let event = || Event::new("chart.read", "chart").patient(id);
-    caller
-        .authorize(&state, Permission::ClinicalRead, event)
-        .await?;
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
+    let mut tx =
+        patients::open_record(&state, &caller, id, Permission::ClinicalRead, event).await?;
     let rows = entries(&mut tx, id, p.include_voided.unwrap_or(true)).await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
@@ -290,8 +284,7 @@ pub async fn add_chart_entry(
     errors.finish()?;
     let tooth = tooth.ok_or_else(|| AppError::validation("tooth", "is invalid"))?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
+    let mut tx = patients::begin_on(&state, &caller, id).await?;
     let entry_id = Uuid::now_v7();
     let row = sqlx::query_as!(
         EntryRow,

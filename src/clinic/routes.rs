@@ -90,16 +90,12 @@ pub async fn update_clinic(
         })
         .await?;
     let mut errors = Errors::default();
-    for (field, null) in [
+    errors.uncleared(&[
         ("name", matches!(patch.name, Some(None))),
         ("timezone", matches!(patch.timezone, Some(None))),
         ("currency", matches!(patch.currency, Some(None))),
         ("settings", matches!(patch.settings, Some(None))),
-    ] {
-        if null {
-            errors.add(field, "cannot be cleared");
-        }
-    }
+    ]);
     let name = patch
         .name
         .clone()

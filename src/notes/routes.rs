@@ -46,11 +46,8 @@ pub async fn list_notes(
     ApiPath(PatientPath { id }): ApiPath<PatientPath>,
 ) -> AppResult<Json<NoteList>> {
     let event = || Event::new("note.list", "note").patient(id);
-    caller
-        .authorize(&state, Permission::ClinicalRead, event)
-        .await?;
-    let mut tx = caller.begin(&state).await?;
-    patients::ensure_exists(&mut tx, id).await?;
+    let mut tx =
+        patients::open_record(&state, &caller, id, Permission::ClinicalRead, event).await?;
     let rows = sqlx::query_as!(
         NoteRow,
         "SELECT id, patient_id, body, author_id, addendum_to, signed_at, signed_by, version, \
@@ -109,8 +106,7 @@ pub async fn create_note(
     let text = errors.text("body", &body.body, 20_000);
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-        let mut tx = caller.begin(&state).await?;
-        patients::ensure_exists(&mut tx, id).await?;
+        let mut tx = patients::begin_on(&state, &caller, id).await?;
         if let Some(target) = body.addendum_to {
             let t: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query!(
                 "SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1",

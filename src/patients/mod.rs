@@ -12,9 +12,12 @@ use sqlx::types::Json as SqlJson;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::audit::Event;
+use crate::auth::{Caller, Permission};
 use crate::clinic::Address;
 use crate::db::Tx;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use crate::validate::Errors;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -226,6 +229,26 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
     };
     row.map(Patient::from)
         .ok_or_else(|| AppError::not_found("patient"))
+}
+
+/// Opens a patient's record for `p`: authorizes the caller (a denial is audited as
+/// `event`), begins the caller's transaction and confirms the patient is there (404).
+pub async fn open_record(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    p: Permission,
+    event: impl FnOnce() -> Event,
+) -> AppResult<Tx> {
+    caller.authorize(state, p, event).await?;
+    begin_on(state, caller, id).await
+}
+
+/// The caller's transaction, once the patient is confirmed in their clinic (404).
+pub async fn begin_on(state: &AppState, caller: &Caller, id: Uuid) -> AppResult<Tx> {
+    let mut tx = caller.begin(state).await?;
+    ensure_exists(&mut tx, id).await?;
+    Ok(tx)
 }
 
 /// 404 unless the patient exists in the transaction's clinic and is not archived.

@@ -221,14 +221,10 @@ pub async fn update_operatory(
         })
         .await?;
     let mut errors = Errors::default();
-    for (field, null) in [
+    errors.uncleared(&[
         ("name", matches!(patch.name, Some(None))),
         ("active", matches!(patch.active, Some(None))),
-    ] {
-        if null {
-            errors.add(field, "cannot be cleared");
-        }
-    }
+    ]);
     let name = patch
         .name
         .clone()

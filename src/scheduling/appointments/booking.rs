@@ -75,16 +75,12 @@ pub async fn reschedule_appointment(
         })
         .await?;
     let mut errors = Errors::default();
-    for (field, null) in [
+    errors.uncleared(&[
         ("start_at", matches!(patch.start_at, Some(None))),
         ("end_at", matches!(patch.end_at, Some(None))),
         ("provider_id", matches!(patch.provider_id, Some(None))),
         ("operatory_id", matches!(patch.operatory_id, Some(None))),
-    ] {
-        if null {
-            errors.add(field, "cannot be cleared");
-        }
-    }
+    ]);
     let reason = patch
         .reason
         .as_ref()
@@ -181,12 +177,12 @@ pub async fn reschedule_appointment(
         },
     )
     .await?;
-    let mut event = Event::new("appointment.update", "appointment")
-        .resource(id)
-        .patient(current.patient_id);
-    if moved && outside {
-        event = event.details(serde_json::json!({"override": "outside_working_hours"}));
-    }
+    let event = booking_event(
+        "appointment.update",
+        id,
+        current.patient_id,
+        moved && outside,
+    );
     audit::record(&mut tx, &caller.audit(), event).await?;
     tx.commit().await?;
     Ok(respond(StatusCode::OK, &row.into()))
@@ -389,12 +385,7 @@ pub(super) async fn book_once(
         },
     )
     .await?;
-    let mut event = Event::new("appointment.create", "appointment")
-        .resource(id)
-        .patient(body.patient_id);
-    if !inside {
-        event = event.details(serde_json::json!({"override": "outside_working_hours"}));
-    }
+    let event = booking_event("appointment.create", id, body.patient_id, !inside);
     audit::record(&mut tx, &caller.audit(), event).await?;
     let appointment = Appointment::from(row);
     let created = Created {

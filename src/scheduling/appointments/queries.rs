@@ -2,6 +2,7 @@
 //! references, clashes and the resource locks.
 
 use super::*;
+use crate::audit::Event;
 use crate::auth::Caller;
 use crate::db::Tx;
 use crate::error::{AppError, AppResult};
@@ -271,4 +272,22 @@ pub(super) fn respond(status: StatusCode, a: &Appointment) -> Response {
         }
     }
     res
+}
+
+/// The audit event of a booking or a change of one; a booking outside the provider's
+/// working hours (allowed by `override`) says so.
+pub(super) fn booking_event(
+    action: &'static str,
+    id: Uuid,
+    patient: Uuid,
+    outside_hours: bool,
+) -> Event {
+    let event = Event::new(action, "appointment")
+        .resource(id)
+        .patient(patient);
+    if outside_hours {
+        event.details(serde_json::json!({"override": "outside_working_hours"}))
+    } else {
+        event
+    }
 }
