@@ -291,6 +291,7 @@ pub async fn put_working_hours(
         exceptions.push((e.date, interval, reason));
     }
     let mut dates: Vec<NaiveDate> = exceptions.iter().map(|e| e.0).collect();
+    dates.sort();
     dates.dedup();
     for date in dates {
         let same: Vec<&(NaiveDate, Option<LocalInterval>, Option<String>)> =

@@ -866,3 +866,33 @@ async fn a_retried_booking_with_the_same_idempotency_key_returns_the_first_booki
         .expect("json");
     assert_eq!(cal["items"].as_array().expect("items").len(), 1);
 }
+
+#[tokio::test]
+async fn a_date_both_off_and_with_hours_is_reported_once_wherever_it_stands() {
+    let app = spawn().await;
+    let (owner, dentist) = clinic_in(&app, "Europe/Berlin").await;
+    let res = app
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v2/providers/{}/working-hours", dentist.user_id),
+            Some(&owner.access),
+            Some(json!({
+                "weekly": [{"weekday": 1, "start": "09:00", "end": "10:00"}],
+                "exceptions": [
+                    {"date": "2027-12-24", "reason": "Christmas Eve"},
+                    {"date": "2027-12-31", "reason": "New Year's Eve"},
+                    {"date": "2027-12-24", "start": "09:00", "end": "12:00"}
+                ]
+            })),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.expect("problem");
+    let clashes = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter(|e| e["message"] == "2027-12-24 is both a day off and has hours")
+        .count();
+    assert_eq!(clashes, 1, "{body}");
+}
