@@ -5,6 +5,7 @@
 //! Every read, list and change is audited in the same transaction.
 
 pub mod routes;
+pub mod search;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
