@@ -1,6 +1,7 @@
 //! Who is calling and what they may do: roles, the permission matrix, and the `Caller`
 //! extractor that verifies the access token and opens the caller's clinic transaction.
 
+pub mod account;
 pub mod password;
 pub mod routes;
 pub mod tokens;
