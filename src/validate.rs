@@ -3,7 +3,28 @@
 
 use serde::{Deserialize, Deserializer};
 
+use chrono::{DateTime, Datelike, Utc};
+
 use crate::error::{AppError, AppResult, FieldError};
+
+/// What an instant outside the years PostgreSQL's `timestamptz` holds is told.
+pub const UNSTORABLE_INSTANT: &str = "is outside the instants Molar can store";
+
+/// Whether PostgreSQL's `timestamptz` holds the instant (4713 BC to 294276 AD, in chrono's
+/// count of years): one outside is refused before it reaches the database.
+pub fn storable(t: DateTime<Utc>) -> bool {
+    (-4712..=294275).contains(&t.year())
+}
+
+/// An instant in a query parameter that the database could not hold: a 400 naming it.
+pub fn storable_param(name: &str, t: Option<DateTime<Utc>>) -> AppResult<()> {
+    match t {
+        Some(t) if !storable(t) => Err(AppError::BadRequest(format!(
+            "invalid query parameters: `{name}` {UNSTORABLE_INSTANT}"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 #[derive(Default)]
 pub struct Errors(Vec<FieldError>);

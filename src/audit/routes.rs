@@ -82,6 +82,8 @@ pub async fn list_audit_events(
         })
         .await?;
     let limit = pagination::limit(p.limit)?;
+    crate::validate::storable_param("from", p.from)?;
+    crate::validate::storable_param("to", p.to)?;
     if let (Some(from), Some(to)) = (p.from, p.to) {
         if from > to {
             return Err(AppError::validation("from", "must not be after `to`"));

@@ -185,6 +185,12 @@ fn render(row: ExamRow, numbering: Numbering) -> PerioExam {
 
 fn validate(exam: &NewPerioExam, errors: &mut Errors) -> Vec<StoredTooth> {
     let mut stored: Vec<StoredTooth> = Vec::new();
+    if exam
+        .examined_at
+        .is_some_and(|t| !crate::validate::storable(t))
+    {
+        errors.add("examined_at", crate::validate::UNSTORABLE_INSTANT);
+    }
     if exam.teeth.is_empty() || exam.teeth.len() > 52 {
         errors.add("teeth", "must list 1 to 52 teeth");
     }

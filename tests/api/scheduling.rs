@@ -896,3 +896,41 @@ async fn a_date_both_off_and_with_hours_is_reported_once_wherever_it_stands() {
         .count();
     assert_eq!(clashes, 1, "{body}");
 }
+
+#[tokio::test]
+async fn instants_beyond_what_the_database_stores_are_refused_not_failed() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Far Future").await;
+    // PostgreSQL holds 4713 BC to 294276 AD; chrono reads years far beyond both, and
+    // RFC 3339 writes four-digit years only.
+    for (from, to, status) in [
+        (
+            "-200000-01-01T00:00:00Z",
+            "-200000-01-02T00:00:00Z",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "%2B290000-01-01T00:00:00Z",
+            "%2B290000-01-02T00:00:00Z",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "0001-01-01T00:00:00Z",
+            "0001-01-02T00:00:00Z",
+            StatusCode::OK,
+        ),
+        (
+            "9999-12-30T00:00:00Z",
+            "9999-12-31T00:00:00Z",
+            StatusCode::OK,
+        ),
+    ] {
+        for path in [
+            format!("/api/v2/appointments?from={from}&to={to}"),
+            format!("/api/v2/audit-events?from={from}&to={to}"),
+        ] {
+            let res = app.get(&path, Some(&owner.access)).await;
+            assert_eq!(res.status(), status, "{path}");
+        }
+    }
+}

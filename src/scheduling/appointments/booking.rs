@@ -194,7 +194,11 @@ pub(super) fn validate_times(
     end: DateTime<Utc>,
     errors: &mut Errors,
 ) {
-    if end <= start {
+    if !crate::validate::storable(start) {
+        errors.add("start_at", crate::validate::UNSTORABLE_INSTANT);
+    } else if !crate::validate::storable(end) {
+        errors.add("end_at", crate::validate::UNSTORABLE_INSTANT);
+    } else if end <= start {
         errors.add("end_at", "must be after start_at");
     } else if end - start > Duration::minutes(state.config.appointment_max_minutes as i64) {
         errors.add(

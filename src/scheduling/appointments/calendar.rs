@@ -60,6 +60,8 @@ pub async fn list_appointments(
         })
         .await?;
     let limit = pagination::limit(p.limit)?;
+    crate::validate::storable_param("from", p.from)?;
+    crate::validate::storable_param("to", p.to)?;
     let from = p.from.unwrap_or_else(Utc::now);
     let to = p.to.unwrap_or(from + Duration::days(7));
     let max = state.config.calendar_max_days as i64;
