@@ -13,7 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::http::query::{reject_undeclared, StrictQuery};
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
-use crate::{audit, auth, chart, clinic, health, http, notes, patients, scheduling, users};
+use crate::{
+    audit, auth, chart, clinic, health, http, notes, patients, reports, scheduling, treatment, users,
+};
 
 /// Every clinic area's routes.
 fn areas() -> OpenApiRouter<AppState> {
@@ -29,6 +31,11 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(scheduling::operatories::router())
         .merge(scheduling::hours::router())
         .merge(scheduling::appointments::router())
+        .merge(treatment::codes::router())
+        .merge(treatment::procedures::router())
+        .merge(treatment::plans::router())
+        .merge(treatment::recalls::router())
+        .merge(reports::router())
 }
 
 /// The API routes and the OpenAPI document describing exactly them.

@@ -15,14 +15,17 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod ledger;
 pub mod notes;
 pub mod openapi;
 pub mod patients;
 pub mod ratelimit;
 pub mod redis_store;
+pub mod reports;
 pub mod scheduling;
 pub mod state;
 pub mod telemetry;
+pub mod treatment;
 pub mod users;
 pub mod validate;
 

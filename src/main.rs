@@ -252,6 +252,7 @@ async fn create_clinic(
             email,
             password,
             full_name,
+            is_provider: None,
         },
     };
     match register(server.state(), body, None).await {

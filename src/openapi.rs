@@ -31,7 +31,9 @@ use crate::scheduling::appointments::Conflict;
         (name = "chart", description = "The odontogram"),
         (name = "notes", description = "Clinical notes"),
         (name = "perio", description = "Periodontal charts"),
-        (name = "scheduling", description = "Operatories, working hours, appointments and availability")
+        (name = "scheduling", description = "Operatories, working hours, appointments and availability"),
+        (name = "treatment", description = "The procedure catalogue, charted procedures, treatment plans and recalls"),
+        (name = "reports", description = "The day sheet")
     )
 )]
 pub struct ApiDoc;

@@ -16,6 +16,12 @@ pub fn storable(t: DateTime<Utc>) -> bool {
     (-4712..=294275).contains(&t.year())
 }
 
+/// Whether a date is one the clinic's reports and lists reason about: years 1 to 9999
+/// (PostgreSQL holds more, but date arithmetic near its ends would overflow).
+pub fn storable_date(d: chrono::NaiveDate) -> bool {
+    (1..=9999).contains(&d.year())
+}
+
 /// An instant in a query parameter that the database could not hold: a 400 naming it.
 pub fn storable_param(name: &str, t: Option<DateTime<Utc>>) -> AppResult<()> {
     match t {
@@ -136,6 +142,18 @@ impl Errors {
             _ => self.add(field, "must be an ISO 4217 currency code such as EUR"),
         }
         value.to_owned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn into_vec(self) -> Vec<FieldError> {
+        self.0
     }
 
     pub fn finish(self) -> AppResult<()> {

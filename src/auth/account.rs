@@ -40,7 +40,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> AppResult<Json
     tx.commit().await?;
     Ok(Json(Me {
         role: user.role,
-        permissions: user.role.permissions().to_vec(),
+        permissions: crate::auth::grants(user.role, user.is_provider),
         user,
         clinic,
     }))

@@ -96,6 +96,9 @@ impl Role {
                 ScheduleManage,
                 LedgerRead,
                 LedgerWrite,
+                CatalogueManage,
+                TreatmentRead,
+                TreatmentConsent,
             ],
             Role::Dentist | Role::Hygienist => &[
                 ClinicRead,
@@ -108,6 +111,9 @@ impl Role {
                 NotesSign,
                 AppointmentsRead,
                 AppointmentsWrite,
+                TreatmentRead,
+                TreatmentWrite,
+                TreatmentConsent,
             ],
             Role::Assistant => &[
                 ClinicRead,
@@ -119,6 +125,9 @@ impl Role {
                 NotesWrite,
                 AppointmentsRead,
                 AppointmentsWrite,
+                TreatmentRead,
+                TreatmentWrite,
+                TreatmentConsent,
             ],
             Role::Receptionist => &[
                 ClinicRead,
@@ -129,19 +138,45 @@ impl Role {
                 AppointmentsWrite,
                 LedgerRead,
                 LedgerWrite,
+                TreatmentRead,
+                TreatmentConsent,
             ],
-            Role::Billing => &[ClinicRead, PatientsRead, LedgerRead, LedgerWrite],
+            Role::Billing => &[
+                ClinicRead,
+                PatientsRead,
+                LedgerRead,
+                LedgerWrite,
+                TreatmentRead,
+            ],
         }
     }
 
     pub fn can(self, p: Permission) -> bool {
         self.permissions().contains(&p)
     }
+
+    /// The role a user acts in clinically: an owner or admin who is a provider treats
+    /// patients as a dentist does (in a small practice the owner is the dentist).
+    pub fn clinical(self, provider: bool) -> Role {
+        match self {
+            Role::Owner | Role::Admin if provider => Role::Dentist,
+            other => other,
+        }
+    }
+}
+
+/// What a user may do: their role's permissions, and a dentist's clinical ones for an
+/// owner or admin who is a provider. In the order of [`Permission::ALL`].
+pub fn grants(role: Role, provider: bool) -> Vec<Permission> {
+    Permission::ALL
+        .into_iter()
+        .filter(|p| role.can(*p) || role.clinical(provider).can(*p))
+        .collect()
 }
 
 impl Permission {
     /// Every permission, in the order the matrix lists them.
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 21] = [
         Permission::ClinicRead,
         Permission::ClinicManage,
         Permission::UsersRead,
@@ -159,6 +194,10 @@ impl Permission {
         Permission::ScheduleManage,
         Permission::LedgerRead,
         Permission::LedgerWrite,
+        Permission::CatalogueManage,
+        Permission::TreatmentRead,
+        Permission::TreatmentWrite,
+        Permission::TreatmentConsent,
     ];
 
     /// The name in the API (as serialised).
@@ -181,6 +220,10 @@ impl Permission {
             Permission::ScheduleManage => "schedule.manage",
             Permission::LedgerRead => "ledger.read",
             Permission::LedgerWrite => "ledger.write",
+            Permission::CatalogueManage => "catalogue.manage",
+            Permission::TreatmentRead => "treatment.read",
+            Permission::TreatmentWrite => "treatment.write",
+            Permission::TreatmentConsent => "treatment.consent",
         }
     }
 }
@@ -192,14 +235,16 @@ pub fn permission_matrix_markdown() -> String {
     for role in Role::ALL {
         out.push_str(&format!(" {} |", role.as_str()));
     }
-    out.push_str("\n|---|");
-    out.push_str(&":-:|".repeat(Role::ALL.len()));
+    out.push_str(" owner/admin who is a provider |\n|---|");
+    out.push_str(&":-:|".repeat(Role::ALL.len() + 1));
     out.push('\n');
     for p in Permission::ALL {
         out.push_str(&format!("| `{}` |", p.as_str()));
         for role in Role::ALL {
             out.push_str(if role.can(p) { " ✓ |" } else { " |" });
         }
+        let provider = grants(Role::Owner, true).contains(&p) && grants(Role::Admin, true).contains(&p);
+        out.push_str(if provider { " ✓ |" } else { " |" });
         out.push('\n');
     }
     out
@@ -243,6 +288,19 @@ pub enum Permission {
     LedgerRead,
     #[serde(rename = "ledger.write")]
     LedgerWrite,
+    /// The procedure catalogue, its fees and recall types.
+    #[serde(rename = "catalogue.manage")]
+    CatalogueManage,
+    /// Charted procedures (without their clinical note for non-clinical roles), treatment
+    /// plans and fees.
+    #[serde(rename = "treatment.read")]
+    TreatmentRead,
+    /// Chart, edit, complete and reverse procedures; write and present treatment plans.
+    #[serde(rename = "treatment.write")]
+    TreatmentWrite,
+    /// Record a patient's acceptance or refusal of a presented plan.
+    #[serde(rename = "treatment.consent")]
+    TreatmentConsent,
 }
 
 /// The answer to a role that lacks a permission.
@@ -258,11 +316,23 @@ pub struct Caller {
     /// The sign-in (refresh-token family) the token belongs to; `None` for a token issued
     /// before tokens carried it.
     pub session_id: Option<Uuid>,
+    /// The user is a provider (see [`Role::clinical`]).
+    pub provider: bool,
     pub ip: Option<IpAddr>,
     pub request_id: Option<String>,
 }
 
 impl Caller {
+    /// Whether the caller holds `p`: by role, or clinically as a provider owner or admin.
+    pub fn can(&self, p: Permission) -> bool {
+        self.role.can(p) || self.clinical_role().can(p)
+    }
+
+    /// The role the caller acts in clinically (see [`Role::clinical`]).
+    pub fn clinical_role(&self) -> Role {
+        self.role.clinical(self.provider)
+    }
+
     /// The one authorization check every handler makes: `Ok` when the caller's role has
     /// `p`; otherwise the denial is audited as `event` (in a transaction of its own, since
     /// the work never started) and answered 403.
@@ -272,7 +342,7 @@ impl Caller {
         p: Permission,
         event: impl FnOnce() -> Event,
     ) -> AppResult<()> {
-        if self.role.can(p) {
+        if self.can(p) {
             Ok(())
         } else {
             Err(self.deny(state, event(), NOT_PERMITTED).await)
@@ -345,6 +415,7 @@ impl FromRequestParts<AppState> for Caller {
             role: claims.role,
             auth_version: claims.ver,
             session_id: claims.sid,
+            provider: claims.prv,
             ip: client_ip(parts, &state.config.trusted_proxies),
             request_id: crate::error::current_request_id(),
         })

@@ -64,6 +64,7 @@ pub(crate) async fn issue_pair(
     clinic_id: Uuid,
     user_id: Uuid,
     role: Role,
+    provider: bool,
     auth_version: i32,
 ) -> AppResult<TokenPair> {
     let now = Utc::now();
@@ -74,7 +75,7 @@ pub(crate) async fn issue_pair(
     Ok(TokenPair {
         access_token: state
             .tokens
-            .issue_access(user_id, clinic_id, role, auth_version, family)?,
+            .issue_access(user_id, clinic_id, role, provider, auth_version, family)?,
         refresh_token: refresh.encode(),
         token_type: "Bearer",
         expires_in: state.tokens.access_ttl_secs,
@@ -336,14 +337,23 @@ pub async fn login(
     }
     let mut tx = state.db.clinic_tx(clinic_id).await?;
     let user = sqlx::query!(
-        "SELECT role, auth_version FROM users WHERE id = $1 AND active",
+        "SELECT role, is_provider, auth_version FROM users WHERE id = $1 AND active",
         user_id
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(bad_credentials)?;
     let role = Role::parse(&user.role).ok_or_else(bad_credentials)?;
-    let pair = issue_pair(&state, &mut tx, clinic_id, user_id, role, user.auth_version).await?;
+    let pair = issue_pair(
+        &state,
+        &mut tx,
+        clinic_id,
+        user_id,
+        role,
+        user.is_provider,
+        user.auth_version,
+    )
+    .await?;
     audit::record(
         &mut tx,
         &ctx,
@@ -379,7 +389,7 @@ pub async fn refresh(
     let mut tx = state.db.clinic_tx(token.clinic_id).await?;
     let row = sqlx::query!(
         "SELECT rt.family_id, rt.user_id, rt.secret_hash, rt.family_expires_at, rt.idle_expires_at, \
-                rt.rotated_at, rt.revoked_at, u.active, u.role, u.auth_version \
+                rt.rotated_at, rt.revoked_at, u.active, u.role, u.is_provider, u.auth_version \
          FROM refresh_tokens rt JOIN users u ON u.clinic_id = rt.clinic_id AND u.id = rt.user_id \
          WHERE rt.id = $1 FOR UPDATE OF rt",
         token.id
@@ -461,6 +471,7 @@ pub async fn refresh(
             user_id,
             token.clinic_id,
             role,
+            row.is_provider,
             row.auth_version,
             family,
         )?,

@@ -32,6 +32,11 @@ pub struct AccessClaims {
     /// issued before this claim existed, which are checked without it until they expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<Uuid>,
+    /// The user treats patients (`is_provider`); an owner or admin who does holds a
+    /// dentist's clinical permissions. Changing it ends the user's access tokens (through
+    /// `ver`), so the claim is never stale for longer than a request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prv: bool,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
@@ -102,6 +107,7 @@ impl TokenService {
         user: Uuid,
         clinic: Uuid,
         role: Role,
+        provider: bool,
         auth_version: i32,
         session: Uuid,
     ) -> AppResult<String> {
@@ -114,6 +120,7 @@ impl TokenService {
             role,
             ver: auth_version,
             sid: Some(session),
+            prv: provider,
             iat: now,
             nbf: now,
             exp: now + self.access_ttl_secs,
@@ -224,6 +231,7 @@ mod tests {
                 Uuid::now_v7(),
                 Uuid::now_v7(),
                 Role::Dentist,
+                true,
                 1,
                 Uuid::now_v7(),
             )
@@ -320,7 +328,7 @@ mod proptests {
         ) {
             let tokens = service();
             let token = tokens
-                .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, 1, Uuid::now_v7())
+                .issue_access(Uuid::now_v7(), Uuid::now_v7(), Role::Dentist, true, 1, Uuid::now_v7())
                 .expect("issue");
             prop_assert!(tokens.verify_access(&token).is_ok());
             let i = at.index(token.len());
@@ -357,6 +365,7 @@ mod proptests {
                 role: Role::Owner,
                 ver: 1,
                 sid: Some(Uuid::now_v7()),
+                prv: false,
                 iat: now + iat,
                 nbf: now + nbf,
                 exp: now + exp,
@@ -387,7 +396,7 @@ mod proptests {
             // Neither kind of token passes for the other.
             prop_assert!(service().verify_access(&s).is_err());
             let access = service()
-                .issue_access(Uuid::now_v7(), t.clinic_id, Role::Owner, 1, Uuid::now_v7())
+                .issue_access(Uuid::now_v7(), t.clinic_id, Role::Owner, false, 1, Uuid::now_v7())
                 .expect("issue");
             prop_assert!(RefreshToken::decode(&access).is_none());
         }

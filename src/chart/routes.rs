@@ -21,6 +21,7 @@ use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::patients;
+use crate::treatment::procedures::{self, Procedure};
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -117,14 +118,18 @@ pub struct ToothState {
     tooth_fdi: String,
     /// Current (not voided) entries, oldest first.
     entries: Vec<ChartEntry>,
+    /// Charted procedures on this tooth (not reversed), oldest first.
+    procedures: Vec<Procedure>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Chart {
     patient_id: Uuid,
     numbering: Numbering,
-    /// Only teeth with entries, in FDI order.
+    /// Only teeth with entries or procedures, in FDI order.
     teeth: Vec<ToothState>,
+    /// Procedures of the whole mouth (no tooth), oldest first.
+    procedures: Vec<Procedure>,
 }
 
 /// The current odontogram: each charted tooth with its conditions by surface.
@@ -144,27 +149,46 @@ pub async fn get_chart(
     let mut tx =
         patients::open_record(&state, &caller, id, Permission::ClinicalRead, event).await?;
     let rows = entries(&mut tx, id, false).await?;
+    let charted = procedures::for_chart(&mut tx, id).await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
-    let mut by_tooth: BTreeMap<i16, Vec<ChartEntry>> = BTreeMap::new();
+    let mut by_tooth: BTreeMap<i16, (Vec<ChartEntry>, Vec<Procedure>)> = BTreeMap::new();
     for r in rows {
         by_tooth
             .entry(r.tooth)
             .or_default()
+            .0
             .push(entry(r, p.numbering));
+    }
+    let mut whole_mouth = vec![];
+    for r in charted {
+        match r.tooth {
+            Some(t) => by_tooth
+                .entry(t)
+                .or_default()
+                .1
+                .push(r.render(p.numbering, &caller)),
+            None => whole_mouth.push(r.render(p.numbering, &caller)),
+        }
     }
     let teeth = by_tooth
         .into_iter()
-        .map(|(fdi, entries)| ToothState {
-            tooth: entries.first().map(|e| e.tooth.clone()).unwrap_or_default(),
+        .map(|(fdi, (entries, procedures))| ToothState {
+            tooth: u8::try_from(fdi)
+                .ok()
+                .and_then(Tooth::from_fdi_number)
+                .map(|t| t.render(p.numbering))
+                .unwrap_or_default(),
             tooth_fdi: fdi.to_string(),
             entries,
+            procedures,
         })
         .collect();
     Ok(Json(Chart {
         patient_id: id,
         numbering: p.numbering,
         teeth,
+        procedures: whole_mouth,
     }))
 }
 

@@ -36,6 +36,8 @@ pub async fn register(
     }
     errors.finish()?;
 
+    // Most clinics are registered by their first dentist; a practice manager says false.
+    let provider = body.owner.is_provider.unwrap_or(true);
     let hash = state.passwords.hash(&body.owner.password).await?;
     let clinic_id = Uuid::now_v7();
     let mut tx = state.db.clinic_tx(clinic_id).await?;
@@ -55,7 +57,7 @@ pub async fn register(
         &email,
         &full_name,
         Role::Owner,
-        false,
+        provider,
         &hash,
     )
     .await?;
@@ -77,7 +79,7 @@ pub async fn register(
         Event::new("user.create", "user").resource(user.id),
     )
     .await?;
-    let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, 1).await?;
+    let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, provider, 1).await?;
     let clinic = clinic::load(&mut tx, clinic_id).await?;
     tx.commit().await?;
     Ok(Registered {
@@ -113,6 +115,11 @@ pub struct NewOwner {
     pub password: String,
     #[schema(schema_with = crate::validate::schema::text_200)]
     pub full_name: String,
+    /// Whether the owner treats patients (default true: most clinics are registered by
+    /// their first dentist). A provider owner is bookable and holds a dentist's clinical
+    /// permissions; a practice manager sends false.
+    #[serde(default)]
+    pub is_provider: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -146,6 +146,20 @@ macro_rules! select_clinic {
 }
 
 /// The transaction's clinic; another clinic's id is simply not found.
+/// The clinic's time zone, in which its local days and times are read.
+pub async fn timezone(state: &AppState, tx: &mut Tx, id: Uuid) -> AppResult<chrono_tz::Tz> {
+    cached(state, tx, id)
+        .await?
+        .timezone
+        .parse()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("clinic has an unknown time zone")))
+}
+
+/// The date it is now in the clinic's time zone.
+pub fn today(tz: chrono_tz::Tz) -> chrono::NaiveDate {
+    chrono::Utc::now().with_timezone(&tz).date_naive()
+}
+
 pub async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Clinic> {
     found(select_clinic!(tx, id, ""))
 }

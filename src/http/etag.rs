@@ -24,6 +24,12 @@ pub fn etag(version: i32) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
+/// A 200 with `body` and the ETag of `version`.
+pub fn tagged<T: serde::Serialize>(version: i32, body: &T) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(header::ETAG, etag(version))], axum::Json(body)).into_response()
+}
+
 /// What `If-Match` asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Precondition {

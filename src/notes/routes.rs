@@ -287,12 +287,21 @@ pub async fn sign_note(
     if current.signed {
         return Err(AppError::conflict("the note is already signed"));
     }
-    let author_role: String =
-        sqlx::query_scalar!("SELECT role FROM users WHERE id = $1", current.author_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let author_role = Role::parse(&author_role).unwrap_or(Role::Billing);
-    if !may_sign(author_role, current.author_id, caller.role, caller.user_id) {
+    let author = sqlx::query!(
+        "SELECT role, is_provider FROM users WHERE id = $1",
+        current.author_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let author_role = Role::parse(&author.role)
+        .unwrap_or(Role::Billing)
+        .clinical(author.is_provider);
+    if !may_sign(
+        author_role,
+        current.author_id,
+        caller.clinical_role(),
+        caller.user_id,
+    ) {
         tx.rollback().await?;
         return Err(caller
             .deny(&state, event().patient(current.patient_id), NOT_PERMITTED)

@@ -365,7 +365,12 @@ pub async fn update_user(
             ));
         }
     }
-    let cuts_sessions = new_role != current.role || new_active != current.active;
+    // The provider flag rides in access tokens (an owner or admin who treats patients holds
+    // clinical permissions), so changing it ends them too; a refresh picks up the new one.
+    let new_provider = patch.is_provider.unwrap_or(current.is_provider);
+    let cuts_sessions = new_role != current.role
+        || new_active != current.active
+        || new_provider != current.is_provider;
     let result = sqlx::query!(
         "UPDATE users SET email = $2, full_name = $3, role = $4, is_provider = $5, active = $6, \
          auth_version = auth_version + $7, version = version + 1, updated_at = now() WHERE id = $1",
@@ -373,7 +378,7 @@ pub async fn update_user(
         email.as_deref().unwrap_or(&current.email),
         full_name.as_deref().unwrap_or(&current.full_name),
         new_role.as_str(),
-        patch.is_provider.unwrap_or(current.is_provider),
+        new_provider,
         new_active,
         i32::from(cuts_sessions)
     )

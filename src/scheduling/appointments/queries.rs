@@ -18,11 +18,7 @@ use chrono_tz::Tz;
 use uuid::Uuid;
 
 pub(super) async fn clinic_tz(state: &AppState, tx: &mut Tx, clinic: Uuid) -> AppResult<Tz> {
-    let clinic = crate::clinic::cached(state, tx, clinic).await?;
-    clinic
-        .timezone
-        .parse::<Tz>()
-        .map_err(|_| AppError::Internal(anyhow::anyhow!("clinic has an unknown time zone")))
+    crate::clinic::timezone(state, tx, clinic).await
 }
 
 /// Whether [start, end) lies inside one of the provider's working intervals.
