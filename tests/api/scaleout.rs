@@ -130,8 +130,8 @@ async fn deactivation_and_clinic_changes_on_one_instance_show_on_the_other() {
         .expect("json");
     assert_eq!(
         providers["items"].as_array().expect("items").len(),
-        1,
-        "the new provider is listed on B"
+        2,
+        "the new provider is listed on B, after the owner who registered the clinic"
     );
     let tokens: Value = client
         .post(b.url("/api/v2/auth/login"))

@@ -380,6 +380,7 @@ async fn invalid_bookings_are_422_naming_the_field() {
     let beta_patient = app.patient(&beta.access, "Beta", "Patient").await;
     let beta_dentist = app.staff(&beta.access, "dentist").await;
     let beta_op = operatory(app, &beta.access, "Beta chair").await;
+    let desk = app.staff(&p.owner.access, "receptionist").await;
     let cases = [
         (
             booking(
@@ -434,7 +435,7 @@ async fn invalid_bookings_are_422_naming_the_field() {
         (
             booking(
                 &pat,
-                &p.owner.user_id,
+                &desk.user_id,
                 &p.op1,
                 "2027-02-06T09:00:00Z",
                 "2027-02-06T09:30:00Z",
