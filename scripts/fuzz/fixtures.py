@@ -1,6 +1,7 @@
 """Sets up what scripts/fuzz-api fuzzes against: a clinic and its owner (whose token
 schemathesis uses), dentists with working hours (the first one's token is the one the
-clinical writes use: an owner does not chart), operatories, patients and an appointment.
+clinical writes use), operatories, patients and an appointment, procedure codes,
+procedures, a treatment plan and a recall type.
 Prints shell assignments (TOKEN=..., PATIENT_ID=...) for the caller to eval.
 
 Also writes the ids as schemathesis dictionaries (libFuzzer format) into DICT_DIR, which
@@ -102,11 +103,49 @@ appointment = call(
     },
     token,
 )
+# A catalogue with each tooth rule, planned procedures of the first patient, a plan of
+# them and a recall type.
+codes = [
+    call("POST", "/procedure-codes", body, token)
+    for body in [
+        {"code": "F-EXAM", "description": "Examination", "fee_cents": 4500},
+        {"code": "F-XTR", "description": "Extraction", "fee_cents": 12000, "requires_tooth": True},
+        {
+            "code": "F-FILL",
+            "description": "Filling",
+            "fee_cents": 9500,
+            "requires_tooth": True,
+            "requires_surfaces": True,
+        },
+    ]
+]
+procedures = [
+    call("POST", f"/patients/{patient['id']}/procedures", body, token)
+    for body in [
+        {"procedure_code_id": codes[0]["id"]},
+        {"procedure_code_id": codes[1]["id"], "tooth": "16"},
+        {"procedure_code_id": codes[2]["id"], "tooth": "26", "surfaces": ["M", "O"]},
+    ]
+]
+call(
+    "POST",
+    f"/patients/{patient['id']}/treatment-plans",
+    {"title": "Fuzz plan", "items": [{"procedure_id": p["id"]} for p in procedures]},
+    token,
+)
+call(
+    "POST",
+    "/recall-types",
+    {"name": "Check-up", "interval_months": 6, "trigger_procedure_code_ids": [codes[0]["id"]]},
+    token,
+)
 os.makedirs(DICT_DIR, exist_ok=True)
 for name, values in [
     ("providers", [d["id"] for d in dentists]),
     ("operatories", [o["id"] for o in operatories]),
     ("patients", [p["id"] for p in patients]),
+    ("procedure_codes", [c["id"] for c in codes]),
+    ("procedures", [p["id"] for p in procedures]),
 ]:
     with open(os.path.join(DICT_DIR, f"{name}.dict"), "w", encoding="utf-8") as f:
         f.writelines(f'"{v}"\n' for v in values)

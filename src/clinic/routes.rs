@@ -3,7 +3,7 @@
 use super::*;
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
-use crate::error::{AppError, AppResult, Problem};
+use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::etag::{self, IfMatch};
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
@@ -76,6 +76,7 @@ pub struct ClinicPatch {
     responses(
         (status = 200, description = "The updated clinic", body = Clinic),
         (status = 403, description = "Role lacks clinic.manage", body = Problem),
+        (status = 409, description = "The currency cannot change once the clinic has financial records", body = Problem),
         (status = 412, description = "If-Match does not match", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem)))]
 pub async fn update_clinic(
@@ -168,7 +169,10 @@ pub async fn update_clinic(
         settings
     )
     .execute(&mut *tx)
-    .await?;
+    .await
+    .on_constraint("clinics_currency_fixed", || {
+        AppError::conflict("the currency cannot change once the clinic has financial records")
+    })?;
     audit::record(
         &mut tx,
         &caller.audit(),
