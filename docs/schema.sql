@@ -428,6 +428,64 @@ $$;
 ALTER FUNCTION public.clinical_notes_signed_immutable() OWNER TO molar_owner;
 
 --
+-- Name: clinics_currency_fixed(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.clinics_currency_fixed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.currency IS DISTINCT FROM OLD.currency
+       AND EXISTS (SELECT 1 FROM ledger_transactions WHERE clinic_id = OLD.id) THEN
+        RAISE EXCEPTION 'the clinic has financial records in %', OLD.currency
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'clinics_currency_fixed';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION public.clinics_currency_fixed() OWNER TO molar_owner;
+
+--
+-- Name: ledger_append_only(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.ledger_append_only() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'the ledger is append-only: correct an entry by reversing it'
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+ALTER FUNCTION public.ledger_append_only() OWNER TO molar_owner;
+
+--
+-- Name: ledger_transaction_balances(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.ledger_transaction_balances() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    tx uuid := CASE TG_TABLE_NAME WHEN 'ledger_lines' THEN NEW.transaction_id ELSE NEW.id END;
+    n integer;
+    total numeric;
+BEGIN
+    SELECT count(*), coalesce(sum(amount_cents), 0) INTO n, total
+    FROM ledger_lines WHERE clinic_id = NEW.clinic_id AND transaction_id = tx;
+    IF n < 2 OR total <> 0 THEN
+        RAISE EXCEPTION 'ledger transaction % does not balance (% lines, sum %)', tx, n, total
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_transaction_balances';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+ALTER FUNCTION public.ledger_transaction_balances() OWNER TO molar_owner;
+
+--
 -- Name: name_word_matches(text, text); Type: FUNCTION; Schema: public; Owner: molar_owner
 --
 
@@ -641,6 +699,37 @@ END
 $$;
 
 ALTER FUNCTION public.patients_sync_name_words() OWNER TO molar_auth;
+
+--
+-- Name: procedures_completed_locked(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.procedures_completed_locked() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF OLD.status = 'completed' THEN
+        IF OLD.reversed_at IS NOT NULL THEN
+            RAISE EXCEPTION 'procedure % is already reversed', OLD.id USING ERRCODE = 'check_violation',
+                CONSTRAINT = 'procedures_reversed_once';
+        END IF;
+        IF NEW.reversed_at IS NULL
+           OR (NEW.patient_id, NEW.procedure_code_id, NEW.tooth, NEW.surfaces, NEW.provider_id,
+               NEW.status, NEW.fee_cents, NEW.appointment_id, NEW.completed_on, NEW.note, NEW.created_by,
+               NEW.created_at)
+              IS DISTINCT FROM
+              (OLD.patient_id, OLD.procedure_code_id, OLD.tooth, OLD.surfaces, OLD.provider_id,
+               OLD.status, OLD.fee_cents, OLD.appointment_id, OLD.completed_on, OLD.note, OLD.created_by,
+               OLD.created_at) THEN
+            RAISE EXCEPTION 'procedure % is completed and locked', OLD.id USING ERRCODE = 'check_violation',
+                CONSTRAINT = 'procedures_completed_locked';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION public.procedures_completed_locked() OWNER TO molar_owner;
 
 --
 -- Name: users_sync_login(); Type: FUNCTION; Schema: public; Owner: molar_auth
@@ -908,6 +997,50 @@ ALTER TABLE ONLY public.idempotency_keys FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.idempotency_keys OWNER TO molar_owner;
 
 --
+-- Name: ledger_lines; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.ledger_lines (
+    clinic_id uuid NOT NULL,
+    transaction_id uuid NOT NULL,
+    line_no smallint NOT NULL,
+    account text NOT NULL,
+    patient_id uuid,
+    amount_cents bigint NOT NULL,
+    CONSTRAINT ledger_lines_account_check CHECK ((account = ANY (ARRAY['receivable'::text, 'revenue'::text, 'patient_credit'::text, 'adjustments'::text, 'cash'::text, 'card'::text, 'bank_transfer'::text, 'check'::text, 'stripe_clearing'::text]))),
+    CONSTRAINT ledger_lines_amount_cents_check CHECK ((amount_cents <> 0)),
+    CONSTRAINT ledger_lines_line_no_check CHECK ((line_no >= 1)),
+    CONSTRAINT ledger_lines_patient_accounts CHECK (((account = ANY (ARRAY['receivable'::text, 'patient_credit'::text])) = (patient_id IS NOT NULL)))
+);
+
+ALTER TABLE ONLY public.ledger_lines FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.ledger_lines OWNER TO molar_owner;
+
+--
+-- Name: ledger_transactions; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.ledger_transactions (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    kind text NOT NULL,
+    patient_id uuid NOT NULL,
+    posted_at timestamp with time zone DEFAULT now() NOT NULL,
+    procedure_id uuid,
+    reverses_id uuid,
+    memo text,
+    created_by uuid,
+    CONSTRAINT ledger_reversal_names_its_entry CHECK (((kind = 'reversal'::text) = (reverses_id IS NOT NULL))),
+    CONSTRAINT ledger_transactions_kind_check CHECK ((kind = ANY (ARRAY['charge'::text, 'payment'::text, 'adjustment'::text, 'refund'::text, 'reversal'::text, 'credit_applied'::text]))),
+    CONSTRAINT ledger_transactions_memo_check CHECK ((length(memo) <= 500))
+);
+
+ALTER TABLE ONLY public.ledger_transactions FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.ledger_transactions OWNER TO molar_owner;
+
+--
 -- Name: name_lexicon; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1012,6 +1145,112 @@ ALTER TABLE ONLY public.perio_exams FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.perio_exams OWNER TO molar_owner;
 
 --
+-- Name: procedure_codes; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.procedure_codes (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    code text NOT NULL,
+    system text DEFAULT 'local'::text NOT NULL,
+    description text NOT NULL,
+    category text,
+    fee_cents bigint NOT NULL,
+    default_minutes integer,
+    requires_tooth boolean DEFAULT false NOT NULL,
+    requires_surfaces boolean DEFAULT false NOT NULL,
+    active boolean DEFAULT true NOT NULL,
+    version integer DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT procedure_codes_category_check CHECK ((length(category) <= 100)),
+    CONSTRAINT procedure_codes_code_check CHECK (((length(code) >= 1) AND (length(code) <= 20))),
+    CONSTRAINT procedure_codes_default_minutes_check CHECK (((default_minutes >= 1) AND (default_minutes <= 1440))),
+    CONSTRAINT procedure_codes_description_check CHECK (((length(description) >= 1) AND (length(description) <= 500))),
+    CONSTRAINT procedure_codes_fee_cents_check CHECK (((fee_cents >= 0) AND (fee_cents <= '100000000000'::bigint))),
+    CONSTRAINT procedure_codes_surfaces_need_tooth CHECK ((requires_tooth OR (NOT requires_surfaces))),
+    CONSTRAINT procedure_codes_system_check CHECK (((length(system) >= 1) AND (length(system) <= 20)))
+);
+
+ALTER TABLE ONLY public.procedure_codes FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.procedure_codes OWNER TO molar_owner;
+
+--
+-- Name: procedures; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.procedures (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    patient_id uuid NOT NULL,
+    procedure_code_id uuid NOT NULL,
+    tooth smallint,
+    surfaces text[] DEFAULT '{}'::text[] NOT NULL,
+    provider_id uuid,
+    status text NOT NULL,
+    fee_cents bigint NOT NULL,
+    appointment_id uuid,
+    completed_on date,
+    note text,
+    reversed_at timestamp with time zone,
+    reversed_by uuid,
+    reversal_reason text,
+    version integer DEFAULT 1 NOT NULL,
+    created_by uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT procedures_check CHECK ((((reversed_at IS NULL) = (reversed_by IS NULL)) AND ((reversed_at IS NULL) = (reversal_reason IS NULL)))),
+    CONSTRAINT procedures_completed_has_date CHECK (((status = 'completed'::text) = (completed_on IS NOT NULL))),
+    CONSTRAINT procedures_completed_has_provider CHECK (((status <> 'completed'::text) OR (provider_id IS NOT NULL))),
+    CONSTRAINT procedures_fee_cents_check CHECK (((fee_cents >= 0) AND (fee_cents <= '100000000000'::bigint))),
+    CONSTRAINT procedures_note_check CHECK ((length(note) <= 2000)),
+    CONSTRAINT procedures_only_completed_reverse CHECK (((reversed_at IS NULL) OR (status = 'completed'::text))),
+    CONSTRAINT procedures_reversal_reason_check CHECK ((length(reversal_reason) <= 500)),
+    CONSTRAINT procedures_status_check CHECK ((status = ANY (ARRAY['planned'::text, 'completed'::text, 'existing'::text, 'referred'::text, 'condition'::text]))),
+    CONSTRAINT procedures_tooth_check CHECK (((tooth >= 11) AND (tooth <= 85)))
+);
+
+ALTER TABLE ONLY public.procedures FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.procedures OWNER TO molar_owner;
+
+--
+-- Name: recall_type_triggers; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.recall_type_triggers (
+    clinic_id uuid NOT NULL,
+    recall_type_id uuid NOT NULL,
+    procedure_code_id uuid NOT NULL
+);
+
+ALTER TABLE ONLY public.recall_type_triggers FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.recall_type_triggers OWNER TO molar_owner;
+
+--
+-- Name: recall_types; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.recall_types (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    name text NOT NULL,
+    interval_months integer NOT NULL,
+    active boolean DEFAULT true NOT NULL,
+    version integer DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT recall_types_interval_months_check CHECK (((interval_months >= 1) AND (interval_months <= 120))),
+    CONSTRAINT recall_types_name_check CHECK (((length(name) >= 1) AND (length(name) <= 100)))
+);
+
+ALTER TABLE ONLY public.recall_types FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.recall_types OWNER TO molar_owner;
+
+--
 -- Name: refresh_tokens; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1049,6 +1288,121 @@ CREATE TABLE public.security_events (
 ALTER TABLE ONLY public.security_events FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.security_events OWNER TO molar_owner;
+
+--
+-- Name: treatment_plan_decisions; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.treatment_plan_decisions (
+    clinic_id uuid NOT NULL,
+    plan_id uuid NOT NULL,
+    version integer NOT NULL,
+    decision text NOT NULL,
+    accepted_item_ids uuid[] DEFAULT '{}'::uuid[] NOT NULL,
+    accepted_cents bigint DEFAULT 0 NOT NULL,
+    signed_by text,
+    signature_png bytea,
+    reason text,
+    decided_at timestamp with time zone DEFAULT now() NOT NULL,
+    recorded_by uuid NOT NULL,
+    CONSTRAINT treatment_plan_decisions_check CHECK (((decision = 'declined'::text) = (signed_by IS NULL))),
+    CONSTRAINT treatment_plan_decisions_decision_check CHECK ((decision = ANY (ARRAY['accepted'::text, 'partially_accepted'::text, 'declined'::text]))),
+    CONSTRAINT treatment_plan_decisions_reason_check CHECK ((length(reason) <= 500)),
+    CONSTRAINT treatment_plan_decisions_signature_png_check CHECK ((octet_length(signature_png) <= 262144)),
+    CONSTRAINT treatment_plan_decisions_signed_by_check CHECK (((length(signed_by) >= 1) AND (length(signed_by) <= 200)))
+);
+
+ALTER TABLE ONLY public.treatment_plan_decisions FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.treatment_plan_decisions OWNER TO molar_owner;
+
+--
+-- Name: treatment_plan_items; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.treatment_plan_items (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    plan_id uuid NOT NULL,
+    procedure_id uuid NOT NULL,
+    "position" integer NOT NULL,
+    phase integer DEFAULT 1 NOT NULL,
+    note text,
+    fee_cents bigint,
+    CONSTRAINT treatment_plan_items_fee_cents_check CHECK (((fee_cents >= 0) AND (fee_cents <= '100000000000'::bigint))),
+    CONSTRAINT treatment_plan_items_note_check CHECK ((length(note) <= 500)),
+    CONSTRAINT treatment_plan_items_phase_check CHECK (((phase >= 1) AND (phase <= 20)))
+);
+
+ALTER TABLE ONLY public.treatment_plan_items FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.treatment_plan_items OWNER TO molar_owner;
+
+--
+-- Name: treatment_plan_version_items; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.treatment_plan_version_items (
+    clinic_id uuid NOT NULL,
+    plan_id uuid NOT NULL,
+    version integer NOT NULL,
+    item_id uuid NOT NULL,
+    "position" integer NOT NULL,
+    procedure_id uuid NOT NULL,
+    procedure_code text NOT NULL,
+    description text NOT NULL,
+    tooth smallint,
+    surfaces text[] NOT NULL,
+    phase integer NOT NULL,
+    note text,
+    fee_cents bigint NOT NULL
+);
+
+ALTER TABLE ONLY public.treatment_plan_version_items FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.treatment_plan_version_items OWNER TO molar_owner;
+
+--
+-- Name: treatment_plan_versions; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.treatment_plan_versions (
+    clinic_id uuid NOT NULL,
+    plan_id uuid NOT NULL,
+    version integer NOT NULL,
+    title text NOT NULL,
+    presented_at timestamp with time zone DEFAULT now() NOT NULL,
+    presented_by uuid NOT NULL,
+    total_cents bigint NOT NULL
+);
+
+ALTER TABLE ONLY public.treatment_plan_versions FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.treatment_plan_versions OWNER TO molar_owner;
+
+--
+-- Name: treatment_plans; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.treatment_plans (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    patient_id uuid NOT NULL,
+    title text NOT NULL,
+    status text DEFAULT 'draft'::text NOT NULL,
+    version integer DEFAULT 1 NOT NULL,
+    revision integer DEFAULT 1 NOT NULL,
+    created_by uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT treatment_plans_status_check CHECK ((status = ANY (ARRAY['draft'::text, 'presented'::text, 'accepted'::text, 'partially_accepted'::text, 'declined'::text]))),
+    CONSTRAINT treatment_plans_title_check CHECK (((length(title) >= 1) AND (length(title) <= 200))),
+    CONSTRAINT treatment_plans_version_check CHECK ((version >= 1))
+);
+
+ALTER TABLE ONLY public.treatment_plans FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.treatment_plans OWNER TO molar_owner;
 
 --
 -- Name: user_logins; Type: TABLE; Schema: public; Owner: molar_owner
@@ -1241,6 +1595,27 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (clinic_id, user_id, key);
 
 --
+-- Name: ledger_lines ledger_lines_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_lines
+    ADD CONSTRAINT ledger_lines_pkey PRIMARY KEY (clinic_id, transaction_id, line_no);
+
+--
+-- Name: ledger_transactions ledger_reversed_once; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_reversed_once UNIQUE (clinic_id, reverses_id);
+
+--
+-- Name: ledger_transactions ledger_transactions_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: name_lexicon name_lexicon_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -1276,6 +1651,48 @@ ALTER TABLE ONLY public.perio_exams
     ADD CONSTRAINT perio_exams_pkey PRIMARY KEY (clinic_id, id);
 
 --
+-- Name: procedure_codes procedure_codes_code_key; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedure_codes
+    ADD CONSTRAINT procedure_codes_code_key UNIQUE (clinic_id, code);
+
+--
+-- Name: procedure_codes procedure_codes_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedure_codes
+    ADD CONSTRAINT procedure_codes_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: procedures procedures_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: recall_type_triggers recall_type_triggers_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.recall_type_triggers
+    ADD CONSTRAINT recall_type_triggers_pkey PRIMARY KEY (clinic_id, recall_type_id, procedure_code_id);
+
+--
+-- Name: recall_types recall_types_name_key; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.recall_types
+    ADD CONSTRAINT recall_types_name_key UNIQUE (clinic_id, name);
+
+--
+-- Name: recall_types recall_types_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.recall_types
+    ADD CONSTRAINT recall_types_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: refresh_tokens refresh_tokens_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -1288,6 +1705,48 @@ ALTER TABLE ONLY public.refresh_tokens
 
 ALTER TABLE ONLY public.security_events
     ADD CONSTRAINT security_events_pkey PRIMARY KEY (id);
+
+--
+-- Name: treatment_plan_decisions treatment_plan_decisions_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_decisions
+    ADD CONSTRAINT treatment_plan_decisions_pkey PRIMARY KEY (clinic_id, plan_id, version);
+
+--
+-- Name: treatment_plan_items treatment_plan_items_once; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_items
+    ADD CONSTRAINT treatment_plan_items_once UNIQUE (clinic_id, plan_id, procedure_id);
+
+--
+-- Name: treatment_plan_items treatment_plan_items_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_items
+    ADD CONSTRAINT treatment_plan_items_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: treatment_plan_version_items treatment_plan_version_items_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_version_items
+    ADD CONSTRAINT treatment_plan_version_items_pkey PRIMARY KEY (clinic_id, plan_id, version, item_id);
+
+--
+-- Name: treatment_plan_versions treatment_plan_versions_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_versions
+    ADD CONSTRAINT treatment_plan_versions_pkey PRIMARY KEY (clinic_id, plan_id, version);
+
+--
+-- Name: treatment_plans treatment_plans_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plans
+    ADD CONSTRAINT treatment_plans_pkey PRIMARY KEY (clinic_id, id);
 
 --
 -- Name: user_logins user_logins_clinic_id_user_id_key; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -1391,6 +1850,30 @@ CREATE INDEX chart_entries_patient ON public.chart_entries USING btree (clinic_i
 CREATE INDEX clinical_notes_patient ON public.clinical_notes USING btree (clinic_id, patient_id, created_at, id);
 
 --
+-- Name: ledger_charge_once; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE UNIQUE INDEX ledger_charge_once ON public.ledger_transactions USING btree (clinic_id, procedure_id) WHERE (kind = 'charge'::text);
+
+--
+-- Name: ledger_lines_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX ledger_lines_patient ON public.ledger_lines USING btree (clinic_id, patient_id, account) WHERE (patient_id IS NOT NULL);
+
+--
+-- Name: ledger_transactions_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX ledger_transactions_patient ON public.ledger_transactions USING btree (clinic_id, patient_id, posted_at, id);
+
+--
+-- Name: ledger_transactions_posted; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX ledger_transactions_posted ON public.ledger_transactions USING btree (clinic_id, posted_at);
+
+--
 -- Name: name_lexicon_prefix; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -1421,6 +1904,12 @@ CREATE INDEX patient_name_words_patient ON public.patient_name_words USING btree
 CREATE INDEX patients_by_name ON public.patients USING btree (clinic_id, lower(last_name), lower(first_name), id);
 
 --
+-- Name: patients_created; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX patients_created ON public.patients USING btree (clinic_id, created_at);
+
+--
 -- Name: patients_dob; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -1445,6 +1934,18 @@ CREATE INDEX patients_search_phone ON public.patients USING gin (clinic_id, phon
 CREATE INDEX perio_exams_patient ON public.perio_exams USING btree (clinic_id, patient_id, examined_at, id);
 
 --
+-- Name: procedures_done; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX procedures_done ON public.procedures USING btree (clinic_id, procedure_code_id, patient_id, completed_on) WHERE ((status = 'completed'::text) AND (reversed_at IS NULL));
+
+--
+-- Name: procedures_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX procedures_patient ON public.procedures USING btree (clinic_id, patient_id, created_at, id);
+
+--
 -- Name: refresh_tokens_family; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -1455,6 +1956,12 @@ CREATE INDEX refresh_tokens_family ON public.refresh_tokens USING btree (clinic_
 --
 
 CREATE INDEX refresh_tokens_user ON public.refresh_tokens USING btree (clinic_id, user_id) WHERE (revoked_at IS NULL);
+
+--
+-- Name: treatment_plans_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX treatment_plans_patient ON public.treatment_plans USING btree (clinic_id, patient_id, created_at, id);
 
 --
 -- Name: users_clinic_name; Type: INDEX; Schema: public; Owner: molar_owner
@@ -1505,10 +2012,46 @@ CREATE TRIGGER chart_entries_void_once BEFORE UPDATE ON public.chart_entries FOR
 CREATE TRIGGER clinical_notes_signed_immutable BEFORE UPDATE ON public.clinical_notes FOR EACH ROW EXECUTE FUNCTION public.clinical_notes_signed_immutable();
 
 --
+-- Name: clinics clinics_currency_fixed; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER clinics_currency_fixed BEFORE UPDATE OF currency ON public.clinics FOR EACH ROW EXECUTE FUNCTION public.clinics_currency_fixed();
+
+--
+-- Name: ledger_lines ledger_lines_append_only; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER ledger_lines_append_only BEFORE DELETE OR UPDATE ON public.ledger_lines FOR EACH ROW EXECUTE FUNCTION public.ledger_append_only();
+
+--
+-- Name: ledger_lines ledger_lines_balance; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE CONSTRAINT TRIGGER ledger_lines_balance AFTER INSERT ON public.ledger_lines DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.ledger_transaction_balances();
+
+--
+-- Name: ledger_transactions ledger_transaction_balances; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE CONSTRAINT TRIGGER ledger_transaction_balances AFTER INSERT ON public.ledger_transactions DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.ledger_transaction_balances();
+
+--
+-- Name: ledger_transactions ledger_transactions_append_only; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER ledger_transactions_append_only BEFORE DELETE OR UPDATE ON public.ledger_transactions FOR EACH ROW EXECUTE FUNCTION public.ledger_append_only();
+
+--
 -- Name: patients patients_name_words; Type: TRIGGER; Schema: public; Owner: molar_owner
 --
 
 CREATE TRIGGER patients_name_words AFTER INSERT OR UPDATE OF first_name, last_name, archived_at ON public.patients FOR EACH ROW EXECUTE FUNCTION public.patients_sync_name_words();
+
+--
+-- Name: procedures procedures_completed_locked; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER procedures_completed_locked BEFORE UPDATE ON public.procedures FOR EACH ROW EXECUTE FUNCTION public.procedures_completed_locked();
 
 --
 -- Name: users users_sync_login; Type: TRIGGER; Schema: public; Owner: molar_owner
@@ -1587,6 +2130,55 @@ ALTER TABLE ONLY public.clinical_notes
     ADD CONSTRAINT clinical_notes_clinic_id_signed_by_fkey FOREIGN KEY (clinic_id, signed_by) REFERENCES public.users(clinic_id, id);
 
 --
+-- Name: ledger_lines ledger_lines_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_lines
+    ADD CONSTRAINT ledger_lines_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: ledger_lines ledger_lines_clinic_id_transaction_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_lines
+    ADD CONSTRAINT ledger_lines_clinic_id_transaction_id_fkey FOREIGN KEY (clinic_id, transaction_id) REFERENCES public.ledger_transactions(clinic_id, id);
+
+--
+-- Name: ledger_transactions ledger_transactions_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: ledger_transactions ledger_transactions_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: ledger_transactions ledger_transactions_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: ledger_transactions ledger_transactions_clinic_id_procedure_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_clinic_id_procedure_id_fkey FOREIGN KEY (clinic_id, procedure_id) REFERENCES public.procedures(clinic_id, id);
+
+--
+-- Name: ledger_transactions ledger_transactions_clinic_id_reverses_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_clinic_id_reverses_id_fkey FOREIGN KEY (clinic_id, reverses_id) REFERENCES public.ledger_transactions(clinic_id, id);
+
+--
 -- Name: operatories operatories_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -1636,11 +2228,144 @@ ALTER TABLE ONLY public.perio_exams
     ADD CONSTRAINT perio_exams_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
 
 --
+-- Name: procedure_codes procedure_codes_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedure_codes
+    ADD CONSTRAINT procedure_codes_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: procedures procedures_appointment_fk; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_appointment_fk FOREIGN KEY (clinic_id, appointment_id) REFERENCES public.appointments(clinic_id, id);
+
+--
+-- Name: procedures procedures_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: procedures procedures_clinic_id_reversed_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_clinic_id_reversed_by_fkey FOREIGN KEY (clinic_id, reversed_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: procedures procedures_code_fk; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_code_fk FOREIGN KEY (clinic_id, procedure_code_id) REFERENCES public.procedure_codes(clinic_id, id);
+
+--
+-- Name: procedures procedures_patient_fk; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_patient_fk FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: procedures procedures_provider_fk; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.procedures
+    ADD CONSTRAINT procedures_provider_fk FOREIGN KEY (clinic_id, provider_id) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: recall_type_triggers recall_type_triggers_clinic_id_procedure_code_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.recall_type_triggers
+    ADD CONSTRAINT recall_type_triggers_clinic_id_procedure_code_id_fkey FOREIGN KEY (clinic_id, procedure_code_id) REFERENCES public.procedure_codes(clinic_id, id);
+
+--
+-- Name: recall_type_triggers recall_type_triggers_clinic_id_recall_type_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.recall_type_triggers
+    ADD CONSTRAINT recall_type_triggers_clinic_id_recall_type_id_fkey FOREIGN KEY (clinic_id, recall_type_id) REFERENCES public.recall_types(clinic_id, id);
+
+--
+-- Name: recall_types recall_types_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.recall_types
+    ADD CONSTRAINT recall_types_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
 -- Name: refresh_tokens refresh_tokens_clinic_id_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
 ALTER TABLE ONLY public.refresh_tokens
     ADD CONSTRAINT refresh_tokens_clinic_id_user_id_fkey FOREIGN KEY (clinic_id, user_id) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: treatment_plan_decisions treatment_plan_decisions_clinic_id_plan_id_version_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_decisions
+    ADD CONSTRAINT treatment_plan_decisions_clinic_id_plan_id_version_fkey FOREIGN KEY (clinic_id, plan_id, version) REFERENCES public.treatment_plan_versions(clinic_id, plan_id, version);
+
+--
+-- Name: treatment_plan_decisions treatment_plan_decisions_clinic_id_recorded_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_decisions
+    ADD CONSTRAINT treatment_plan_decisions_clinic_id_recorded_by_fkey FOREIGN KEY (clinic_id, recorded_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: treatment_plan_items treatment_plan_items_clinic_id_plan_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_items
+    ADD CONSTRAINT treatment_plan_items_clinic_id_plan_id_fkey FOREIGN KEY (clinic_id, plan_id) REFERENCES public.treatment_plans(clinic_id, id);
+
+--
+-- Name: treatment_plan_items treatment_plan_items_clinic_id_procedure_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_items
+    ADD CONSTRAINT treatment_plan_items_clinic_id_procedure_id_fkey FOREIGN KEY (clinic_id, procedure_id) REFERENCES public.procedures(clinic_id, id);
+
+--
+-- Name: treatment_plan_version_items treatment_plan_version_items_clinic_id_plan_id_version_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_version_items
+    ADD CONSTRAINT treatment_plan_version_items_clinic_id_plan_id_version_fkey FOREIGN KEY (clinic_id, plan_id, version) REFERENCES public.treatment_plan_versions(clinic_id, plan_id, version);
+
+--
+-- Name: treatment_plan_versions treatment_plan_versions_clinic_id_plan_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_versions
+    ADD CONSTRAINT treatment_plan_versions_clinic_id_plan_id_fkey FOREIGN KEY (clinic_id, plan_id) REFERENCES public.treatment_plans(clinic_id, id);
+
+--
+-- Name: treatment_plan_versions treatment_plan_versions_clinic_id_presented_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plan_versions
+    ADD CONSTRAINT treatment_plan_versions_clinic_id_presented_by_fkey FOREIGN KEY (clinic_id, presented_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: treatment_plans treatment_plans_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plans
+    ADD CONSTRAINT treatment_plans_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: treatment_plans treatment_plans_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.treatment_plans
+    ADD CONSTRAINT treatment_plans_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
 
 --
 -- Name: users users_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -1772,6 +2497,18 @@ CREATE POLICY clinic_isolation ON public.clinics USING ((id = ( SELECT (NULLIF(c
 CREATE POLICY clinic_isolation ON public.idempotency_keys USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
 
 --
+-- Name: ledger_lines clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.ledger_lines USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: ledger_transactions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.ledger_transactions USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: operatories clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -1790,10 +2527,64 @@ CREATE POLICY clinic_isolation ON public.patients USING ((clinic_id = ( SELECT (
 CREATE POLICY clinic_isolation ON public.perio_exams USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
 
 --
+-- Name: procedure_codes clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.procedure_codes USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: procedures clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.procedures USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: recall_type_triggers clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.recall_type_triggers USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: recall_types clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.recall_types USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: refresh_tokens clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
 CREATE POLICY clinic_isolation ON public.refresh_tokens USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
+
+--
+-- Name: treatment_plan_decisions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.treatment_plan_decisions USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: treatment_plan_items clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.treatment_plan_items USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: treatment_plan_version_items clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.treatment_plan_version_items USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: treatment_plan_versions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.treatment_plan_versions USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: treatment_plans clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.treatment_plans USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
 -- Name: users clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
@@ -1838,6 +2629,18 @@ ALTER TABLE public.idempotency_keys ENABLE ROW LEVEL SECURITY;
 CREATE POLICY insert_only ON public.security_events FOR INSERT TO molar_app WITH CHECK (true);
 
 --
+-- Name: ledger_lines; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.ledger_lines ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: ledger_transactions; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.ledger_transactions ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: name_lexicon; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -1868,10 +2671,34 @@ ALTER TABLE public.patients ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.perio_exams ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: procedure_codes; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.procedure_codes ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: procedures; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.procedures ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: audit_retention pruner; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
 CREATE POLICY pruner ON public.audit_retention TO molar_owner USING (true) WITH CHECK (true);
+
+--
+-- Name: recall_type_triggers; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.recall_type_triggers ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: recall_types; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.recall_types ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: refresh_tokens; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -1920,6 +2747,36 @@ CREATE POLICY search ON public.patients FOR SELECT TO molar_auth USING (true);
 --
 
 ALTER TABLE public.security_events ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: treatment_plan_decisions; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.treatment_plan_decisions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: treatment_plan_items; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.treatment_plan_items ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: treatment_plan_version_items; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.treatment_plan_version_items ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: treatment_plan_versions; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.treatment_plan_versions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: treatment_plans; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.treatment_plans ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: user_logins; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -2127,6 +2984,18 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.clinics TO molar_app;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO molar_app;
 
 --
+-- Name: TABLE ledger_lines; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.ledger_lines TO molar_app;
+
+--
+-- Name: TABLE ledger_transactions; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.ledger_transactions TO molar_app;
+
+--
 -- Name: TABLE name_lexicon; Type: ACL; Schema: public; Owner: molar_owner
 --
 
@@ -2158,6 +3027,30 @@ GRANT SELECT ON TABLE public.patients TO molar_auth;
 GRANT SELECT,INSERT ON TABLE public.perio_exams TO molar_app;
 
 --
+-- Name: TABLE procedure_codes; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.procedure_codes TO molar_app;
+
+--
+-- Name: TABLE procedures; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.procedures TO molar_app;
+
+--
+-- Name: TABLE recall_type_triggers; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,DELETE ON TABLE public.recall_type_triggers TO molar_app;
+
+--
+-- Name: TABLE recall_types; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.recall_types TO molar_app;
+
+--
 -- Name: TABLE refresh_tokens; Type: ACL; Schema: public; Owner: molar_owner
 --
 
@@ -2169,6 +3062,36 @@ GRANT SELECT ON TABLE public.refresh_tokens TO molar_auth;
 --
 
 GRANT INSERT ON TABLE public.security_events TO molar_app;
+
+--
+-- Name: TABLE treatment_plan_decisions; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.treatment_plan_decisions TO molar_app;
+
+--
+-- Name: TABLE treatment_plan_items; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.treatment_plan_items TO molar_app;
+
+--
+-- Name: TABLE treatment_plan_version_items; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.treatment_plan_version_items TO molar_app;
+
+--
+-- Name: TABLE treatment_plan_versions; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.treatment_plan_versions TO molar_app;
+
+--
+-- Name: TABLE treatment_plans; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.treatment_plans TO molar_app;
 
 --
 -- Name: TABLE user_logins; Type: ACL; Schema: public; Owner: molar_owner
