@@ -414,6 +414,10 @@ pub const LINKS: &[Links] = &[
             ("list_perio_exams", "path.id"),
             ("create_perio_exam", "path.id"),
             ("book_appointment", "body.patient_id"),
+            ("list_procedures", "path.id"),
+            ("create_procedure", "path.id"),
+            ("list_plans", "path.id"),
+            ("create_plan", "path.id"),
         ],
     ),
     ("add_chart_entry", "201", &[("void_chart_entry", "path.id")]),
@@ -455,6 +459,44 @@ pub const LINKS: &[Links] = &[
             ("appointment_history", "path.id"),
         ],
     ),
+    (
+        "create_code",
+        "201",
+        &[
+            ("get_code", "path.id"),
+            ("update_code", "path.id"),
+        ],
+    ),
+    (
+        "create_procedure",
+        "201",
+        &[
+            ("get_procedure", "path.id"),
+            ("update_procedure", "path.id"),
+            ("complete_procedure", "path.id"),
+            ("reverse_procedure", "path.id"),
+        ],
+    ),
+    ("complete_procedure", "200", &[("reverse_procedure", "path.id")]),
+    (
+        "create_plan",
+        "201",
+        &[
+            ("get_plan", "path.id"),
+            ("update_plan", "path.id"),
+            ("present_plan", "path.id"),
+        ],
+    ),
+    (
+        "present_plan",
+        "200",
+        &[
+            ("accept_plan", "path.id"),
+            ("decline_plan", "path.id"),
+            ("revise_plan", "path.id"),
+        ],
+    ),
+    ("create_recall_type", "201", &[("update_recall_type", "path.id")]),
 ];
 
 /// OpenAPI links from [`LINKS`], named after their targets.
