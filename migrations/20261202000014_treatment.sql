@@ -184,10 +184,17 @@ CREATE TRIGGER ledger_lines_append_only BEFORE UPDATE OR DELETE ON ledger_lines
 -- one): at least two lines, summing to zero.
 CREATE FUNCTION ledger_transaction_balances() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    tx uuid := CASE TG_TABLE_NAME WHEN 'ledger_lines' THEN NEW.transaction_id ELSE NEW.id END;
+    tx uuid;
     n integer;
     total numeric;
 BEGIN
+    -- Each branch names only its own table's column: NEW.transaction_id does not exist
+    -- on a ledger_transactions row, so it cannot stand in one expression with NEW.id.
+    IF TG_TABLE_NAME = 'ledger_lines' THEN
+        tx := NEW.transaction_id;
+    ELSE
+        tx := NEW.id;
+    END IF;
     SELECT count(*), coalesce(sum(amount_cents), 0) INTO n, total
     FROM ledger_lines WHERE clinic_id = NEW.clinic_id AND transaction_id = tx;
     IF n < 2 OR total <> 0 THEN

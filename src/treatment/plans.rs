@@ -403,8 +403,10 @@ pub async fn create_plan(
         .await?;
     let mut errors = Errors::default();
     let title = errors.text("title", &body.title, 200);
-    if body.items.iter().any(|i| i.id.is_some()) {
-        errors.add("items", "a new plan's items have no id");
+    for (n, item) in body.items.iter().enumerate() {
+        if item.id.is_some() {
+            errors.add(format!("items[{n}].id"), "a new plan's items have no id");
+        }
     }
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {

@@ -423,6 +423,9 @@ pub async fn create_procedure(
         let mut provider = body.provider_id;
         if let Some(p) = provider {
             crate::scheduling::providers::ensure_active(&mut tx, p, "provider_id").await?;
+        } else if crate::scheduling::providers::is_active(&mut tx, caller.user_id).await? {
+            // As documented: the caller by default, when the caller treats patients.
+            provider = Some(caller.user_id);
         }
         if let Some(a) = body.appointment_id {
             check_appointment(&mut tx, a, id).await?;

@@ -410,7 +410,7 @@ pub async fn list_recalls(
                LEFT JOIN first_visit fv ON fv.patient_id = pt.id
                WHERE pt.archived_at IS NULL)
            SELECT d.patient_id AS "patient_id!", d.recall_type_id AS "recall_type_id!",
-                  d.last_done_on, d.due_on AS "due_on!", n.id AS next_appointment_id
+                  d.last_done_on, d.due_on AS "due_on!", n.id AS "next_appointment_id?"
            FROM due d
            LEFT JOIN LATERAL (
                SELECT a.id FROM appointments a
