@@ -15,3 +15,8 @@ mod scaleout;
 mod scheduling;
 mod tenancy;
 mod tenant_matrix;
+mod treatment;
+mod treatment_plans;
+mod treatment_procedures;
+mod treatment_recalls;
+mod treatment_roles;

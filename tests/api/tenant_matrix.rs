@@ -41,6 +41,17 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("chart_entry", Kind::ChartEntry),
     ("perio-exams", Kind::PerioExam),
     ("perio_exam", Kind::PerioExam),
+    ("procedure-codes", Kind::ProcedureCode),
+    ("procedure_code", Kind::ProcedureCode),
+    ("trigger_procedure_code", Kind::ProcedureCode),
+    ("procedures", Kind::Procedure),
+    ("procedure", Kind::Procedure),
+    ("treatment-plans", Kind::TreatmentPlan),
+    ("treatment_plan", Kind::TreatmentPlan),
+    ("items", Kind::PlanItem),
+    ("item", Kind::PlanItem),
+    ("recall-types", Kind::RecallType),
+    ("recall_type", Kind::RecallType),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +63,23 @@ enum Kind {
     Note,
     ChartEntry,
     PerioExam,
+    ProcedureCode,
+    Procedure,
+    TreatmentPlan,
+    /// A plan presented to the patient: the one `accept` is called on, so that the ids in
+    /// its body are checked (a draft plan is a 409 before that).
+    PresentedPlan,
+    PlanItem,
+    RecallType,
+}
+
+/// The fixture an operation works on for `kind`: the presented plan for acceptance, the
+/// draft plan (which is edited and presented) everywhere else.
+fn fixture_kind(template: &str, kind: Kind) -> Kind {
+    match kind {
+        Kind::TreatmentPlan if template.ends_with("/accept") => Kind::PresentedPlan,
+        other => other,
+    }
 }
 
 fn kind_of(name: &str) -> Option<Kind> {
@@ -160,8 +188,80 @@ async fn clinic(app: &TestApp, name: &str) -> Clinic {
         "perio exam",
     )
     .await;
+    // A code of the whole mouth, so that a body with only the required fields is valid.
+    let code = created(
+        app.post(
+            "/api/v2/procedure-codes",
+            o,
+            json!({"code": "EXAM", "description": format!("{name}: exam"), "fee_cents": 4500}),
+        )
+        .await,
+        "procedure code",
+    )
+    .await;
+    let procedure = created(
+        app.post(
+            &format!("/api/v2/patients/{patient}/procedures"),
+            d,
+            json!({"procedure_code_id": code}),
+        )
+        .await,
+        "procedure",
+    )
+    .await;
+    let plan_body =
+        json!({"title": format!("{name}: plan"), "items": [{"procedure_id": procedure}]});
+    let res = app
+        .post(
+            &format!("/api/v2/patients/{patient}/treatment-plans"),
+            d,
+            plan_body.clone(),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED, "treatment plan");
+    let plan: Value = res.json().await.expect("plan");
+    let presented = created(
+        app.post(
+            &format!("/api/v2/patients/{patient}/treatment-plans"),
+            d,
+            plan_body,
+        )
+        .await,
+        "treatment plan",
+    )
+    .await;
+    let res = app
+        .post(
+            &format!("/api/v2/treatment-plans/{presented}/present"),
+            d,
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK, "present");
+    let recall_type = created(
+        app.post(
+            "/api/v2/recall-types",
+            o,
+            json!({"name": "Check-up", "interval_months": 6, "trigger_procedure_code_ids": [code]}),
+        )
+        .await,
+        "recall type",
+    )
+    .await;
     let ids = HashMap::from([
         (Kind::Patient, patient),
+        (Kind::ProcedureCode, code),
+        (Kind::Procedure, procedure),
+        (
+            Kind::TreatmentPlan,
+            plan["id"].as_str().expect("plan id").to_owned(),
+        ),
+        (Kind::PresentedPlan, presented),
+        (
+            Kind::PlanItem,
+            plan["items"][0]["id"].as_str().expect("item id").to_owned(),
+        ),
+        (Kind::RecallType, recall_type),
         (Kind::User, dentist.user_id.clone()),
         (Kind::Operatory, operatory),
         (Kind::Appointment, appointment),
@@ -560,7 +660,7 @@ fn fill_path(
         let value = match (foreign, kind) {
             (Some((n, id)), _) if n == name => id.to_owned(),
             (_, Some(kind)) => a
-                .get(kind)
+                .get(&fixture_kind(&op.template, *kind))
                 .cloned()
                 .ok_or_else(|| format!("no {kind:?} fixture"))?,
             (_, None) => match doc.build(schema, name, "", &[], &Value::Null, a)? {
