@@ -14,7 +14,8 @@ use crate::http::query::{reject_undeclared, StrictQuery};
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use crate::{
-    audit, auth, chart, clinic, health, http, notes, patients, reports, scheduling, treatment, users,
+    audit, auth, chart, clinic, health, http, notes, patients, reports, scheduling, treatment,
+    users,
 };
 
 /// Every clinic area's routes.

@@ -462,10 +462,7 @@ pub const LINKS: &[Links] = &[
     (
         "create_code",
         "201",
-        &[
-            ("get_code", "path.id"),
-            ("update_code", "path.id"),
-        ],
+        &[("get_code", "path.id"), ("update_code", "path.id")],
     ),
     (
         "create_procedure",
@@ -477,7 +474,11 @@ pub const LINKS: &[Links] = &[
             ("reverse_procedure", "path.id"),
         ],
     ),
-    ("complete_procedure", "200", &[("reverse_procedure", "path.id")]),
+    (
+        "complete_procedure",
+        "200",
+        &[("reverse_procedure", "path.id")],
+    ),
     (
         "create_plan",
         "201",
@@ -496,7 +497,11 @@ pub const LINKS: &[Links] = &[
             ("revise_plan", "path.id"),
         ],
     ),
-    ("create_recall_type", "201", &[("update_recall_type", "path.id")]),
+    (
+        "create_recall_type",
+        "201",
+        &[("update_recall_type", "path.id")],
+    ),
 ];
 
 /// OpenAPI links from [`LINKS`], named after their targets.

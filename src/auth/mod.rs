@@ -243,7 +243,8 @@ pub fn permission_matrix_markdown() -> String {
         for role in Role::ALL {
             out.push_str(if role.can(p) { " ✓ |" } else { " |" });
         }
-        let provider = grants(Role::Owner, true).contains(&p) && grants(Role::Admin, true).contains(&p);
+        let provider =
+            grants(Role::Owner, true).contains(&p) && grants(Role::Admin, true).contains(&p);
         out.push_str(if provider { " ✓ |" } else { " |" });
         out.push('\n');
     }

@@ -73,9 +73,14 @@ pub(crate) async fn issue_pair(
     let family = Uuid::now_v7();
     store_refresh(state, tx, &refresh, family, user_id, family_expires).await?;
     Ok(TokenPair {
-        access_token: state
-            .tokens
-            .issue_access(user_id, clinic_id, role, provider, auth_version, family)?,
+        access_token: state.tokens.issue_access(
+            user_id,
+            clinic_id,
+            role,
+            provider,
+            auth_version,
+            family,
+        )?,
         refresh_token: refresh.encode(),
         token_type: "Bearer",
         expires_in: state.tokens.access_ttl_secs,

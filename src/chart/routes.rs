@@ -21,8 +21,8 @@ use crate::error::{AppError, AppResult, OnConstraint, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::patients;
-use crate::treatment::procedures::{self, Procedure};
 use crate::state::AppState;
+use crate::treatment::procedures::{self, Procedure};
 use crate::validate::Errors;
 
 pub fn router() -> OpenApiRouter<AppState> {

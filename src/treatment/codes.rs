@@ -70,7 +70,8 @@ pub fn valid_system(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=20).contains(&b.len())
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-".contains(c))
 }
 
 /// Checks the fields every way of writing a code shares; `field` names them in errors
@@ -133,8 +134,10 @@ impl CodeChecks<'_> {
     pub fn tooth_and_surfaces(&mut self, requires_tooth: bool, requires_surfaces: bool) {
         if requires_surfaces && !requires_tooth {
             let f = self.name("requires_surfaces");
-            self.errors
-                .add(f, "surfaces belong to a tooth: requires_tooth must be true too");
+            self.errors.add(
+                f,
+                "surfaces belong to a tooth: requires_tooth must be true too",
+            );
         }
     }
 }
@@ -145,7 +148,8 @@ macro_rules! select_code {
             ProcedureCode,
             "SELECT id, code, system, description, category, fee_cents, default_minutes, \
              requires_tooth, requires_surfaces, active, version, created_at, updated_at \
-             FROM procedure_codes WHERE id = $1" + $lock,
+             FROM procedure_codes WHERE id = $1"
+                + $lock,
             $id
         )
         .fetch_optional(&mut **$tx)
@@ -212,11 +216,11 @@ pub async fn list_codes(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        state
-            .cursors
-            .page(rows, limit, |c: &ProcedureCode| c.code.clone()),
-    ))
+    Ok(Json(state.cursors.page(
+        rows,
+        limit,
+        |c: &ProcedureCode| c.code.clone(),
+    )))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -416,7 +420,10 @@ pub async fn update_code(
         ("description", matches!(patch.description, Some(None))),
         ("fee_cents", matches!(patch.fee_cents, Some(None))),
         ("requires_tooth", matches!(patch.requires_tooth, Some(None))),
-        ("requires_surfaces", matches!(patch.requires_surfaces, Some(None))),
+        (
+            "requires_surfaces",
+            matches!(patch.requires_surfaces, Some(None)),
+        ),
         ("active", matches!(patch.active, Some(None))),
     ]);
     errors.finish()?;
@@ -450,7 +457,10 @@ pub async fn update_code(
     if let Some(m) = minutes {
         check.minutes(m);
     }
-    let requires_tooth = patch.requires_tooth.flatten().unwrap_or(current.requires_tooth);
+    let requires_tooth = patch
+        .requires_tooth
+        .flatten()
+        .unwrap_or(current.requires_tooth);
     let requires_surfaces = patch
         .requires_surfaces
         .flatten()

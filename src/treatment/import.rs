@@ -416,7 +416,10 @@ mod tests {
         assert!(f.contains(&"line 1".to_owned()), "{f:?}");
         assert!(f.contains(&"line 1: description".to_owned()), "{f:?}");
         assert!(f.contains(&"line 1: fee_cents".to_owned()), "{f:?}");
-        assert_eq!(fields(parse("code,description,fee_cents\n")), vec!["line 2"]);
+        assert_eq!(
+            fields(parse("code,description,fee_cents\n")),
+            vec!["line 2"]
+        );
     }
 
     #[test]

@@ -363,9 +363,11 @@ pub async fn list_plans(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(state.cursors.page(plans, limit, |p: &TreatmentPlan| {
-        (p.created_at, p.id)
-    })))
+    Ok(Json(state.cursors.page(
+        plans,
+        limit,
+        |p: &TreatmentPlan| (p.created_at, p.id),
+    )))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -532,14 +534,12 @@ pub async fn update_plan(
     }
     etag::check(&headers, current.revision)?;
     if let Some(Some(items)) = &patch.items {
-        let existing: HashSet<Uuid> = sqlx::query_scalar!(
-            "SELECT id FROM treatment_plan_items WHERE plan_id = $1",
-            id
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let existing: HashSet<Uuid> =
+            sqlx::query_scalar!("SELECT id FROM treatment_plan_items WHERE plan_id = $1", id)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
         replace_items(&mut tx, &caller, id, current.patient_id, items, &existing).await?;
     }
     sqlx::query!(
@@ -555,12 +555,7 @@ pub async fn update_plan(
 
 /// Moves a plan on: checks the status it must be in (409 otherwise) under the plan's row
 /// lock, which serialises every transition of one plan.
-async fn transition(
-    tx: &mut Tx,
-    id: Uuid,
-    from: &[PlanStatus],
-    what: &str,
-) -> AppResult<PlanRow> {
+async fn transition(tx: &mut Tx, id: Uuid, from: &[PlanStatus], what: &str) -> AppResult<PlanRow> {
     let row = plan_row(tx, id, true).await?;
     let status = PlanStatus::parse(&row.status);
     if !from.contains(&status) {
@@ -607,7 +602,10 @@ pub async fn present_plan(
     let row = transition(&mut tx, id, &[PlanStatus::Draft], "presented").await?;
     let plan = load(&mut tx, id).await?;
     if plan.items.is_empty() {
-        return Err(AppError::validation("items", "a plan without items cannot be presented"));
+        return Err(AppError::validation(
+            "items",
+            "a plan without items cannot be presented",
+        ));
     }
     sqlx::query!(
         "INSERT INTO treatment_plan_versions (clinic_id, plan_id, version, title, presented_by, total_cents) \
@@ -977,14 +975,14 @@ pub async fn get_version(
     Ok(etag::tagged(
         n,
         &PlanVersion {
-        plan_id: id,
-        version: n,
-        title: head.title,
-        presented_at: head.presented_at,
-        presented_by: head.presented_by,
-        items,
-        total_cents: head.total_cents,
-        decision,
-    },
+            plan_id: id,
+            version: n,
+            title: head.title,
+            presented_at: head.presented_at,
+            presented_by: head.presented_by,
+            items,
+            total_cents: head.total_cents,
+            decision,
+        },
     ))
 }

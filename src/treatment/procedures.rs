@@ -110,9 +110,7 @@ impl ProcedureRow {
             fee_cents: self.fee_cents,
             appointment_id: self.appointment_id,
             completed_on: self.completed_on,
-            note: self
-                .note
-                .filter(|_| caller.can(Permission::ClinicalRead)),
+            note: self.note.filter(|_| caller.can(Permission::ClinicalRead)),
             reversed: self.reversed_at.is_some(),
             reversed_at: self.reversed_at,
             reversed_by: self.reversed_by,
@@ -198,7 +196,10 @@ fn check_shape(
             None
         }
         Some(_) if !rules.requires_tooth => {
-            errors.add("tooth", "this procedure code applies to the whole mouth: no tooth");
+            errors.add(
+                "tooth",
+                "this procedure code applies to the whole mouth: no tooth",
+            );
             None
         }
         None => None,
@@ -395,7 +396,10 @@ pub async fn create_procedure(
         check_fee(fee, &mut errors);
     }
     if body.completed_on.is_some() && status != ProcedureStatus::Completed {
-        errors.add("completed_on", "only a completed procedure has a date of completion");
+        errors.add(
+            "completed_on",
+            "only a completed procedure has a date of completion",
+        );
     }
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
@@ -554,7 +558,14 @@ pub async fn get_procedure(
         .await?;
     let mut tx = caller.begin(&state).await?;
     let row = load(&mut tx, id).await?;
-    respond(tx, &caller, event().patient(row.patient_id), row, p.numbering).await
+    respond(
+        tx,
+        &caller,
+        event().patient(row.patient_id),
+        row,
+        p.numbering,
+    )
+    .await
 }
 
 /// How a read or change of one procedure ends: its audit event, the commit, the
@@ -633,12 +644,18 @@ pub async fn update_procedure(
         .await?;
     let mut errors = Errors::default();
     errors.uncleared(&[
-        ("procedure_code_id", matches!(patch.procedure_code_id, Some(None))),
+        (
+            "procedure_code_id",
+            matches!(patch.procedure_code_id, Some(None)),
+        ),
         ("status", matches!(patch.status, Some(None))),
         ("fee_cents", matches!(patch.fee_cents, Some(None))),
     ]);
     if let Some(Some(ProcedureStatus::Completed)) = patch.status {
-        errors.add("status", "complete a procedure with POST /procedures/{id}/complete");
+        errors.add(
+            "status",
+            "complete a procedure with POST /procedures/{id}/complete",
+        );
     }
     if let Some(Some(fee)) = patch.fee_cents {
         check_fee(fee, &mut errors);

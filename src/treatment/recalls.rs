@@ -86,21 +86,17 @@ pub async fn list_recall_types(
         })
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let items = select_types!("WHERE true")
-        .fetch_all(&mut *tx)
-        .await?;
+    let items = select_types!("WHERE true").fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(Json(RecallTypeList { items }))
 }
 
 /// 422 unless every id is a procedure code of the clinic.
 async fn check_triggers(tx: &mut Tx, ids: &[Uuid]) -> AppResult<()> {
-    let known: Vec<Uuid> = sqlx::query_scalar!(
-        "SELECT id FROM procedure_codes WHERE id = ANY($1)",
-        ids
-    )
-    .fetch_all(&mut **tx)
-    .await?;
+    let known: Vec<Uuid> =
+        sqlx::query_scalar!("SELECT id FROM procedure_codes WHERE id = ANY($1)", ids)
+            .fetch_all(&mut **tx)
+            .await?;
     let mut errors = Errors::default();
     for (n, id) in ids.iter().enumerate() {
         if !known.contains(id) {
@@ -266,7 +262,10 @@ pub async fn update_recall_type(
     let mut errors = Errors::default();
     errors.uncleared(&[
         ("name", matches!(patch.name, Some(None))),
-        ("interval_months", matches!(patch.interval_months, Some(None))),
+        (
+            "interval_months",
+            matches!(patch.interval_months, Some(None)),
+        ),
         ("active", matches!(patch.active, Some(None))),
     ]);
     let name = patch
@@ -370,7 +369,9 @@ pub async fn list_recalls(
         Some((d, p, t)) => (Some(d), Some(p), Some(t)),
         None => (None, None, None),
     };
-    if p.due_before.is_some_and(|d| !crate::validate::storable_date(d)) {
+    if p.due_before
+        .is_some_and(|d| !crate::validate::storable_date(d))
+    {
         return Err(AppError::BadRequest(
             "invalid query parameters: `due_before` must be a date in the years 1 to 9999".into(),
         ));
