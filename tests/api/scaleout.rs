@@ -171,10 +171,17 @@ async fn deactivation_and_clinic_changes_on_one_instance_show_on_the_other() {
         .json()
         .await
         .expect("json");
+    let listed: Vec<&Value> = providers["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| &p["id"])
+        .collect();
     assert!(
-        providers["items"].as_array().expect("items").is_empty(),
-        "the provider list was invalidated"
+        !listed.contains(&&user["id"]),
+        "the provider list was invalidated: {listed:?}"
     );
+    assert_eq!(listed.len(), 1, "only the owner is left: {listed:?}");
 }
 
 /// A Redis of the test's own, on its own port.
