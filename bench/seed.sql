@@ -1,6 +1,8 @@
 -- Seeds the benchmark database: 1,000 clinics, 1,000,099 patients (clinic 1 holds
--- 100,000), staff, operatories and a year of appointments. Run as a superuser with
--- psql -v hash='<argon2 hash>'. Ids are deterministic so the harness can address them.
+-- 100,000), staff, operatories, a year of appointments, and clinic 1's procedure
+-- catalogue with a year of completed procedures charged to the journal. Run as a
+-- superuser with psql -v hash='<argon2 hash>'. Ids are deterministic so the harness can
+-- address them.
 \set ON_ERROR_STOP on
 BEGIN;
 
@@ -89,6 +91,54 @@ SELECT pg_temp.bench_id(1, g), pg_temp.bench_id(6, g * 1000 + d),
        date_trunc('day', now()) - d * interval '1 day' + interval '8 hours',
        date_trunc('day', now()) - d * interval '1 day' + interval '9 hours', 'completed', pg_temp.bench_id(2, g * 100)
 FROM generate_series(2, 1000) g, generate_series(1, 365) d;
+
+-- Treatment in clinic 1: a catalogue of twelve codes, and a year of completed procedures
+-- charged to the journal. On every working day (Monday to Friday in the clinic's time
+-- zone) the first ten dentists complete one procedure at each of their four appointments
+-- (40 a day), charged when the appointment ends: a 'charge' transaction whose lines debit
+-- the patient's receivable and credit revenue. Procedure and charge ids repeat the
+-- appointment's number (kinds 8 and 9). The journal's balance trigger checks each
+-- transaction at COMMIT, lines included.
+CREATE TEMP TABLE bench_codes (n int, code text, description text, category text, fee_cents bigint,
+                               minutes int, requires_tooth boolean, surfaces text[]);
+INSERT INTO bench_codes VALUES
+    (1, 'E01', 'Periodic oral examination', 'diagnostic', 4500, 15, false, '{}'),
+    (2, 'R01', 'Bitewing radiographs, two films', 'diagnostic', 3500, 10, false, '{}'),
+    (3, 'P01', 'Prophylaxis, adult', 'preventive', 8000, 30, false, '{}'),
+    (4, 'F01', 'Composite filling, one surface', 'restorative', 12000, 30, true, '{O}'),
+    (5, 'F02', 'Composite filling, two surfaces', 'restorative', 16000, 45, true, '{M,O}'),
+    (6, 'F03', 'Composite filling, three surfaces', 'restorative', 21000, 60, true, '{M,O,D}'),
+    (7, 'C01', 'Ceramic crown', 'prosthodontic', 95000, 90, true, '{}'),
+    (8, 'RC1', 'Root canal treatment, molar', 'endodontic', 85000, 90, true, '{}'),
+    (9, 'X01', 'Extraction, erupted tooth', 'surgical', 15000, 30, true, '{}'),
+    (10, 'S01', 'Fissure sealant', 'preventive', 4000, 15, true, '{O}'),
+    (11, 'FL1', 'Fluoride varnish', 'preventive', 3000, 10, false, '{}'),
+    (12, 'W01', 'Tooth whitening, in office', 'cosmetic', 30000, 60, false, '{}');
+INSERT INTO procedure_codes (clinic_id, id, code, description, category, fee_cents, default_minutes,
+                             requires_tooth, requires_surfaces)
+SELECT pg_temp.bench_id(1, 1), pg_temp.bench_id(10, n), code, description, category, fee_cents, minutes,
+       requires_tooth, surfaces <> '{}'
+FROM bench_codes;
+INSERT INTO procedures (clinic_id, id, patient_id, procedure_code_id, tooth, surfaces, provider_id, status,
+                        fee_cents, appointment_id, completed_on, version, created_by, created_at, updated_at)
+SELECT a.clinic_id, ('00000008' || substr(a.id::text, 9))::uuid, a.patient_id, pg_temp.bench_id(10, c.n),
+       CASE WHEN c.requires_tooth THEN (ARRAY[16, 17, 26, 27, 36, 37, 46, 47, 14, 15, 24, 25, 34, 35, 44, 45])[1 + a.n % 16] END,
+       c.surfaces, a.provider_id, 'completed', c.fee_cents, a.id, (a.start_at AT TIME ZONE 'Europe/Berlin')::date, 2,
+       a.provider_id, a.start_at, a.end_at
+FROM (SELECT a.*, ('x' || right(a.id::text, 12))::bit(48)::bigint AS n FROM appointments a
+      WHERE a.clinic_id = pg_temp.bench_id(1, 1)
+        AND a.provider_id BETWEEN pg_temp.bench_id(2, 102) AND pg_temp.bench_id(2, 111)
+        AND extract(isodow FROM a.start_at AT TIME ZONE 'Europe/Berlin') < 6) a
+JOIN bench_codes c ON c.n = 1 + (a.n * 7) % 12;
+INSERT INTO ledger_transactions (clinic_id, id, kind, patient_id, posted_at, procedure_id, memo, created_by)
+SELECT clinic_id, ('00000009' || substr(id::text, 9))::uuid, 'charge', patient_id, updated_at, id,
+       'procedure completed', provider_id
+FROM procedures WHERE clinic_id = pg_temp.bench_id(1, 1) AND status = 'completed';
+INSERT INTO ledger_lines (clinic_id, transaction_id, line_no, account, patient_id, amount_cents)
+SELECT p.clinic_id, ('00000009' || substr(p.id::text, 9))::uuid, l.line_no, l.account,
+       CASE l.line_no WHEN 1 THEN p.patient_id END, CASE l.line_no WHEN 1 THEN p.fee_cents ELSE -p.fee_cents END
+FROM procedures p CROSS JOIN (VALUES (1, 'receivable'), (2, 'revenue')) l(line_no, account)
+WHERE p.clinic_id = pg_temp.bench_id(1, 1) AND p.status = 'completed';
 
 COMMIT;
 -- The visibility map too, so that index-only scans (the name words) need no heap.
