@@ -33,7 +33,8 @@ use crate::scheduling::appointments::Conflict;
         (name = "perio", description = "Periodontal charts"),
         (name = "scheduling", description = "Operatories, working hours, appointments and availability"),
         (name = "treatment", description = "The procedure catalogue, charted procedures, treatment plans and recalls"),
-        (name = "reports", description = "The day sheet")
+        (name = "reports", description = "The day sheet"),
+        (name = "billing", description = "Patient accounts, payments, refunds, adjustments and invoices")
     )
 )]
 pub struct ApiDoc;

@@ -99,6 +99,7 @@ impl Role {
                 CatalogueManage,
                 TreatmentRead,
                 TreatmentConsent,
+                AdjustmentsWrite,
             ],
             Role::Dentist | Role::Hygienist => &[
                 ClinicRead,
@@ -147,6 +148,7 @@ impl Role {
                 LedgerRead,
                 LedgerWrite,
                 TreatmentRead,
+                AdjustmentsWrite,
             ],
         }
     }
@@ -176,7 +178,7 @@ pub fn grants(role: Role, provider: bool) -> Vec<Permission> {
 
 impl Permission {
     /// Every permission, in the order the matrix lists them.
-    pub const ALL: [Permission; 21] = [
+    pub const ALL: [Permission; 22] = [
         Permission::ClinicRead,
         Permission::ClinicManage,
         Permission::UsersRead,
@@ -198,6 +200,7 @@ impl Permission {
         Permission::TreatmentRead,
         Permission::TreatmentWrite,
         Permission::TreatmentConsent,
+        Permission::AdjustmentsWrite,
     ];
 
     /// The name in the API (as serialised).
@@ -224,6 +227,7 @@ impl Permission {
             Permission::TreatmentRead => "treatment.read",
             Permission::TreatmentWrite => "treatment.write",
             Permission::TreatmentConsent => "treatment.consent",
+            Permission::AdjustmentsWrite => "adjustments.write",
         }
     }
 }
@@ -302,6 +306,9 @@ pub enum Permission {
     /// Record a patient's acceptance or refusal of a presented plan.
     #[serde(rename = "treatment.consent")]
     TreatmentConsent,
+    /// Discounts, write-offs and corrections of a patient's account.
+    #[serde(rename = "adjustments.write")]
+    AdjustmentsWrite,
 }
 
 /// The answer to a role that lacks a permission.
