@@ -67,6 +67,13 @@ impl<S: Send + Sync> FromRequest<S> for CsvBody {
     }
 }
 
+/// A fee schedule as sent: CSV text (in the document, binary content of type `text/csv`,
+/// which client generators send as a file or bytes).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct FeeSchedule(String);
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImportResult {
     /// Codes that did not exist before.
@@ -261,7 +268,7 @@ fn csv_message(e: &csv::Error) -> String {
 /// nothing. Columns the header leaves out keep their values on existing codes (and take
 /// their defaults on new ones).
 #[utoipa::path(post, path = "/procedure-codes/import", tag = "treatment", security(("bearer" = [])),
-    request_body(content = String, content_type = "text/csv",
+    request_body(content = FeeSchedule, content_type = "text/csv",
         description = "A header row naming columns (code, description and fee_cents required; \
             system, category, default_minutes, requires_tooth, requires_surfaces, active \
             optional), then one code per line.",
