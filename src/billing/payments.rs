@@ -20,7 +20,7 @@ use crate::auth::{Caller, Permission};
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::extract::{ApiPath, ApiQuery};
-use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
+use crate::http::idempotency::{self, Created, HashedJson, RequiredIdempotencyKey};
 use crate::http::pagination::{self, Limit, Page};
 use crate::ledger::{self, Account, Entry};
 use crate::state::AppState;
@@ -257,7 +257,7 @@ pub struct NewPayment {
 
 /// Records a payment (`Idempotency-Key` required).
 #[utoipa::path(post, path = "/payments", tag = "billing", security(("bearer" = [])),
-    params(IdempotencyKey),
+    params(RequiredIdempotencyKey),
     request_body = NewPayment,
     responses(
         (status = 201, description = "Recorded", body = Payment, headers(("Location" = String))),
@@ -522,7 +522,7 @@ pub struct NewRefund {
 /// Refunds part or all of a payment (`Idempotency-Key` required): from the payer's credit
 /// first, then from what the payment paid on invoices, latest first.
 #[utoipa::path(post, path = "/payments/{id}/refund", tag = "billing", security(("bearer" = [])),
-    params(PaymentPath, IdempotencyKey),
+    params(PaymentPath, RequiredIdempotencyKey),
     request_body = NewRefund,
     responses(
         (status = 201, description = "Refunded", body = Refund, headers(("Location" = String))),
