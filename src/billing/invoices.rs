@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::payments::{check_allocations, insert_allocations, Allocation};
+use super::payments::{check_allocations, insert_allocations, lock_invoice_row, Allocation};
 use super::{check_positive, lock_patient};
 use crate::audit::{self, Event};
 use crate::auth::{Caller, Permission};
@@ -420,10 +420,14 @@ pub async fn void_invoice(
     let reason = errors.text("reason", &body.reason, 500);
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let current = select_invoices!("WHERE i.id = $1 FOR UPDATE OF i", id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| AppError::not_found("invoice"))?;
+    // Lock, then read what is paid: a payment that held the lock has committed its
+    // allocations by then.
+    if !lock_invoice_row(&mut tx, id).await? {
+        return Err(AppError::not_found("invoice"));
+    }
+    let current = select_invoices!("WHERE i.id = $1", id)
+        .fetch_one(&mut *tx)
+        .await?;
     if current.voided_at.is_some() {
         return Err(AppError::conflict("the invoice is void already"));
     }

@@ -131,27 +131,16 @@ async fn assemble(tx: &mut Tx, rows: Vec<PaymentRow>) -> AppResult<Vec<Payment>>
         .collect())
 }
 
-async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Payment> {
-    let row = if lock {
-        sqlx::query_as!(
-            PaymentRow,
-            "SELECT id, patient_id, amount_cents, method, received_at, reference, created_by, created_at \
-             FROM payments WHERE id = $1 FOR UPDATE",
-            id
-        )
-        .fetch_optional(&mut **tx)
-        .await?
-    } else {
-        sqlx::query_as!(
-            PaymentRow,
-            "SELECT id, patient_id, amount_cents, method, received_at, reference, created_by, created_at \
-             FROM payments WHERE id = $1",
-            id
-        )
-        .fetch_optional(&mut **tx)
-        .await?
-    };
-    let row = row.ok_or_else(|| AppError::not_found("payment"))?;
+async fn load(tx: &mut Tx, id: Uuid) -> AppResult<Payment> {
+    let row = sqlx::query_as!(
+        PaymentRow,
+        "SELECT id, patient_id, amount_cents, method, received_at, reference, created_by, created_at \
+         FROM payments WHERE id = $1",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| AppError::not_found("payment"))?;
     assemble(tx, vec![row])
         .await?
         .pop()
@@ -178,6 +167,12 @@ struct OpenInvoice {
 }
 
 async fn lock_invoice(tx: &mut Tx, id: Uuid) -> AppResult<Option<OpenInvoice>> {
+    if !lock_invoice_row(tx, id).await? {
+        return Ok(None);
+    }
+    // Read after the lock, in a statement of its own: a statement that waits for the lock
+    // still sees the allocations as of its start, and would miss those of the payment
+    // that held it.
     Ok(sqlx::query_as!(
         OpenInvoice,
         r#"SELECT i.patient_id, i.voided_at IS NOT NULL AS "void!",
@@ -185,11 +180,22 @@ async fn lock_invoice(tx: &mut Tx, id: Uuid) -> AppResult<Option<OpenInvoice>> {
                     WHERE l.clinic_id = i.clinic_id AND l.invoice_id = i.id)
                  - (SELECT coalesce(sum(amount_cents), 0) FROM allocations a
                     WHERE a.clinic_id = i.clinic_id AND a.invoice_id = i.id))::bigint AS "open_cents!"
-           FROM invoices i WHERE i.id = $1 FOR UPDATE OF i"#,
+           FROM invoices i WHERE i.id = $1"#,
         id
     )
     .fetch_optional(&mut **tx)
     .await?)
+}
+
+/// Locks an invoice's row for the transaction; false when there is no such invoice. What
+/// decides on its paid amount reads it afterwards, in a statement of its own.
+pub async fn lock_invoice_row(tx: &mut Tx, id: Uuid) -> AppResult<bool> {
+    Ok(
+        sqlx::query_scalar!("SELECT id FROM invoices WHERE id = $1 FOR UPDATE", id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some(),
+    )
 }
 
 /// Checks allocations against their invoices (locked, in id order so that concurrent
@@ -366,7 +372,7 @@ pub async fn create_payment(
             })),
         )
         .await?;
-        let value = load(&mut tx, payment_id, false).await?;
+        let value = load(&mut tx, payment_id).await?;
         Ok((
             tx,
             Created {
@@ -497,7 +503,7 @@ pub async fn get_payment(
         .authorize(&state, Permission::LedgerRead, event)
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let payment = load(&mut tx, id, false).await?;
+    let payment = load(&mut tx, id).await?;
     audit::record(
         &mut tx,
         &caller.audit(),
@@ -550,7 +556,15 @@ pub async fn refund_payment(
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
         let mut tx = caller.begin(&state).await?;
-        let payment = load(&mut tx, id, true).await?;
+        // Payments are insert-only, so the server's role cannot lock their rows: the
+        // payer's row is the lock under which refunds (and whatever else spends the
+        // payer's credit) run one at a time; the payment is read after it.
+        let payer = sqlx::query_scalar!("SELECT patient_id FROM payments WHERE id = $1", id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| AppError::not_found("payment"))?;
+        lock_patient(&mut tx, payer, "patient_id").await?;
+        let payment = load(&mut tx, id).await?;
         if body.amount_cents > payment.refundable_cents {
             return Err(AppError::validation(
                 "amount_cents",
@@ -560,7 +574,6 @@ pub async fn refund_payment(
                 ),
             ));
         }
-        lock_patient(&mut tx, payment.patient_id, "patient_id").await?;
         // From the payer's credit first; the rest comes back from the payment's
         // allocations, latest invoice first, and those invoices are open again.
         let credit = super::credit_of(&mut tx, payment.patient_id).await?;

@@ -4,6 +4,10 @@
 mod common;
 
 mod auth;
+mod billing;
+mod billing_invoices;
+mod billing_payments;
+mod billing_properties;
 mod clinical;
 mod faults;
 mod foundation;
