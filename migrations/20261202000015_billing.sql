@@ -172,3 +172,79 @@ CREATE TRIGGER refunds_append_only BEFORE UPDATE OR DELETE ON refunds
 -- A patient's account, read through their lines.
 CREATE INDEX ledger_lines_transaction_patient ON ledger_lines (clinic_id, transaction_id)
     WHERE patient_id IS NOT NULL;
+
+-- Card payments through Stripe. The server records each PaymentIntent it creates; the
+-- webhook finds the clinic from that record (through a definer function: the webhook has
+-- no user and no clinic), never from the payload alone. An intent is paid once (its
+-- `payment_id` is set once), an event is handled once (its id is unique), a Stripe refund
+-- is recorded once (its id is unique).
+CREATE TABLE stripe_intents (
+    clinic_id    uuid        NOT NULL REFERENCES clinics (id),
+    id           uuid        NOT NULL,
+    intent_id    text        NOT NULL CHECK (length(intent_id) BETWEEN 1 AND 255),
+    patient_id   uuid        NOT NULL,
+    invoice_id   uuid,
+    amount_cents bigint      NOT NULL CHECK (amount_cents BETWEEN 1 AND 1000000000000),
+    currency     char(3)     NOT NULL,
+    payment_id   uuid,
+    created_by   uuid        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (clinic_id, id),
+    CONSTRAINT stripe_intents_intent_key UNIQUE (intent_id),
+    FOREIGN KEY (clinic_id, patient_id) REFERENCES patients (clinic_id, id),
+    FOREIGN KEY (clinic_id, invoice_id) REFERENCES invoices (clinic_id, id),
+    FOREIGN KEY (clinic_id, payment_id) REFERENCES payments (clinic_id, id),
+    FOREIGN KEY (clinic_id, created_by) REFERENCES users (clinic_id, id)
+);
+CREATE UNIQUE INDEX stripe_intents_payment ON stripe_intents (clinic_id, payment_id);
+
+CREATE TABLE stripe_events (
+    clinic_id   uuid        NOT NULL REFERENCES clinics (id),
+    event_id    text        NOT NULL CHECK (length(event_id) BETWEEN 1 AND 255),
+    type        text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (clinic_id, event_id),
+    CONSTRAINT stripe_events_once UNIQUE (event_id)
+);
+
+ALTER TABLE refunds ADD COLUMN stripe_refund_id text;
+ALTER TABLE refunds ADD CONSTRAINT refunds_stripe_once UNIQUE (stripe_refund_id);
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['stripe_intents', 'stripe_events'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY clinic_isolation ON %I
+            USING (clinic_id = (SELECT app_clinic_id()))
+            WITH CHECK (clinic_id = (SELECT app_clinic_id()))', t);
+    END LOOP;
+END
+$$;
+GRANT SELECT, INSERT ON stripe_intents, stripe_events TO molar_app;
+GRANT UPDATE (payment_id) ON stripe_intents TO molar_app;
+CREATE FUNCTION stripe_intents_paid_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.payment_id IS NOT NULL THEN
+        RAISE EXCEPTION 'payment intent % is recorded already', OLD.intent_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'stripe_intents_paid_once';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER stripe_intents_paid_once BEFORE UPDATE ON stripe_intents
+    FOR EACH ROW EXECUTE FUNCTION stripe_intents_paid_once();
+
+-- The webhook's one cross-clinic lookup: the clinic of an intent this server created.
+GRANT CREATE ON SCHEMA public TO molar_auth;
+CREATE POLICY stripe_webhook ON stripe_intents FOR SELECT TO molar_auth USING (true);
+GRANT SELECT ON stripe_intents TO molar_auth;
+CREATE FUNCTION stripe_intent_clinic(p_intent text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT clinic_id FROM stripe_intents WHERE intent_id = p_intent
+$$;
+ALTER FUNCTION stripe_intent_clinic(text) OWNER TO molar_auth;
+REVOKE ALL ON FUNCTION stripe_intent_clinic(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stripe_intent_clinic(text) TO molar_app;
+REVOKE CREATE ON SCHEMA public FROM molar_auth;

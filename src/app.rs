@@ -41,6 +41,7 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(billing::payments::router())
         .merge(billing::adjustments::router())
         .merge(billing::invoices::router())
+        .merge(billing::stripe::router())
 }
 
 /// The API routes and the OpenAPI document describing exactly them.

@@ -331,6 +331,21 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who a request without a user (Stripe's webhook) acts as: the staff member who set
+    /// up what it completes, with no role beyond reading what they may.
+    pub fn system(clinic_id: Uuid, user_id: Uuid) -> Caller {
+        Caller {
+            user_id,
+            clinic_id,
+            role: Role::Billing,
+            auth_version: 0,
+            session_id: None,
+            provider: false,
+            ip: None,
+            request_id: crate::error::current_request_id(),
+        }
+    }
+
     /// Whether the caller holds `p`: by role, or clinically as a provider owner or admin.
     pub fn can(&self, p: Permission) -> bool {
         self.role.can(p) || self.clinical_role().can(p)

@@ -273,7 +273,7 @@ pub async fn create_invoice(
             "SELECT p.id FROM procedures p WHERE p.patient_id = $1 AND p.status = 'completed' \
              AND p.reversed_at IS NULL AND NOT EXISTS (SELECT 1 FROM invoice_lines l \
                  WHERE l.clinic_id = p.clinic_id AND l.procedure_id = p.id AND l.live) \
-             ORDER BY p.completed_on, p.id",
+             ORDER BY p.completed_on, p.id FOR SHARE OF p",
             body.patient_id
         )
         .fetch_all(&mut *tx)

@@ -574,74 +574,38 @@ pub async fn refund_payment(
                 ),
             ));
         }
-        // From the payer's credit first; the rest comes back from the payment's
-        // allocations, latest invoice first, and those invoices are open again.
-        let credit = super::credit_of(&mut tx, payment.patient_id).await?;
-        let from_credit = credit.clamp(0, body.amount_cents);
-        let mut rest = body.amount_cents - from_credit;
-        let mut lines = vec![
-            (Account::for_method(payment.method.as_str()), -body.amount_cents),
-            (Account::PatientCredit(payment.patient_id), from_credit),
-        ];
-        let mut taken_back = vec![];
-        for a in payment.allocations.iter().rev() {
-            if rest == 0 {
-                break;
-            }
-            let take = a.amount_cents.min(rest);
-            let invoice_patient: Uuid = sqlx::query_scalar!(
-                "SELECT patient_id FROM invoices WHERE id = $1 FOR UPDATE",
-                a.invoice_id
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            lines.push((Account::Receivable(invoice_patient), take));
-            taken_back.push(super::payments::Allocation {
-                invoice_id: a.invoice_id,
-                amount_cents: -take,
-            });
-            rest -= take;
-        }
-        // Credit the payer spent on other invoices since: they owe that again.
-        lines.push((Account::Receivable(payment.patient_id), rest));
-        let transaction = ledger::post(
+        // A card payment is refunded at Stripe first; the refund's id makes the
+        // `charge.refunded` event that follows find it recorded.
+        let stripe_refund = match super::stripe::intent_of_payment(&mut tx, id).await? {
+            Some(intent) => Some(
+                super::stripe::refund_at_stripe(
+                    &state,
+                    &caller,
+                    &headers,
+                    &intent,
+                    body.amount_cents,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let refund = post_refund(
             &mut tx,
             &caller,
-            Entry {
-                kind: "refund",
-                patient_id: payment.patient_id,
-                payment_id: Some(id),
-                invoice_id: None,
-                memo: Some(&reason),
-                lines,
-            },
-        )
-        .await?;
-        if !taken_back.is_empty() {
-            insert_allocations(&mut tx, &caller, Some(id), transaction, &taken_back).await?;
-        }
-        let refund_id = Uuid::now_v7();
-        let refund = sqlx::query_as!(
-            Refund,
-            "INSERT INTO refunds (clinic_id, id, payment_id, amount_cents, reason, transaction_id, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             RETURNING id, payment_id, amount_cents, reason, created_by, created_at",
-            caller.clinic_id,
-            refund_id,
             id,
+            payment.patient_id,
             body.amount_cents,
             &reason,
-            transaction,
-            caller.user_id,
+            stripe_refund.as_deref(),
         )
-        .fetch_one(&mut *tx)
         .await?;
+        let refund_id = refund.id;
         audit::record(
             &mut tx,
             &caller.audit(),
-            event()
-                .patient(payment.patient_id)
-                .details(serde_json::json!({ "refund_id": refund_id, "amount_cents": body.amount_cents })),
+            event().patient(payment.patient_id).details(
+                serde_json::json!({ "refund_id": refund_id, "amount_cents": body.amount_cents }),
+            ),
         )
         .await?;
         Ok((
@@ -654,4 +618,89 @@ pub async fn refund_payment(
         ))
     })
     .await
+}
+
+/// Posts a refund of `amount` of a payment (what is left of it checked by the caller):
+/// from the payer's credit first; the rest comes back from the payment's allocations, one
+/// invoice after another, and those invoices are open again. The payer's row must be
+/// locked.
+pub async fn post_refund(
+    tx: &mut Tx,
+    caller: &Caller,
+    id: Uuid,
+    payer: Uuid,
+    amount: i64,
+    reason: &str,
+    stripe_refund_id: Option<&str>,
+) -> AppResult<Refund> {
+    let payment = load(tx, id).await?;
+    let credit = super::credit_of(tx, payer).await?;
+    let from_credit = credit.clamp(0, amount);
+    let mut rest = amount - from_credit;
+    let mut lines = vec![
+        (Account::for_method(payment.method.as_str()), -amount),
+        (Account::PatientCredit(payer), from_credit),
+    ];
+    let mut taken_back = vec![];
+    for a in payment.allocations.iter().rev() {
+        if rest == 0 {
+            break;
+        }
+        let take = a.amount_cents.min(rest);
+        let invoice_patient: Uuid = sqlx::query_scalar!(
+            "SELECT patient_id FROM invoices WHERE id = $1 FOR UPDATE",
+            a.invoice_id
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        lines.push((Account::Receivable(invoice_patient), take));
+        taken_back.push(Allocation {
+            invoice_id: a.invoice_id,
+            amount_cents: -take,
+        });
+        rest -= take;
+    }
+    // Credit the payer spent on other invoices since: they owe that again.
+    lines.push((Account::Receivable(payer), rest));
+    let transaction = ledger::post(
+        tx,
+        caller,
+        Entry {
+            kind: "refund",
+            patient_id: payer,
+            payment_id: Some(id),
+            invoice_id: None,
+            memo: Some(reason),
+            lines,
+        },
+    )
+    .await?;
+    if !taken_back.is_empty() {
+        insert_allocations(tx, caller, Some(id), transaction, &taken_back).await?;
+    }
+    Ok(sqlx::query_as!(
+        Refund,
+        "INSERT INTO refunds (clinic_id, id, payment_id, amount_cents, reason, transaction_id, created_by, stripe_refund_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         RETURNING id, payment_id, amount_cents, reason, created_by, created_at",
+        caller.clinic_id,
+        Uuid::now_v7(),
+        id,
+        amount,
+        reason,
+        transaction,
+        caller.user_id,
+        stripe_refund_id,
+    )
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// An open invoice's patient and open amount, locked; `None` when it does not exist or
+/// is void.
+pub async fn open_amount(tx: &mut Tx, id: Uuid) -> AppResult<Option<(Uuid, i64)>> {
+    Ok(lock_invoice(tx, id)
+        .await?
+        .filter(|i| !i.void)
+        .map(|i| (i.patient_id, i.open_cents)))
 }

@@ -112,6 +112,8 @@ pub enum Account {
     Card,
     BankTransfer,
     Check,
+    /// Card payments through Stripe, until Stripe pays them out.
+    StripeClearing,
 }
 
 impl Account {
@@ -125,6 +127,7 @@ impl Account {
             Account::Card => "card",
             Account::BankTransfer => "bank_transfer",
             Account::Check => "check",
+            Account::StripeClearing => "stripe_clearing",
         }
     }
 
@@ -141,6 +144,7 @@ impl Account {
             "cash" => Account::Cash,
             "bank_transfer" => Account::BankTransfer,
             "check" => Account::Check,
+            "stripe" => Account::StripeClearing,
             _ => Account::Card,
         }
     }
