@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
@@ -360,32 +360,123 @@ pub struct InvoicePath {
     id: Uuid,
 }
 
-/// One invoice.
+/// A printable invoice (in the document, binary content of type `application/pdf`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct InvoicePdf(Vec<u8>);
+
+/// One invoice; with `Accept: application/pdf`, a printable PDF of it.
 #[utoipa::path(get, path = "/invoices/{id}", tag = "billing", security(("bearer" = [])),
     params(InvoicePath),
     responses(
-        (status = 200, description = "The invoice", body = Invoice),
+        (status = 200, description = "The invoice, as JSON or (with `Accept: application/pdf`) a printable PDF",
+            content((Invoice = "application/json"), (InvoicePdf = "application/pdf"))),
         (status = 403, description = "Role lacks ledger.read", body = Problem),
         (status = 404, description = "No such invoice in your clinic", body = Problem)))]
 pub async fn get_invoice(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiPath(InvoicePath { id }): ApiPath<InvoicePath>,
-) -> AppResult<Json<Invoice>> {
+) -> AppResult<Response> {
     let event = || Event::new("invoice.read", "invoice").resource(id);
     caller
         .authorize(&state, Permission::LedgerRead, event)
         .await?;
+    let wants_pdf = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.to_ascii_lowercase().contains("application/pdf"));
     let mut tx = caller.begin(&state).await?;
     let invoice = load(&mut tx, id).await?;
+    let printed = if wants_pdf {
+        let clinic = crate::clinic::load(&mut tx, caller.clinic_id).await?;
+        let patient = crate::patients::load(&mut tx, invoice.patient_id, false).await?;
+        Some(printable(&clinic, &patient, &invoice))
+    } else {
+        None
+    };
     audit::record(
         &mut tx,
         &caller.audit(),
-        event().patient(invoice.patient_id),
+        event()
+            .patient(invoice.patient_id)
+            .details(serde_json::json!({ "pdf": wants_pdf })),
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(invoice))
+    Ok(match printed {
+        Some(bytes) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/pdf".to_owned(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("inline; filename=\"invoice-{}.pdf\"", invoice.number),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => Json(invoice).into_response(),
+    })
+}
+
+fn printable(
+    clinic: &crate::clinic::Clinic,
+    patient: &crate::patients::Patient,
+    invoice: &Invoice,
+) -> Vec<u8> {
+    let tz: chrono_tz::Tz = clinic.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let exponent = iso_currency::Currency::from_code(&clinic.currency)
+        .and_then(|c| c.exponent())
+        .unwrap_or(2) as u32;
+    let mut clinic_lines = vec![];
+    if let Some(a) = &clinic.address {
+        clinic_lines.extend(a.line1.clone());
+        clinic_lines.extend(a.line2.clone());
+        let city = [a.postal_code.clone(), a.city.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !city.is_empty() {
+            clinic_lines.push(city);
+        }
+    }
+    clinic_lines.extend(clinic.phone.clone());
+    let patient_name = format!("{} {}", patient.first_name, patient.last_name);
+    super::pdf::render(&super::pdf::PrintedInvoice {
+        clinic_name: &clinic.name,
+        clinic_lines,
+        patient_name: &patient_name,
+        number: &invoice.number,
+        issued_on: invoice
+            .issued_at
+            .with_timezone(&tz)
+            .format("%Y-%m-%d")
+            .to_string(),
+        currency: &clinic.currency,
+        exponent,
+        lines: invoice
+            .lines
+            .iter()
+            .map(|l| {
+                let tooth = match (&l.tooth, l.surfaces.is_empty()) {
+                    (Some(t), true) => t.clone(),
+                    (Some(t), false) => format!("{t} {}", l.surfaces.join("")),
+                    (None, _) => String::new(),
+                };
+                (l.code.clone(), l.description.clone(), tooth, l.fee_cents)
+            })
+            .collect(),
+        total_cents: invoice.total_cents,
+        paid_cents: invoice.paid_cents,
+        void: invoice.status == InvoiceStatus::Void,
+    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -11,6 +11,7 @@ pub mod account;
 pub mod adjustments;
 pub mod invoices;
 pub mod payments;
+pub mod pdf;
 pub mod stripe;
 
 use serde::{Deserialize, Serialize};
