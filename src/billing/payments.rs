@@ -577,16 +577,21 @@ pub async fn refund_payment(
         // A card payment is refunded at Stripe first; the refund's id makes the
         // `charge.refunded` event that follows find it recorded.
         let stripe_refund = match super::stripe::intent_of_payment(&mut tx, id).await? {
-            Some(intent) => Some(
-                super::stripe::refund_at_stripe(
-                    &state,
-                    &caller,
-                    &headers,
-                    &intent,
-                    body.amount_cents,
+            Some(intent) => {
+                let clinic = crate::clinic::load(&mut tx, caller.clinic_id).await?;
+                let account = super::stripe::connected_account(&clinic.settings);
+                Some(
+                    super::stripe::refund_at_stripe(
+                        &state,
+                        &caller,
+                        &headers,
+                        &intent,
+                        body.amount_cents,
+                        account.as_deref(),
+                    )
+                    .await?,
                 )
-                .await?,
-            ),
+            }
             None => None,
         };
         let refund = post_refund(
@@ -637,8 +642,14 @@ pub async fn post_refund(
     let credit = super::credit_of(tx, payer).await?;
     let from_credit = credit.clamp(0, amount);
     let mut rest = amount - from_credit;
+    // A refund made at Stripe leaves from Stripe's clearing account, where the payment
+    // went in (its method reads `card`).
+    let paid_into = match stripe_refund_id {
+        Some(_) => Account::StripeClearing,
+        None => Account::for_method(payment.method.as_str()),
+    };
     let mut lines = vec![
-        (Account::for_method(payment.method.as_str()), -amount),
+        (paid_into, -amount),
         (Account::PatientCredit(payer), from_credit),
     ];
     let mut taken_back = vec![];

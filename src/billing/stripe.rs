@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
@@ -27,8 +27,7 @@ use crate::audit::{self, AuditContext, Event};
 use crate::auth::{Caller, Permission};
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
-use crate::http::extract::ApiJson;
-use crate::http::idempotency::IdempotencyKey;
+use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::ledger::{self, Account, Entry};
 use crate::state::AppState;
 use crate::validate::Errors;
@@ -184,14 +183,16 @@ pub struct CreatedIntent {
     responses(
         (status = 201, description = "Created at Stripe", body = CreatedIntent, headers(("Location" = String))),
         (status = 403, description = "Role lacks ledger.write", body = Problem),
-        (status = 422, description = "An unknown patient or invoice, or an amount over the invoice's open amount", body = Problem),
+        (status = 409, description = "The same key is still being processed", body = Problem),
+        (status = 422, description = "An unknown patient or invoice, an amount over the invoice's open amount, or a reused key with another body", body = Problem),
         (status = 503, description = "Card payments are not configured, or Stripe cannot be reached", body = Problem)))]
 pub async fn create_intent(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<NewIntent>,
+    body: HashedJson<NewIntent>,
 ) -> AppResult<Response> {
+    let (hash, body) = (body.hash, body.value);
     let event = || Event::new("payment.stripe_intent", "payment").patient(body.patient_id);
     caller
         .authorize(&state, Permission::LedgerWrite, event)
@@ -202,9 +203,25 @@ pub async fn create_intent(
     if keys(&state).is_none() {
         return Err(not_configured());
     }
+    // Under the caller's key, a retry after success is answered here; a retry after a
+    // failure reaches Stripe again under the same Stripe key, and so finds the intent
+    // Stripe may have created the first time.
+    idempotency::run(&state, &caller, &headers, &hash, || {
+        start_intent(&state, &caller, &headers, &body, event)
+    })
+    .await
+}
+
+async fn start_intent(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &NewIntent,
+    event: impl Fn() -> Event,
+) -> AppResult<(Tx, Created<CreatedIntent>)> {
     // Check what can be checked before calling Stripe, without holding a transaction
     // open across the call.
-    let mut tx = caller.begin(&state).await?;
+    let mut tx = caller.begin(state).await?;
     crate::patients::ensure_exists(&mut tx, body.patient_id)
         .await
         .map_err(|_| AppError::validation("patient_id", "does not exist in your clinic"))?;
@@ -228,11 +245,7 @@ pub async fn create_intent(
     }
     let clinic = crate::clinic::load(&mut tx, caller.clinic_id).await?;
     tx.commit().await?;
-    let account = clinic
-        .settings
-        .get("stripe_account")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
+    let account = connected_account(&clinic.settings);
     let mut form = vec![
         ("amount", body.amount_cents.to_string()),
         ("currency", clinic.currency.to_lowercase()),
@@ -243,16 +256,16 @@ pub async fn create_intent(
     if let Some(i) = body.invoice_id {
         form.push(("metadata[invoice_id]", i.to_string()));
     }
-    let key = stripe_key(&headers, &caller, "payment_intent");
+    let key = stripe_key(headers, caller, "payment_intent");
     let intent: StripeIntent = post_form(
-        &state,
+        state,
         "/v1/payment_intents",
         &form,
         &key,
         account.as_deref(),
     )
     .await?;
-    let mut tx = caller.begin(&state).await?;
+    let mut tx = caller.begin(state).await?;
     sqlx::query!(
         "INSERT INTO stripe_intents (clinic_id, id, intent_id, patient_id, invoice_id, amount_cents, currency, created_by) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (intent_id) DO NOTHING",
@@ -275,30 +288,38 @@ pub async fn create_intent(
         })),
     )
     .await?;
-    tx.commit().await?;
-    let mut res = (
-        StatusCode::CREATED,
-        Json(CreatedIntent {
-            payment_intent_id: intent.id,
-            client_secret: intent.client_secret,
-        }),
-    )
-        .into_response();
-    res.headers_mut().insert(
-        axum::http::header::LOCATION,
-        axum::http::HeaderValue::from_static("/api/v2/payments"),
-    );
-    Ok(res)
+    Ok((
+        tx,
+        Created {
+            location: "/api/v2/payments".into(),
+            version: None,
+            value: CreatedIntent {
+                payment_intent_id: intent.id,
+                client_secret: intent.client_secret,
+            },
+        },
+    ))
+}
+
+/// The clinic's connected Stripe account (`settings.stripe_account`), if it has one:
+/// its card payments are made, and refunded, on that account.
+pub fn connected_account(settings: &serde_json::Value) -> Option<String> {
+    settings
+        .get("stripe_account")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
 }
 
 /// Refunds a card payment at Stripe before it is recorded here (the `charge.refunded`
-/// event that follows finds the refund recorded by its id).
+/// event that follows finds the refund recorded by its id), on the connected account
+/// the payment was made on.
 pub async fn refund_at_stripe(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
     intent_id: &str,
     amount_cents: i64,
+    account: Option<&str>,
 ) -> AppResult<String> {
     let key = stripe_key(headers, caller, "refund");
     let refund: StripeRefund = post_form(
@@ -309,7 +330,7 @@ pub async fn refund_at_stripe(
             ("amount", amount_cents.to_string()),
         ],
         &key,
-        None,
+        account,
     )
     .await?;
     Ok(refund.id)
