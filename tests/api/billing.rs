@@ -500,7 +500,7 @@ async fn payments_ledger_reads_and_invoices_are_audited_for_the_patient() {
 }
 
 /// The local date (Europe/Berlin) on which a payment was posted to the journal.
-async fn posted_on(app: &TestApp, payment: &str) -> chrono::NaiveDate {
+pub async fn posted_on(app: &TestApp, payment: &str) -> chrono::NaiveDate {
     let mut db = app.admin_db().await;
     let day: String = sqlx::query_scalar(
         "SELECT ((t.posted_at AT TIME ZONE 'Europe/Berlin')::date)::text FROM payments p \
