@@ -476,6 +476,12 @@ pub async fn webhook(
             record_stripe_refund(&mut tx, &actor, payment_id, intent.patient_id, id, amount)
                 .await?;
         }
+        // Stripe API versions since 2022-11-15 leave the refunds out of the event: the
+        // charge's cumulative `amount_refunded` then says what is not recorded yet. Under
+        // the intent's lock, so a repeated or late event adds nothing.
+        if let Some(total) = object["amount_refunded"].as_i64() {
+            reconcile_refunds(&mut tx, &actor, payment_id, intent.patient_id, total).await?;
+        }
     }
     let ctx = AuditContext {
         clinic_id: clinic,
@@ -595,6 +601,42 @@ async fn record_stripe_refund(
     )
     .await
     .map(|_| ())
+}
+
+/// Records, without a Stripe refund id, what Stripe says was refunded on the payment's
+/// charge beyond the refunds recorded already.
+async fn reconcile_refunds(
+    tx: &mut Tx,
+    actor: &Caller,
+    payment: Uuid,
+    patient: Uuid,
+    refunded_at_stripe: i64,
+) -> AppResult<()> {
+    let row = sqlx::query!(
+        r#"SELECT p.amount_cents,
+                  (SELECT coalesce(sum(r.amount_cents), 0) FROM refunds r
+                   WHERE r.clinic_id = p.clinic_id AND r.payment_id = p.id)::bigint AS "recorded!"
+           FROM payments p WHERE p.id = $1"#,
+        payment
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let missing = refunded_at_stripe
+        .min(row.amount_cents)
+        .saturating_sub(row.recorded);
+    if missing > 0 {
+        super::payments::post_refund(
+            tx,
+            actor,
+            payment,
+            patient,
+            missing,
+            "refunded at Stripe",
+            None,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -681,3 +681,34 @@ async fn a_void_invoice_stays_void_and_its_lines_stay_out_of_the_live_set() {
         "the procedure is billable again"
     );
 }
+
+#[tokio::test]
+async fn an_invoice_asked_for_as_pdf_is_a_printable_pdf_of_it() {
+    let d = desk().await;
+    d.charge(&d.patient, 4500).await;
+    d.charge(&d.patient, 9500).await;
+    let invoice = d.issue(&d.patient).await;
+    let number = invoice["number"].as_str().expect("number").to_owned();
+    let res = d
+        .app
+        .client
+        .get(d.app.url(&format!("/api/v2/invoices/{}", id(&invoice))))
+        .bearer_auth(d.t())
+        .header("accept", "application/pdf")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/pdf");
+    let bytes = res.bytes().await.expect("body");
+    assert!(bytes.starts_with(b"%PDF-"), "a PDF");
+    let text = String::from_utf8_lossy(&bytes);
+    // Text shows uncompressed in the page's content stream.
+    assert!(text.contains(&format!("Invoice {number}")), "the number");
+    assert!(text.contains("140.00 EUR"), "the total in euros");
+    assert!(text.contains("X-EXAM"), "a line's code");
+    assert!(text.trim_end().ends_with("%%EOF"));
+    // Without the Accept header it is JSON, as before.
+    let json = d.invoice(&id(&invoice)).await;
+    assert_eq!(json["total_cents"], 14_000);
+}

@@ -10,7 +10,7 @@ use crate::billing::{
     balance, desk, desk_on, new_key, pages, post_keyed, posted_on, unbalanced, Desk,
 };
 use crate::common::*;
-use crate::stripe_fake::FakeStripe;
+use crate::stripe_fake::{stripe_id, FakeStripe};
 use crate::treatment::{expect_json, id};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -643,4 +643,41 @@ async fn a_procedure_on_a_live_invoice_is_reversed_only_after_the_invoice_is_voi
     .await;
     d.reverse(&procedure).await;
     assert_eq!(balance(&d.app, d.t(), &d.patient).await["balance_cents"], 0);
+}
+
+#[tokio::test]
+async fn a_refund_event_without_its_refund_list_is_recorded_from_the_refunded_total_once() {
+    // Current Stripe API versions leave `refunds` out of `charge.refunded`.
+    let (d, stripe) = card_desk().await;
+    let pi = intent(&d, 9000, None).await;
+    answered(
+        stripe.deliver(&d.app, &stripe.succeed(&pi)).await,
+        "recorded",
+    )
+    .await;
+    let (_, mut first) = stripe.refund_outside(&pi, 2000);
+    first["data"]["object"]
+        .as_object_mut()
+        .expect("a charge")
+        .remove("refunds");
+    answered(stripe.deliver(&d.app, &first).await, "recorded").await;
+    let (_, mut second) = stripe.refund_outside(&pi, 500);
+    second["data"]["object"]
+        .as_object_mut()
+        .expect("a charge")
+        .remove("refunds");
+    // A new event id each time: the totals, not the ids, keep it from counting twice.
+    answered(stripe.deliver(&d.app, &second).await, "recorded").await;
+    first["id"] = json!(stripe_id("evt"));
+    answered(stripe.deliver(&d.app, &first).await, "recorded").await;
+    let payment = the_payment(&d).await;
+    let amounts: Vec<i64> = payment["refunds"]
+        .as_array()
+        .expect("refunds")
+        .iter()
+        .map(|r| r["amount_cents"].as_i64().expect("amount"))
+        .collect();
+    assert_eq!(amounts, vec![2000, 500], "{payment}");
+    assert_eq!(payment["refundable_cents"], 6500);
+    assert!(unbalanced(&d.app).await.is_empty());
 }
