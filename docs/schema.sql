@@ -447,6 +447,42 @@ $$;
 ALTER FUNCTION public.clinics_currency_fixed() OWNER TO molar_owner;
 
 --
+-- Name: invoice_lines_leave_once(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.invoice_lines_leave_once() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NOT OLD.live OR NEW.live THEN
+        RAISE EXCEPTION 'an invoice line only leaves the live set, once'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'invoice_lines_leave_once';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION public.invoice_lines_leave_once() OWNER TO molar_owner;
+
+--
+-- Name: invoices_void_once(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.invoices_void_once() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF OLD.voided_at IS NOT NULL THEN
+        RAISE EXCEPTION 'invoice % is already void', OLD.id USING ERRCODE = 'check_violation',
+            CONSTRAINT = 'invoices_void_once';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION public.invoices_void_once() OWNER TO molar_owner;
+
+--
 -- Name: ledger_append_only(); Type: FUNCTION; Schema: public; Owner: molar_owner
 --
 
@@ -778,6 +814,25 @@ CREATE TABLE public._sqlx_migrations (
 ALTER TABLE public._sqlx_migrations OWNER TO molar_owner;
 
 --
+-- Name: allocations; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.allocations (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    invoice_id uuid NOT NULL,
+    payment_id uuid,
+    transaction_id uuid NOT NULL,
+    amount_cents bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT allocations_amount_cents_check CHECK ((amount_cents <> 0))
+);
+
+ALTER TABLE ONLY public.allocations FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.allocations OWNER TO molar_owner;
+
+--
 -- Name: appointment_history; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1004,6 +1059,68 @@ ALTER TABLE ONLY public.idempotency_keys FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.idempotency_keys OWNER TO molar_owner;
 
 --
+-- Name: invoice_counters; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.invoice_counters (
+    clinic_id uuid NOT NULL,
+    year integer NOT NULL,
+    last integer NOT NULL
+);
+
+ALTER TABLE ONLY public.invoice_counters FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.invoice_counters OWNER TO molar_owner;
+
+--
+-- Name: invoice_lines; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.invoice_lines (
+    clinic_id uuid NOT NULL,
+    invoice_id uuid NOT NULL,
+    line_no integer NOT NULL,
+    procedure_id uuid NOT NULL,
+    code text NOT NULL,
+    description text NOT NULL,
+    tooth smallint,
+    surfaces text[] DEFAULT '{}'::text[] NOT NULL,
+    fee_cents bigint NOT NULL,
+    live boolean DEFAULT true NOT NULL,
+    CONSTRAINT invoice_lines_fee_cents_check CHECK ((fee_cents >= 0)),
+    CONSTRAINT invoice_lines_line_no_check CHECK ((line_no >= 1))
+);
+
+ALTER TABLE ONLY public.invoice_lines FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.invoice_lines OWNER TO molar_owner;
+
+--
+-- Name: invoices; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.invoices (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    year integer NOT NULL,
+    seq integer NOT NULL,
+    number text GENERATED ALWAYS AS ((((year)::text || '-'::text) || lpad((seq)::text, 6, '0'::text))) STORED,
+    patient_id uuid NOT NULL,
+    issued_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by uuid NOT NULL,
+    voided_at timestamp with time zone,
+    voided_by uuid,
+    void_reason text,
+    CONSTRAINT invoices_check CHECK (((voided_at IS NULL) = (voided_by IS NULL))),
+    CONSTRAINT invoices_seq_check CHECK ((seq >= 1)),
+    CONSTRAINT invoices_void_reason_check CHECK ((length(void_reason) <= 500))
+);
+
+ALTER TABLE ONLY public.invoices FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.invoices OWNER TO molar_owner;
+
+--
 -- Name: ledger_lines; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1038,6 +1155,8 @@ CREATE TABLE public.ledger_transactions (
     reverses_id uuid,
     memo text,
     created_by uuid,
+    payment_id uuid,
+    invoice_id uuid,
     CONSTRAINT ledger_reversal_names_its_entry CHECK (((kind = 'reversal'::text) = (reverses_id IS NOT NULL))),
     CONSTRAINT ledger_transactions_kind_check CHECK ((kind = ANY (ARRAY['charge'::text, 'payment'::text, 'adjustment'::text, 'refund'::text, 'reversal'::text, 'credit_applied'::text]))),
     CONSTRAINT ledger_transactions_memo_check CHECK ((length(memo) <= 500))
@@ -1130,6 +1249,30 @@ CREATE TABLE public.patients (
 ALTER TABLE ONLY public.patients FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.patients OWNER TO molar_owner;
+
+--
+-- Name: payments; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.payments (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    patient_id uuid NOT NULL,
+    amount_cents bigint NOT NULL,
+    method text NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    reference text,
+    transaction_id uuid NOT NULL,
+    created_by uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT payments_amount_cents_check CHECK (((amount_cents >= 1) AND (amount_cents <= '1000000000000'::bigint))),
+    CONSTRAINT payments_method_check CHECK ((method = ANY (ARRAY['cash'::text, 'card'::text, 'bank_transfer'::text, 'check'::text]))),
+    CONSTRAINT payments_reference_check CHECK ((length(reference) <= 200))
+);
+
+ALTER TABLE ONLY public.payments FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.payments OWNER TO molar_owner;
 
 --
 -- Name: perio_exams; Type: TABLE; Schema: public; Owner: molar_owner
@@ -1277,6 +1420,27 @@ CREATE TABLE public.refresh_tokens (
 ALTER TABLE ONLY public.refresh_tokens FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.refresh_tokens OWNER TO molar_owner;
+
+--
+-- Name: refunds; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.refunds (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    payment_id uuid NOT NULL,
+    amount_cents bigint NOT NULL,
+    reason text NOT NULL,
+    transaction_id uuid NOT NULL,
+    created_by uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT refunds_amount_cents_check CHECK (((amount_cents >= 1) AND (amount_cents <= '1000000000000'::bigint))),
+    CONSTRAINT refunds_reason_check CHECK (((length(reason) >= 1) AND (length(reason) <= 500)))
+);
+
+ALTER TABLE ONLY public.refunds FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.refunds OWNER TO molar_owner;
 
 --
 -- Name: security_events; Type: TABLE; Schema: public; Owner: molar_owner
@@ -1504,6 +1668,13 @@ ALTER TABLE ONLY public._sqlx_migrations
     ADD CONSTRAINT _sqlx_migrations_pkey PRIMARY KEY (version);
 
 --
+-- Name: allocations allocations_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.allocations
+    ADD CONSTRAINT allocations_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: appointment_history appointment_history_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -1602,6 +1773,34 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (clinic_id, user_id, key);
 
 --
+-- Name: invoice_counters invoice_counters_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoice_counters
+    ADD CONSTRAINT invoice_counters_pkey PRIMARY KEY (clinic_id, year);
+
+--
+-- Name: invoice_lines invoice_lines_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoice_lines
+    ADD CONSTRAINT invoice_lines_pkey PRIMARY KEY (clinic_id, invoice_id, line_no);
+
+--
+-- Name: invoices invoices_number_key; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoices
+    ADD CONSTRAINT invoices_number_key UNIQUE (clinic_id, year, seq);
+
+--
+-- Name: invoices invoices_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoices
+    ADD CONSTRAINT invoices_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: ledger_lines ledger_lines_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -1649,6 +1848,13 @@ ALTER TABLE ONLY public.patient_name_words
 
 ALTER TABLE ONLY public.patients
     ADD CONSTRAINT patients_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: payments payments_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.payments
+    ADD CONSTRAINT payments_pkey PRIMARY KEY (clinic_id, id);
 
 --
 -- Name: perio_exams perio_exams_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -1705,6 +1911,13 @@ ALTER TABLE ONLY public.recall_types
 
 ALTER TABLE ONLY public.refresh_tokens
     ADD CONSTRAINT refresh_tokens_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: refunds refunds_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.refunds
+    ADD CONSTRAINT refunds_pkey PRIMARY KEY (clinic_id, id);
 
 --
 -- Name: security_events security_events_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -1791,6 +2004,18 @@ ALTER TABLE ONLY public.working_hours
     ADD CONSTRAINT working_hours_pkey PRIMARY KEY (clinic_id, provider_id, weekday, start_time);
 
 --
+-- Name: allocations_invoice; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX allocations_invoice ON public.allocations USING btree (clinic_id, invoice_id);
+
+--
+-- Name: allocations_payment; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX allocations_payment ON public.allocations USING btree (clinic_id, payment_id);
+
+--
 -- Name: appointment_history_appointment; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -1857,6 +2082,24 @@ CREATE INDEX chart_entries_patient ON public.chart_entries USING btree (clinic_i
 CREATE INDEX clinical_notes_patient ON public.clinical_notes USING btree (clinic_id, patient_id, created_at, id);
 
 --
+-- Name: invoice_lines_one_live; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE UNIQUE INDEX invoice_lines_one_live ON public.invoice_lines USING btree (clinic_id, procedure_id) WHERE live;
+
+--
+-- Name: invoices_issued; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX invoices_issued ON public.invoices USING btree (clinic_id, issued_at, id);
+
+--
+-- Name: invoices_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX invoices_patient ON public.invoices USING btree (clinic_id, patient_id, issued_at, id);
+
+--
 -- Name: ledger_charge_once; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -1867,6 +2110,12 @@ CREATE UNIQUE INDEX ledger_charge_once ON public.ledger_transactions USING btree
 --
 
 CREATE INDEX ledger_lines_patient ON public.ledger_lines USING btree (clinic_id, patient_id, account) WHERE (patient_id IS NOT NULL);
+
+--
+-- Name: ledger_lines_transaction_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX ledger_lines_transaction_patient ON public.ledger_lines USING btree (clinic_id, transaction_id) WHERE (patient_id IS NOT NULL);
 
 --
 -- Name: ledger_transactions_patient; Type: INDEX; Schema: public; Owner: molar_owner
@@ -1935,6 +2184,18 @@ CREATE INDEX patients_email ON public.patients USING btree (clinic_id, email_low
 CREATE INDEX patients_search_phone ON public.patients USING gin (clinic_id, phone_digits public.gin_trgm_ops);
 
 --
+-- Name: payments_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX payments_patient ON public.payments USING btree (clinic_id, patient_id, received_at, id);
+
+--
+-- Name: payments_received; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX payments_received ON public.payments USING btree (clinic_id, received_at, id);
+
+--
 -- Name: perio_exams_patient; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -1963,6 +2224,12 @@ CREATE INDEX refresh_tokens_family ON public.refresh_tokens USING btree (clinic_
 --
 
 CREATE INDEX refresh_tokens_user ON public.refresh_tokens USING btree (clinic_id, user_id) WHERE (revoked_at IS NULL);
+
+--
+-- Name: refunds_payment; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX refunds_payment ON public.refunds USING btree (clinic_id, payment_id);
 
 --
 -- Name: treatment_plans_patient; Type: INDEX; Schema: public; Owner: molar_owner
@@ -2007,6 +2274,12 @@ ALTER INDEX public.audit_events_user ATTACH PARTITION public.audit_events_defaul
 ALTER INDEX public.audit_events_pkey ATTACH PARTITION public.audit_events_default_pkey;
 
 --
+-- Name: allocations allocations_append_only; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER allocations_append_only BEFORE DELETE OR UPDATE ON public.allocations FOR EACH ROW EXECUTE FUNCTION public.ledger_append_only();
+
+--
 -- Name: chart_entries chart_entries_void_once; Type: TRIGGER; Schema: public; Owner: molar_owner
 --
 
@@ -2023,6 +2296,18 @@ CREATE TRIGGER clinical_notes_signed_immutable BEFORE UPDATE ON public.clinical_
 --
 
 CREATE TRIGGER clinics_currency_fixed BEFORE UPDATE OF currency ON public.clinics FOR EACH ROW EXECUTE FUNCTION public.clinics_currency_fixed();
+
+--
+-- Name: invoice_lines invoice_lines_leave_once; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER invoice_lines_leave_once BEFORE UPDATE ON public.invoice_lines FOR EACH ROW EXECUTE FUNCTION public.invoice_lines_leave_once();
+
+--
+-- Name: invoices invoices_void_once; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER invoices_void_once BEFORE UPDATE ON public.invoices FOR EACH ROW EXECUTE FUNCTION public.invoices_void_once();
 
 --
 -- Name: ledger_lines ledger_lines_append_only; Type: TRIGGER; Schema: public; Owner: molar_owner
@@ -2055,16 +2340,49 @@ CREATE TRIGGER ledger_transactions_append_only BEFORE DELETE OR UPDATE ON public
 CREATE TRIGGER patients_name_words AFTER INSERT OR UPDATE OF first_name, last_name, archived_at ON public.patients FOR EACH ROW EXECUTE FUNCTION public.patients_sync_name_words();
 
 --
+-- Name: payments payments_append_only; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER payments_append_only BEFORE DELETE OR UPDATE ON public.payments FOR EACH ROW EXECUTE FUNCTION public.ledger_append_only();
+
+--
 -- Name: procedures procedures_completed_locked; Type: TRIGGER; Schema: public; Owner: molar_owner
 --
 
 CREATE TRIGGER procedures_completed_locked BEFORE UPDATE ON public.procedures FOR EACH ROW EXECUTE FUNCTION public.procedures_completed_locked();
 
 --
+-- Name: refunds refunds_append_only; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER refunds_append_only BEFORE DELETE OR UPDATE ON public.refunds FOR EACH ROW EXECUTE FUNCTION public.ledger_append_only();
+
+--
 -- Name: users users_sync_login; Type: TRIGGER; Schema: public; Owner: molar_owner
 --
 
 CREATE TRIGGER users_sync_login AFTER INSERT OR UPDATE OF email ON public.users FOR EACH ROW EXECUTE FUNCTION public.users_sync_login();
+
+--
+-- Name: allocations allocations_clinic_id_invoice_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.allocations
+    ADD CONSTRAINT allocations_clinic_id_invoice_id_fkey FOREIGN KEY (clinic_id, invoice_id) REFERENCES public.invoices(clinic_id, id);
+
+--
+-- Name: allocations allocations_clinic_id_payment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.allocations
+    ADD CONSTRAINT allocations_clinic_id_payment_id_fkey FOREIGN KEY (clinic_id, payment_id) REFERENCES public.payments(clinic_id, id);
+
+--
+-- Name: allocations allocations_clinic_id_transaction_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.allocations
+    ADD CONSTRAINT allocations_clinic_id_transaction_id_fkey FOREIGN KEY (clinic_id, transaction_id) REFERENCES public.ledger_transactions(clinic_id, id);
 
 --
 -- Name: appointment_history appointment_history_clinic_id_appointment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -2137,6 +2455,55 @@ ALTER TABLE ONLY public.clinical_notes
     ADD CONSTRAINT clinical_notes_clinic_id_signed_by_fkey FOREIGN KEY (clinic_id, signed_by) REFERENCES public.users(clinic_id, id);
 
 --
+-- Name: invoice_counters invoice_counters_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoice_counters
+    ADD CONSTRAINT invoice_counters_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: invoice_lines invoice_lines_clinic_id_invoice_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoice_lines
+    ADD CONSTRAINT invoice_lines_clinic_id_invoice_id_fkey FOREIGN KEY (clinic_id, invoice_id) REFERENCES public.invoices(clinic_id, id);
+
+--
+-- Name: invoice_lines invoice_lines_clinic_id_procedure_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoice_lines
+    ADD CONSTRAINT invoice_lines_clinic_id_procedure_id_fkey FOREIGN KEY (clinic_id, procedure_id) REFERENCES public.procedures(clinic_id, id);
+
+--
+-- Name: invoices invoices_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoices
+    ADD CONSTRAINT invoices_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: invoices invoices_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoices
+    ADD CONSTRAINT invoices_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: invoices invoices_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoices
+    ADD CONSTRAINT invoices_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: invoices invoices_clinic_id_voided_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.invoices
+    ADD CONSTRAINT invoices_clinic_id_voided_by_fkey FOREIGN KEY (clinic_id, voided_by) REFERENCES public.users(clinic_id, id);
+
+--
 -- Name: ledger_lines ledger_lines_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2186,6 +2553,20 @@ ALTER TABLE ONLY public.ledger_transactions
     ADD CONSTRAINT ledger_transactions_clinic_id_reverses_id_fkey FOREIGN KEY (clinic_id, reverses_id) REFERENCES public.ledger_transactions(clinic_id, id);
 
 --
+-- Name: ledger_transactions ledger_transactions_invoice_fk; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_invoice_fk FOREIGN KEY (clinic_id, invoice_id) REFERENCES public.invoices(clinic_id, id);
+
+--
+-- Name: ledger_transactions ledger_transactions_payment_fk; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.ledger_transactions
+    ADD CONSTRAINT ledger_transactions_payment_fk FOREIGN KEY (clinic_id, payment_id) REFERENCES public.payments(clinic_id, id) DEFERRABLE INITIALLY DEFERRED;
+
+--
 -- Name: operatories operatories_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2219,6 +2600,34 @@ ALTER TABLE ONLY public.patients
 
 ALTER TABLE ONLY public.patients
     ADD CONSTRAINT patients_responsible_party_fk FOREIGN KEY (clinic_id, responsible_party_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: payments payments_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.payments
+    ADD CONSTRAINT payments_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: payments payments_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.payments
+    ADD CONSTRAINT payments_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: payments payments_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.payments
+    ADD CONSTRAINT payments_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: payments payments_clinic_id_transaction_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.payments
+    ADD CONSTRAINT payments_clinic_id_transaction_id_fkey FOREIGN KEY (clinic_id, transaction_id) REFERENCES public.ledger_transactions(clinic_id, id);
 
 --
 -- Name: perio_exams perio_exams_clinic_id_examiner_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -2312,6 +2721,27 @@ ALTER TABLE ONLY public.refresh_tokens
     ADD CONSTRAINT refresh_tokens_clinic_id_user_id_fkey FOREIGN KEY (clinic_id, user_id) REFERENCES public.users(clinic_id, id);
 
 --
+-- Name: refunds refunds_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.refunds
+    ADD CONSTRAINT refunds_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: refunds refunds_clinic_id_payment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.refunds
+    ADD CONSTRAINT refunds_clinic_id_payment_id_fkey FOREIGN KEY (clinic_id, payment_id) REFERENCES public.payments(clinic_id, id);
+
+--
+-- Name: refunds refunds_clinic_id_transaction_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.refunds
+    ADD CONSTRAINT refunds_clinic_id_transaction_id_fkey FOREIGN KEY (clinic_id, transaction_id) REFERENCES public.ledger_transactions(clinic_id, id);
+
+--
 -- Name: treatment_plan_decisions treatment_plan_decisions_clinic_id_plan_id_version_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2396,6 +2826,12 @@ ALTER TABLE ONLY public.working_hours
     ADD CONSTRAINT working_hours_clinic_id_provider_id_fkey FOREIGN KEY (clinic_id, provider_id) REFERENCES public.users(clinic_id, id);
 
 --
+-- Name: allocations; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.allocations ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: appointment_history; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -2456,6 +2892,12 @@ CREATE POLICY auth_session_check ON public.refresh_tokens FOR SELECT TO molar_au
 ALTER TABLE public.chart_entries ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: allocations clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.allocations USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: appointment_history clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -2504,6 +2946,24 @@ CREATE POLICY clinic_isolation ON public.clinics USING ((id = ( SELECT (NULLIF(c
 CREATE POLICY clinic_isolation ON public.idempotency_keys USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
 
 --
+-- Name: invoice_counters clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.invoice_counters USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: invoice_lines clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.invoice_lines USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: invoices clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.invoices USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: ledger_lines clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -2526,6 +2986,12 @@ CREATE POLICY clinic_isolation ON public.operatories USING ((clinic_id = ( SELEC
 --
 
 CREATE POLICY clinic_isolation ON public.patients USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
+
+--
+-- Name: payments clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.payments USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
 -- Name: perio_exams clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
@@ -2562,6 +3028,12 @@ CREATE POLICY clinic_isolation ON public.recall_types USING ((clinic_id = ( SELE
 --
 
 CREATE POLICY clinic_isolation ON public.refresh_tokens USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
+
+--
+-- Name: refunds clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.refunds USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
 -- Name: treatment_plan_decisions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
@@ -2636,6 +3108,24 @@ ALTER TABLE public.idempotency_keys ENABLE ROW LEVEL SECURITY;
 CREATE POLICY insert_only ON public.security_events FOR INSERT TO molar_app WITH CHECK (true);
 
 --
+-- Name: invoice_counters; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.invoice_counters ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: invoice_lines; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.invoice_lines ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: invoices; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.invoices ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: ledger_lines; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -2670,6 +3160,12 @@ ALTER TABLE public.patient_name_words ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.patients ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: payments; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.payments ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: perio_exams; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -2712,6 +3208,12 @@ ALTER TABLE public.recall_types ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.refresh_tokens ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: refunds; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.refunds ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: audit_events sealer; Type: POLICY; Schema: public; Owner: molar_owner
@@ -2918,6 +3420,12 @@ REVOKE ALL ON FUNCTION public.users_sync_login() FROM PUBLIC;
 GRANT SELECT ON TABLE public._sqlx_migrations TO molar_app;
 
 --
+-- Name: TABLE allocations; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.allocations TO molar_app;
+
+--
 -- Name: TABLE appointment_history; Type: ACL; Schema: public; Owner: molar_owner
 --
 
@@ -2991,6 +3499,48 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.clinics TO molar_app;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO molar_app;
 
 --
+-- Name: TABLE invoice_counters; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.invoice_counters TO molar_app;
+
+--
+-- Name: TABLE invoice_lines; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.invoice_lines TO molar_app;
+
+--
+-- Name: COLUMN invoice_lines.live; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(live) ON TABLE public.invoice_lines TO molar_app;
+
+--
+-- Name: TABLE invoices; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.invoices TO molar_app;
+
+--
+-- Name: COLUMN invoices.voided_at; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(voided_at) ON TABLE public.invoices TO molar_app;
+
+--
+-- Name: COLUMN invoices.voided_by; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(voided_by) ON TABLE public.invoices TO molar_app;
+
+--
+-- Name: COLUMN invoices.void_reason; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(void_reason) ON TABLE public.invoices TO molar_app;
+
+--
 -- Name: TABLE ledger_lines; Type: ACL; Schema: public; Owner: molar_owner
 --
 
@@ -3028,6 +3578,12 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.patients TO molar_app;
 GRANT SELECT ON TABLE public.patients TO molar_auth;
 
 --
+-- Name: TABLE payments; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.payments TO molar_app;
+
+--
 -- Name: TABLE perio_exams; Type: ACL; Schema: public; Owner: molar_owner
 --
 
@@ -3063,6 +3619,12 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.recall_types TO molar_app;
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.refresh_tokens TO molar_app;
 GRANT SELECT ON TABLE public.refresh_tokens TO molar_auth;
+
+--
+-- Name: TABLE refunds; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.refunds TO molar_app;
 
 --
 -- Name: TABLE security_events; Type: ACL; Schema: public; Owner: molar_owner

@@ -14,8 +14,8 @@ use crate::http::query::{reject_undeclared, StrictQuery};
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use crate::{
-    audit, auth, chart, clinic, health, http, notes, patients, reports, scheduling, treatment,
-    users,
+    audit, auth, billing, chart, clinic, health, http, notes, patients, reports, scheduling,
+    treatment, users,
 };
 
 /// Every clinic area's routes.
@@ -37,6 +37,11 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(treatment::plans::router())
         .merge(treatment::recalls::router())
         .merge(reports::router())
+        .merge(billing::account::router())
+        .merge(billing::payments::router())
+        .merge(billing::adjustments::router())
+        .merge(billing::invoices::router())
+        .merge(billing::stripe::router())
 }
 
 /// The API routes and the OpenAPI document describing exactly them.

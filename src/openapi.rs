@@ -33,7 +33,8 @@ use crate::scheduling::appointments::Conflict;
         (name = "perio", description = "Periodontal charts"),
         (name = "scheduling", description = "Operatories, working hours, appointments and availability"),
         (name = "treatment", description = "The procedure catalogue, charted procedures, treatment plans and recalls"),
-        (name = "reports", description = "The day sheet")
+        (name = "reports", description = "The day sheet"),
+        (name = "billing", description = "Patient accounts, payments, refunds, adjustments and invoices")
     )
 )]
 pub struct ApiDoc;
@@ -418,6 +419,11 @@ pub const LINKS: &[Links] = &[
             ("create_procedure", "path.id"),
             ("list_plans", "path.id"),
             ("create_plan", "path.id"),
+            ("ledger", "path.id"),
+            ("balance", "path.id"),
+            ("create_payment", "body.patient_id"),
+            ("create_invoice", "body.patient_id"),
+            ("create_adjustment", "body.patient_id"),
         ],
     ),
     ("add_chart_entry", "201", &[("void_chart_entry", "path.id")]),
@@ -501,6 +507,20 @@ pub const LINKS: &[Links] = &[
         "create_recall_type",
         "201",
         &[("update_recall_type", "path.id")],
+    ),
+    (
+        "create_payment",
+        "201",
+        &[("get_payment", "path.id"), ("refund_payment", "path.id")],
+    ),
+    (
+        "create_invoice",
+        "201",
+        &[
+            ("get_invoice", "path.id"),
+            ("void_invoice", "path.id"),
+            ("apply_credit", "path.id"),
+        ],
     ),
 ];
 

@@ -133,6 +133,9 @@ call(
     {"title": "Fuzz plan", "items": [{"procedure_id": p["id"]} for p in procedures]},
     token,
 )
+# One completed (charged) procedure on an invoice, so that payments can be allocated.
+call("POST", f"/procedures/{procedures[0]['id']}/complete", {}, token)
+invoice = call("POST", "/invoices", {"patient_id": patient["id"]}, token)
 call(
     "POST",
     "/recall-types",
@@ -145,7 +148,8 @@ for name, values in [
     ("operatories", [o["id"] for o in operatories]),
     ("patients", [p["id"] for p in patients]),
     ("procedure_codes", [c["id"] for c in codes]),
-    ("procedures", [p["id"] for p in procedures]),
+    ("procedures", [p["id"] for p in procedures[1:]]),
+    ("invoices", [invoice["id"]]),
 ]:
     with open(os.path.join(DICT_DIR, f"{name}.dict"), "w", encoding="utf-8") as f:
         f.writelines(f'"{v}"\n' for v in values)

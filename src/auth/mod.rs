@@ -99,6 +99,7 @@ impl Role {
                 CatalogueManage,
                 TreatmentRead,
                 TreatmentConsent,
+                AdjustmentsWrite,
             ],
             Role::Dentist | Role::Hygienist => &[
                 ClinicRead,
@@ -147,6 +148,7 @@ impl Role {
                 LedgerRead,
                 LedgerWrite,
                 TreatmentRead,
+                AdjustmentsWrite,
             ],
         }
     }
@@ -176,7 +178,7 @@ pub fn grants(role: Role, provider: bool) -> Vec<Permission> {
 
 impl Permission {
     /// Every permission, in the order the matrix lists them.
-    pub const ALL: [Permission; 21] = [
+    pub const ALL: [Permission; 22] = [
         Permission::ClinicRead,
         Permission::ClinicManage,
         Permission::UsersRead,
@@ -198,6 +200,7 @@ impl Permission {
         Permission::TreatmentRead,
         Permission::TreatmentWrite,
         Permission::TreatmentConsent,
+        Permission::AdjustmentsWrite,
     ];
 
     /// The name in the API (as serialised).
@@ -224,6 +227,7 @@ impl Permission {
             Permission::TreatmentRead => "treatment.read",
             Permission::TreatmentWrite => "treatment.write",
             Permission::TreatmentConsent => "treatment.consent",
+            Permission::AdjustmentsWrite => "adjustments.write",
         }
     }
 }
@@ -302,6 +306,9 @@ pub enum Permission {
     /// Record a patient's acceptance or refusal of a presented plan.
     #[serde(rename = "treatment.consent")]
     TreatmentConsent,
+    /// Discounts, write-offs and corrections of a patient's account.
+    #[serde(rename = "adjustments.write")]
+    AdjustmentsWrite,
 }
 
 /// The answer to a role that lacks a permission.
@@ -324,6 +331,21 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who a request without a user (Stripe's webhook) acts as: the staff member who set
+    /// up what it completes, with no role beyond reading what they may.
+    pub fn system(clinic_id: Uuid, user_id: Uuid) -> Caller {
+        Caller {
+            user_id,
+            clinic_id,
+            role: Role::Billing,
+            auth_version: 0,
+            session_id: None,
+            provider: false,
+            ip: None,
+            request_id: crate::error::current_request_id(),
+        }
+    }
+
     /// Whether the caller holds `p`: by role, or clinically as a provider owner or admin.
     pub fn can(&self, p: Permission) -> bool {
         self.role.can(p) || self.clinical_role().can(p)

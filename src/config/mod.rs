@@ -109,6 +109,10 @@ pub struct Config {
     pub metrics_token: Option<SecretString>,
     pub metrics_port: Option<u16>,
 
+    pub stripe_secret_key: Option<SecretString>,
+    pub stripe_webhook_secret: Option<SecretString>,
+    pub stripe_api_base: String,
+
     pub appointment_max_minutes: u32,
     pub calendar_max_days: u32,
     pub availability_grid_minutes: u32,
@@ -264,6 +268,10 @@ impl Config {
             metrics_token: s.metrics_token,
             metrics_port: s.metrics_port.map(|p| check.number(&r::METRICS_PORT, p)),
 
+            stripe_secret_key: s.stripe_secret_key,
+            stripe_webhook_secret: s.stripe_webhook_secret,
+            stripe_api_base: s.stripe_api_base.trim_end_matches('/').to_owned(),
+
             appointment_max_minutes: check
                 .number(&r::APPOINTMENT_MAX_MINUTES, s.appointment_max_minutes),
             calendar_max_days: check.number(&r::CALENDAR_MAX_DAYS, s.calendar_max_days),
@@ -328,6 +336,12 @@ impl Config {
             {
                 problems.push("METRICS_TOKEN must be at least 16 characters".into());
             }
+        }
+        if self.stripe_secret_key.is_some() != self.stripe_webhook_secret.is_some() {
+            problems.push(
+                "Stripe is half-configured: set both STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET, or neither"
+                    .into(),
+            );
         }
         problems
     }

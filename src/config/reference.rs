@@ -419,6 +419,28 @@ pub const METRICS_TOKEN: Setting = setting(
     Secret("text"),
     "bearer token for `/metrics` (at least 16 characters in production)",
 );
+// Payments
+pub const STRIPE_SECRET_KEY: Setting = setting(
+    "STRIPE_SECRET_KEY",
+    Unset,
+    Secret("text"),
+    "Stripe API key for card payments (`POST /payments/stripe-intents`, refunds of card \
+     payments); production refuses to start with only one of it and \
+     `STRIPE_WEBHOOK_SECRET`",
+);
+pub const STRIPE_WEBHOOK_SECRET: Setting = setting(
+    "STRIPE_WEBHOOK_SECRET",
+    Unset,
+    Secret("text"),
+    "the signing secret of the Stripe webhook endpoint (`POST /webhooks/stripe`)",
+);
+pub const STRIPE_API_BASE: Setting = setting(
+    "STRIPE_API_BASE",
+    Is("https://api.stripe.com"),
+    Text("URL"),
+    "where the Stripe API is (tests point it at a local server that speaks Stripe's \
+     protocol)",
+);
 pub const METRICS_PORT: Setting = setting(
     "METRICS_PORT",
     Unset,
@@ -556,6 +578,11 @@ pub const SETTINGS: &[Group] = &[
         ],
     },
     Group {
+        heading: "Payments",
+        note: "(card payments through Stripe; off while the keys are unset)",
+        settings: &[STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE],
+    },
+    Group {
         heading: "Clinic rules",
         note: "",
         settings: &[
@@ -625,26 +652,12 @@ pub const OTHERS: &[Group] = &[
     Group {
         heading: "Reserved",
         note: "(named in the design, not read yet)",
-        settings: &[
-            setting(
-                "FILE_ENCRYPTION_KEY",
-                DefaultValue::NotApplicable,
-                Allowed::NotApplicable,
-                "reserved: AEAD key for documents at rest",
-            ),
-            setting(
-                "STRIPE_SECRET_KEY",
-                DefaultValue::NotApplicable,
-                Allowed::NotApplicable,
-                "reserved: card payments",
-            ),
-            setting(
-                "STRIPE_WEBHOOK_SECRET",
-                DefaultValue::NotApplicable,
-                Allowed::NotApplicable,
-                "reserved: card payment webhooks",
-            ),
-        ],
+        settings: &[setting(
+            "FILE_ENCRYPTION_KEY",
+            DefaultValue::NotApplicable,
+            Allowed::NotApplicable,
+            "reserved: AEAD key for documents at rest",
+        )],
     },
 ];
 

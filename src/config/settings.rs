@@ -91,6 +91,14 @@ pub struct Settings {
     pub metrics_token: Option<SecretString>,
     pub metrics_port: Option<Parsed<u16>>,
 
+    // Payments
+    #[serde(deserialize_with = "de::secret")]
+    pub stripe_secret_key: Option<SecretString>,
+    #[serde(deserialize_with = "de::secret")]
+    pub stripe_webhook_secret: Option<SecretString>,
+    #[serde(deserialize_with = "de::text")]
+    pub stripe_api_base: String,
+
     // Clinic rules
     pub appointment_max_minutes: Parsed<u32>,
     pub calendar_max_days: Parsed<u32>,
@@ -153,6 +161,10 @@ impl Default for Settings {
             allow_clinic_signup: None,
             metrics_token: None,
             metrics_port: None,
+
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            stripe_api_base: "https://api.stripe.com".into(),
 
             appointment_max_minutes: 480.into(),
             calendar_max_days: 62.into(),

@@ -183,3 +183,28 @@ fn the_file_lies_underneath_the_environment() {
         .to_string();
     assert!(err.contains("could not read configuration"), "{err}");
 }
+
+#[test]
+fn production_refuses_stripe_half_configured() {
+    let production = [
+        ("ENVIRONMENT", "production"),
+        ("DATABASE_URL", "postgres://x@y/z"),
+        ("REDIS_URL", "redis://127.0.0.1"),
+        ("SECRET_KEY", GOOD),
+    ];
+    for half in ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"] {
+        let mut only = production.to_vec();
+        only.push((half, "sk_live_0123456789abcdef"));
+        let err = Config::from_map(map(&only)).unwrap_err();
+        let all = err.0.join("\n");
+        assert!(all.contains("Stripe"), "{half} alone: {all}");
+        assert_eq!(err.0.len(), 1, "{all}");
+        assert!(!all.contains("sk_live_"), "the secret must not be echoed");
+    }
+    let mut both = production.to_vec();
+    both.push(("STRIPE_SECRET_KEY", "sk_live_0123456789abcdef"));
+    both.push(("STRIPE_WEBHOOK_SECRET", "whsec_0123456789abcdef"));
+    let c = Config::from_map(map(&both)).expect("valid production config");
+    assert!(c.stripe_secret_key.is_some() && c.stripe_webhook_secret.is_some());
+    Config::from_map(map(&production)).expect("card payments off is valid too");
+}

@@ -77,6 +77,20 @@ pub struct IdempotencyKey {
     idempotency_key: String,
 }
 
+/// The `Idempotency-Key` of the financial writes (payments, refunds), where it is
+/// required: a retried payment must never be taken twice (400 without it).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct RequiredIdempotencyKey {
+    /// Required. The same key with the same body returns the first response; with another
+    /// body it is a 422; while the first request still runs, a 409. 1 to 255 visible ASCII
+    /// characters (inner spaces allowed), kept 24 hours per user.
+    #[param(rename = "Idempotency-Key", value_type = String, required = true,
+        min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$")]
+    idempotency_key: String,
+}
+
 /// The request's key; one that is not 1 to 255 visible ASCII characters (inner spaces
 /// allowed) is a 400.
 fn key_of(headers: &HeaderMap) -> AppResult<Option<String>> {

@@ -97,3 +97,103 @@ pub async fn reverse_charge(
     .await?;
     Ok(Some(id))
 }
+
+/// An account of the journal. A patient's own accounts name the patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    /// What the patient owes on charges.
+    Receivable(Uuid),
+    /// The patient's money not yet applied to an invoice (a credit balance: negative).
+    PatientCredit(Uuid),
+    Revenue,
+    Adjustments,
+    /// Where a payment's money went, by method.
+    Cash,
+    Card,
+    BankTransfer,
+    Check,
+    /// Card payments through Stripe, until Stripe pays them out.
+    StripeClearing,
+}
+
+impl Account {
+    fn name(self) -> &'static str {
+        match self {
+            Account::Receivable(_) => "receivable",
+            Account::PatientCredit(_) => "patient_credit",
+            Account::Revenue => "revenue",
+            Account::Adjustments => "adjustments",
+            Account::Cash => "cash",
+            Account::Card => "card",
+            Account::BankTransfer => "bank_transfer",
+            Account::Check => "check",
+            Account::StripeClearing => "stripe_clearing",
+        }
+    }
+
+    fn patient(self) -> Option<Uuid> {
+        match self {
+            Account::Receivable(p) | Account::PatientCredit(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The account a payment method's money goes to.
+    pub fn for_method(method: &str) -> Account {
+        match method {
+            "cash" => Account::Cash,
+            "bank_transfer" => Account::BankTransfer,
+            "check" => Account::Check,
+            "stripe" => Account::StripeClearing,
+            _ => Account::Card,
+        }
+    }
+}
+
+/// A journal transaction to post: what it is, what it refers to, and its lines (debits
+/// positive, credits negative; zero lines are left out).
+pub struct Entry<'a> {
+    pub kind: &'static str,
+    pub patient_id: Uuid,
+    pub payment_id: Option<Uuid>,
+    pub invoice_id: Option<Uuid>,
+    pub memo: Option<&'a str>,
+    pub lines: Vec<(Account, i64)>,
+}
+
+/// Posts a transaction; the database checks at commit that its lines sum to zero.
+pub async fn post(tx: &mut Tx, caller: &Caller, entry: Entry<'_>) -> AppResult<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "INSERT INTO ledger_transactions (clinic_id, id, kind, patient_id, payment_id, invoice_id, memo, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        caller.clinic_id,
+        id,
+        entry.kind,
+        entry.patient_id,
+        entry.payment_id,
+        entry.invoice_id,
+        entry.memo,
+        caller.user_id,
+    )
+    .execute(&mut **tx)
+    .await?;
+    let lines: Vec<&(Account, i64)> = entry.lines.iter().filter(|(_, a)| *a != 0).collect();
+    let numbers: Vec<i16> = (1..=lines.len() as i16).collect();
+    let accounts: Vec<&str> = lines.iter().map(|(a, _)| a.name()).collect();
+    let patients: Vec<Option<Uuid>> = lines.iter().map(|(a, _)| a.patient()).collect();
+    let amounts: Vec<i64> = lines.iter().map(|(_, a)| *a).collect();
+    sqlx::query!(
+        "INSERT INTO ledger_lines (clinic_id, transaction_id, line_no, account, patient_id, amount_cents) \
+         SELECT $1, $2, * FROM UNNEST($3::int2[], $4::text[], $5::uuid[], $6::bigint[])",
+        caller.clinic_id,
+        id,
+        &numbers,
+        &accounts as &[&str],
+        &patients as &[Option<Uuid>],
+        &amounts,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}

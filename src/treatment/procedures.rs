@@ -843,7 +843,7 @@ pub struct Reversal {
         (status = 200, description = "Reversed", body = Procedure),
         (status = 403, description = "Role lacks treatment.write", body = Problem),
         (status = 404, description = "No such procedure in your clinic", body = Problem),
-        (status = 409, description = "Not completed, or reversed already", body = Problem),
+        (status = 409, description = "Not completed, reversed already, or on a live invoice", body = Problem),
         (status = 422, description = "Missing reason", body = Problem)))]
 pub async fn reverse_procedure(
     State(state): State<AppState>,
@@ -867,6 +867,20 @@ pub async fn reverse_procedure(
     }
     if current.reversed_at.is_some() {
         return Err(AppError::conflict("the procedure is reversed already"));
+    }
+    // Read after the lock: an invoice issued meanwhile holds the procedure until it commits.
+    let invoiced = sqlx::query_scalar!(
+        r#"SELECT i.number AS "number!" FROM invoice_lines l
+           JOIN invoices i ON i.clinic_id = l.clinic_id AND i.id = l.invoice_id
+           WHERE l.procedure_id = $1 AND l.live"#,
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(number) = invoiced {
+        return Err(AppError::conflict(format!(
+            "the procedure is billed on invoice {number}; void the invoice first"
+        )));
     }
     sqlx::query!(
         "UPDATE procedures SET reversed_at = now(), reversed_by = $2, reversal_reason = $3, \

@@ -4,6 +4,11 @@
 mod common;
 
 mod auth;
+mod billing;
+mod billing_invoices;
+mod billing_payments;
+mod billing_properties;
+mod billing_stripe;
 mod clinical;
 mod faults;
 mod foundation;
@@ -13,6 +18,7 @@ mod patients;
 mod properties;
 mod scaleout;
 mod scheduling;
+mod stripe_fake;
 mod tenancy;
 mod tenant_matrix;
 mod treatment;

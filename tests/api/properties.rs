@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// Runs `check` on `cases` values of `strategy`, from a blocking thread that drives the
 /// requests on the test's runtime, so proptest can shrink a failure.
-async fn check_all<S, F, Fut>(cases: u32, strategy: S, check: F)
+pub async fn check_all<S, F, Fut>(cases: u32, strategy: S, check: F)
 where
     S: Strategy + Send + 'static,
     S::Value: Send,

@@ -52,6 +52,10 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("item", Kind::PlanItem),
     ("recall-types", Kind::RecallType),
     ("recall_type", Kind::RecallType),
+    ("payments", Kind::Payment),
+    ("payment", Kind::Payment),
+    ("invoices", Kind::Invoice),
+    ("invoice", Kind::Invoice),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +75,8 @@ enum Kind {
     PresentedPlan,
     PlanItem,
     RecallType,
+    Payment,
+    Invoice,
 }
 
 /// The fixture an operation works on for `kind`: the presented plan for acceptance, the
@@ -248,8 +254,50 @@ async fn clinic(app: &TestApp, name: &str) -> Clinic {
         "recall type",
     )
     .await;
+    // A completed procedure billed on an invoice, and a payment that pays part of it.
+    let billed = created(
+        app.post(
+            &format!("/api/v2/patients/{patient}/procedures"),
+            d,
+            json!({"procedure_code_id": code}),
+        )
+        .await,
+        "procedure to bill",
+    )
+    .await;
+    let res = app
+        .post(
+            &format!("/api/v2/procedures/{billed}/complete"),
+            d,
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK, "complete");
+    let invoice = created(
+        app.post("/api/v2/invoices", o, json!({"patient_id": patient}))
+            .await,
+        "invoice",
+    )
+    .await;
+    let payment = created(
+        app.client
+            .post(app.url("/api/v2/payments"))
+            .bearer_auth(&owner.access)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(
+                &json!({"patient_id": patient, "amount_cents": 5000, "method": "card",
+                          "allocations": [{"invoice_id": invoice, "amount_cents": 1000}]}),
+            )
+            .send()
+            .await
+            .expect("payment"),
+        "payment",
+    )
+    .await;
     let ids = HashMap::from([
         (Kind::Patient, patient),
+        (Kind::Invoice, invoice),
+        (Kind::Payment, payment),
         (Kind::ProcedureCode, code),
         (Kind::Procedure, procedure),
         (
@@ -531,6 +579,9 @@ struct Operation {
     /// Query parameters: name, schema, whether required, and its kind when it is an id.
     query: Vec<(String, Value, bool, Option<Kind>)>,
     body: Option<Value>,
+    /// Whether the operation requires an `Idempotency-Key` (payments and refunds): a fresh
+    /// one is sent, so that the request gets as far as its ids.
+    needs_key: bool,
 }
 
 impl Operation {
@@ -553,6 +604,7 @@ fn operations(doc: &Doc, unmapped: &mut Vec<String>) -> Vec<Operation> {
             let segments: Vec<&str> = template.split('/').collect();
             let mut placeholders = Vec::new();
             let mut query = Vec::new();
+            let mut needs_key = false;
             let params = op
                 .get("parameters")
                 .and_then(Value::as_array)
@@ -565,7 +617,11 @@ fn operations(doc: &Doc, unmapped: &mut Vec<String>) -> Vec<Operation> {
                 let where_ = p["in"].as_str().unwrap_or_default();
                 let at = segments.iter().position(|s| *s == format!("{{{name}}}"));
                 match (where_, at) {
-                    ("header" | "cookie", _) => {}
+                    ("header", _) => {
+                        needs_key |= name.eq_ignore_ascii_case("idempotency-key")
+                            && p["required"].as_bool().unwrap_or(false);
+                    }
+                    ("cookie", _) => {}
                     (_, Some(i)) => {
                         // An id, named by the segment before it.
                         let is_id = schema.get("format") == Some(&json!("uuid"))
@@ -611,6 +667,7 @@ fn operations(doc: &Doc, unmapped: &mut Vec<String>) -> Vec<Operation> {
                 placeholders,
                 query,
                 body,
+                needs_key,
             });
         }
     }
@@ -624,19 +681,25 @@ struct Outcome {
 }
 
 /// Calls an operation as A's owner and, when the owner's role is refused (403), as A's
-/// dentist.
+/// dentist; with a fresh `Idempotency-Key` where the operation requires one.
 async fn call_as_a(
     app: &TestApp,
     a: &Clinic,
-    method: &Method,
+    op: &Operation,
     path: &str,
     body: Option<&Value>,
 ) -> Outcome {
     let mut last = None;
     for (role, token) in [("owner", &a.owner.access), ("dentist", &a.dentist.access)] {
-        let res = app
-            .call(method.clone(), path, Some(token), body.cloned())
-            .await;
+        let mut req = app.client.request(op.method.clone(), app.url(path));
+        req = req.bearer_auth(token);
+        if op.needs_key {
+            req = req.header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.expect("request reaches the server");
         let status = res.status();
         let body: Value = res.json().await.unwrap_or(Value::Null);
         let outcome = Outcome { status, body, role };
@@ -742,7 +805,10 @@ fn names_field(body: &Value, field: &str) -> bool {
 
 #[tokio::test]
 async fn another_clinics_ids_are_404_in_paths_and_422_in_bodies() {
+    // Card payments on, so that their routes reach the ids they are sent.
+    let stripe = crate::stripe_fake::FakeStripe::start().await;
     let app = spawn_with(|v| {
+        stripe.configure(v);
         v.insert("RATE_LIMIT_PER_MINUTE".into(), "100000".into());
         v.insert("RATE_LIMIT_CLINIC_PER_MINUTE".into(), "100000".into());
     })
@@ -796,7 +862,7 @@ async fn another_clinics_ids_are_404_in_paths_and_422_in_bodies() {
                 failures.push(format!("{case}: {path} does not route ({probe} to TRACE)"));
                 continue;
             }
-            let out = call_as_a(&app, &a, &op.method, &path, body.as_ref()).await;
+            let out = call_as_a(&app, &a, op, &path, body.as_ref()).await;
             coverage
                 .entry(format!("path {kind:?}"))
                 .or_default()
@@ -828,7 +894,7 @@ async fn another_clinics_ids_are_404_in_paths_and_422_in_bodies() {
                     continue;
                 }
             };
-            let out = call_as_a(&app, &a, &op.method, &path, None).await;
+            let out = call_as_a(&app, &a, op, &path, None).await;
             coverage
                 .entry(format!("query {kind:?}"))
                 .or_default()
@@ -887,7 +953,7 @@ async fn another_clinics_ids_are_404_in_paths_and_422_in_bodies() {
                     continue;
                 }
             };
-            let out = call_as_a(&app, &a, &op.method, &path, Some(&body)).await;
+            let out = call_as_a(&app, &a, op, &path, Some(&body)).await;
             coverage
                 .entry(format!("body {:?}", id.kind))
                 .or_default()
