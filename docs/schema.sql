@@ -775,6 +775,37 @@ $$;
 ALTER FUNCTION public.procedures_completed_locked() OWNER TO molar_owner;
 
 --
+-- Name: stripe_intent_clinic(text); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.stripe_intent_clinic(p_intent text) RETURNS uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT clinic_id FROM stripe_intents WHERE intent_id = p_intent
+$$;
+
+ALTER FUNCTION public.stripe_intent_clinic(p_intent text) OWNER TO molar_auth;
+
+--
+-- Name: stripe_intents_paid_once(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.stripe_intents_paid_once() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF OLD.payment_id IS NOT NULL THEN
+        RAISE EXCEPTION 'payment intent % is recorded already', OLD.intent_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'stripe_intents_paid_once';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION public.stripe_intents_paid_once() OWNER TO molar_owner;
+
+--
 -- Name: users_sync_login(); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
@@ -1434,6 +1465,7 @@ CREATE TABLE public.refunds (
     transaction_id uuid NOT NULL,
     created_by uuid NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    stripe_refund_id text,
     CONSTRAINT refunds_amount_cents_check CHECK (((amount_cents >= 1) AND (amount_cents <= '1000000000000'::bigint))),
     CONSTRAINT refunds_reason_check CHECK (((length(reason) >= 1) AND (length(reason) <= 500)))
 );
@@ -1459,6 +1491,45 @@ CREATE TABLE public.security_events (
 ALTER TABLE ONLY public.security_events FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.security_events OWNER TO molar_owner;
+
+--
+-- Name: stripe_events; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.stripe_events (
+    clinic_id uuid NOT NULL,
+    event_id text NOT NULL,
+    type text NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT stripe_events_event_id_check CHECK (((length(event_id) >= 1) AND (length(event_id) <= 255)))
+);
+
+ALTER TABLE ONLY public.stripe_events FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.stripe_events OWNER TO molar_owner;
+
+--
+-- Name: stripe_intents; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.stripe_intents (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    intent_id text NOT NULL,
+    patient_id uuid NOT NULL,
+    invoice_id uuid,
+    amount_cents bigint NOT NULL,
+    currency character(3) NOT NULL,
+    payment_id uuid,
+    created_by uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT stripe_intents_amount_cents_check CHECK (((amount_cents >= 1) AND (amount_cents <= '1000000000000'::bigint))),
+    CONSTRAINT stripe_intents_intent_id_check CHECK (((length(intent_id) >= 1) AND (length(intent_id) <= 255)))
+);
+
+ALTER TABLE ONLY public.stripe_intents FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.stripe_intents OWNER TO molar_owner;
 
 --
 -- Name: treatment_plan_decisions; Type: TABLE; Schema: public; Owner: molar_owner
@@ -1920,11 +1991,46 @@ ALTER TABLE ONLY public.refunds
     ADD CONSTRAINT refunds_pkey PRIMARY KEY (clinic_id, id);
 
 --
+-- Name: refunds refunds_stripe_once; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.refunds
+    ADD CONSTRAINT refunds_stripe_once UNIQUE (stripe_refund_id);
+
+--
 -- Name: security_events security_events_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
 ALTER TABLE ONLY public.security_events
     ADD CONSTRAINT security_events_pkey PRIMARY KEY (id);
+
+--
+-- Name: stripe_events stripe_events_once; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_events
+    ADD CONSTRAINT stripe_events_once UNIQUE (event_id);
+
+--
+-- Name: stripe_events stripe_events_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_events
+    ADD CONSTRAINT stripe_events_pkey PRIMARY KEY (clinic_id, event_id);
+
+--
+-- Name: stripe_intents stripe_intents_intent_key; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_intent_key UNIQUE (intent_id);
+
+--
+-- Name: stripe_intents stripe_intents_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_pkey PRIMARY KEY (clinic_id, id);
 
 --
 -- Name: treatment_plan_decisions treatment_plan_decisions_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -2232,6 +2338,12 @@ CREATE INDEX refresh_tokens_user ON public.refresh_tokens USING btree (clinic_id
 CREATE INDEX refunds_payment ON public.refunds USING btree (clinic_id, payment_id);
 
 --
+-- Name: stripe_intents_payment; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE UNIQUE INDEX stripe_intents_payment ON public.stripe_intents USING btree (clinic_id, payment_id);
+
+--
 -- Name: treatment_plans_patient; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -2356,6 +2468,12 @@ CREATE TRIGGER procedures_completed_locked BEFORE UPDATE ON public.procedures FO
 --
 
 CREATE TRIGGER refunds_append_only BEFORE DELETE OR UPDATE ON public.refunds FOR EACH ROW EXECUTE FUNCTION public.ledger_append_only();
+
+--
+-- Name: stripe_intents stripe_intents_paid_once; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER stripe_intents_paid_once BEFORE UPDATE ON public.stripe_intents FOR EACH ROW EXECUTE FUNCTION public.stripe_intents_paid_once();
 
 --
 -- Name: users users_sync_login; Type: TRIGGER; Schema: public; Owner: molar_owner
@@ -2742,6 +2860,48 @@ ALTER TABLE ONLY public.refunds
     ADD CONSTRAINT refunds_clinic_id_transaction_id_fkey FOREIGN KEY (clinic_id, transaction_id) REFERENCES public.ledger_transactions(clinic_id, id);
 
 --
+-- Name: stripe_events stripe_events_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_events
+    ADD CONSTRAINT stripe_events_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: stripe_intents stripe_intents_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: stripe_intents stripe_intents_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: stripe_intents stripe_intents_clinic_id_invoice_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_clinic_id_invoice_id_fkey FOREIGN KEY (clinic_id, invoice_id) REFERENCES public.invoices(clinic_id, id);
+
+--
+-- Name: stripe_intents stripe_intents_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: stripe_intents stripe_intents_clinic_id_payment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.stripe_intents
+    ADD CONSTRAINT stripe_intents_clinic_id_payment_id_fkey FOREIGN KEY (clinic_id, payment_id) REFERENCES public.payments(clinic_id, id);
+
+--
 -- Name: treatment_plan_decisions treatment_plan_decisions_clinic_id_plan_id_version_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -3036,6 +3196,18 @@ CREATE POLICY clinic_isolation ON public.refresh_tokens USING ((clinic_id = ( SE
 CREATE POLICY clinic_isolation ON public.refunds USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
+-- Name: stripe_events clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.stripe_events USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: stripe_intents clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.stripe_intents USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: treatment_plan_decisions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -3258,6 +3430,24 @@ CREATE POLICY search ON public.patients FOR SELECT TO molar_auth USING (true);
 ALTER TABLE public.security_events ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: stripe_events; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.stripe_events ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: stripe_intents; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.stripe_intents ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: stripe_intents stripe_webhook; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY stripe_webhook ON public.stripe_intents FOR SELECT TO molar_auth USING (true);
+
+--
 -- Name: treatment_plan_decisions; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -3406,6 +3596,13 @@ GRANT ALL ON FUNCTION public.patient_search(q text, include_archived boolean, af
 --
 
 REVOKE ALL ON FUNCTION public.patients_sync_name_words() FROM PUBLIC;
+
+--
+-- Name: FUNCTION stripe_intent_clinic(p_intent text); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.stripe_intent_clinic(p_intent text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.stripe_intent_clinic(p_intent text) TO molar_app;
 
 --
 -- Name: FUNCTION users_sync_login(); Type: ACL; Schema: public; Owner: molar_auth
@@ -3631,6 +3828,25 @@ GRANT SELECT,INSERT ON TABLE public.refunds TO molar_app;
 --
 
 GRANT INSERT ON TABLE public.security_events TO molar_app;
+
+--
+-- Name: TABLE stripe_events; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.stripe_events TO molar_app;
+
+--
+-- Name: TABLE stripe_intents; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.stripe_intents TO molar_app;
+GRANT SELECT ON TABLE public.stripe_intents TO molar_auth;
+
+--
+-- Name: COLUMN stripe_intents.payment_id; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(payment_id) ON TABLE public.stripe_intents TO molar_app;
 
 --
 -- Name: TABLE treatment_plan_decisions; Type: ACL; Schema: public; Owner: molar_owner
