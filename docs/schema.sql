@@ -2284,6 +2284,12 @@ CREATE INDEX patients_dob ON public.patients USING btree (clinic_id, date_of_bir
 CREATE INDEX patients_email ON public.patients USING btree (clinic_id, email_lower);
 
 --
+-- Name: patients_responsible; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX patients_responsible ON public.patients USING btree (clinic_id, responsible_party_id) WHERE (responsible_party_id IS NOT NULL);
+
+--
 -- Name: patients_search_phone; Type: INDEX; Schema: public; Owner: molar_owner
 --
 

@@ -626,14 +626,15 @@ pub async fn apply_credit(
         "amount_cents",
     )
     .await
-    .map_err(|_| {
-        AppError::validation(
+    .map_err(|e| match e {
+        AppError::Validation(_) => AppError::validation(
             "amount_cents",
             format!(
                 "exceeds what is open on the invoice ({})",
                 current.open_cents
             ),
-        )
+        ),
+        other => other,
     })?;
     let transaction = ledger::post(
         &mut tx,

@@ -594,6 +594,18 @@ pub async fn refund_payment(
             }
             None => None,
         };
+        // A retry after a lost answer gets the same refund from Stripe (same key): when it
+        // is recorded already (by the first try's event), that is the answer.
+        if let Some(existing) = recorded_stripe_refund(&mut tx, stripe_refund.as_deref()).await? {
+            return Ok((
+                tx,
+                Created {
+                    location: format!("/api/v2/payments/{id}"),
+                    version: None,
+                    value: existing,
+                },
+            ));
+        }
         let refund = post_refund(
             &mut tx,
             &caller,
@@ -625,6 +637,21 @@ pub async fn refund_payment(
     .await
 }
 
+/// The refund recorded with this Stripe refund id, if any.
+async fn recorded_stripe_refund(tx: &mut Tx, stripe_id: Option<&str>) -> AppResult<Option<Refund>> {
+    let Some(stripe_id) = stripe_id else {
+        return Ok(None);
+    };
+    Ok(sqlx::query_as!(
+        Refund,
+        "SELECT id, payment_id, amount_cents, reason, created_by, created_at FROM refunds \
+         WHERE stripe_refund_id = $1",
+        stripe_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
 /// Posts a refund of `amount` of a payment (what is left of it checked by the caller):
 /// from the payer's credit first; the rest comes back from the payment's allocations, one
 /// invoice after another, and those invoices are open again. The payer's row must be
@@ -642,9 +669,9 @@ pub async fn post_refund(
     let credit = super::credit_of(tx, payer).await?;
     let from_credit = credit.clamp(0, amount);
     let mut rest = amount - from_credit;
-    // A refund made at Stripe leaves from Stripe's clearing account, where the payment
-    // went in (its method reads `card`).
-    let paid_into = match stripe_refund_id {
+    // A card payment made through Stripe is refunded from Stripe's clearing account,
+    // where it went in (its method reads `card`), whether or not Stripe named the refund.
+    let paid_into = match super::stripe::intent_of_payment(tx, id).await? {
         Some(_) => Account::StripeClearing,
         None => Account::for_method(payment.method.as_str()),
     };

@@ -56,7 +56,7 @@ pub fn verify_signature(header: &str, payload: &[u8], secret: &[u8], now: i64) -
     let Some(t) = timestamp else {
         return false;
     };
-    if (now - t).abs() > TOLERANCE_SECS {
+    if now.abs_diff(t) > TOLERANCE_SECS.unsigned_abs() {
         return false;
     }
     signatures.iter().any(|sig| {
@@ -236,11 +236,12 @@ async fn start_intent(
             "invoice",
         )
         .await
-        .map_err(|_| {
-            AppError::validation(
+        .map_err(|e| match e {
+            AppError::Validation(_) => AppError::validation(
                 "invoice_id",
                 "is not an open invoice of the payer with at least this amount open",
-            )
+            ),
+            other => other,
         })?;
     }
     let clinic = crate::clinic::load(&mut tx, caller.clinic_id).await?;
@@ -679,6 +680,9 @@ mod tests {
         // Several v1 (while Stripe rolls a secret): any one may match.
         let rolled = format!("t={t},v1={},v1={}", "00".repeat(32), sign(secret, t, body));
         assert!(verify_signature(&rolled, body, secret, t));
+        // A crafted extreme timestamp is refused, not an overflow.
+        let extreme = format!("t={},v1={}", i64::MIN, sign(secret, i64::MIN, body));
+        assert!(!verify_signature(&extreme, body, secret, t));
         for bad in [
             "",
             "t=abc,v1=00",

@@ -607,6 +607,19 @@ pub async fn present_plan(
             "a plan without items cannot be presented",
         ));
     }
+    let mut errors = Errors::default();
+    for (n, item) in plan.items.iter().enumerate() {
+        if item.procedure_status != "planned" {
+            errors.add(
+                format!("items[{n}].procedure_id"),
+                format!(
+                    "is {}, no longer planned: edit the plan",
+                    item.procedure_status
+                ),
+            );
+        }
+    }
+    errors.finish()?;
     sqlx::query!(
         "INSERT INTO treatment_plan_versions (clinic_id, plan_id, version, title, presented_by, total_cents) \
          VALUES ($1, $2, $3, $4, $5, $6)",

@@ -539,3 +539,35 @@ async fn a_concurrent_acceptance_and_revision_of_one_plan_have_one_winner() {
     }
     assert_eq!(accepts + revisions, 10);
 }
+
+#[tokio::test]
+async fn a_draft_whose_procedure_was_completed_meanwhile_is_not_presented() {
+    let (p, procedures) = planned(2).await;
+    let items: Vec<Value> = procedures
+        .iter()
+        .map(|id| json!({"procedure_id": id}))
+        .collect();
+    let plan = create_plan(&p, json!(items)).await;
+    expect_json(
+        p.app
+            .post(
+                &format!("/api/v2/procedures/{}/complete", procedures[1]),
+                Some(&p.dentist.access),
+                json!({}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let problem = expect_problem(
+        act(&p, &id(&plan), "present", json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "items[1].procedure_id");
+    // Nothing was frozen.
+    assert_eq!(
+        version(&p, &id(&plan), 1).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
