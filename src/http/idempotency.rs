@@ -235,6 +235,26 @@ pub async fn release(db: &Db, caller: &Caller, claim: Claim) {
     }
 }
 
+/// Releases a claimed key when a request's future is dropped before it finished (the
+/// client went away), on a task of its own; disarmed once the work has an outcome.
+struct ReleaseOnDrop {
+    db: Db,
+    caller: Caller,
+    key: Option<String>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (db, caller) = (self.db.clone(), self.caller.clone());
+            runtime.spawn(async move { release(&db, &caller, Claim { key }).await });
+        }
+    }
+}
+
 /// What a creating request made: the resource, where it lives, and its version (ETag).
 pub struct Created<T> {
     pub value: T,
@@ -262,6 +282,13 @@ where
         Begin::NoKey => None,
         Begin::Claimed(c) => Some(c),
     };
+    // A client that goes away mid-request drops this future (its transaction rolls back):
+    // the claim is released then too, so that its retry is not refused as in progress.
+    let mut on_drop = ReleaseOnDrop {
+        db: state.db.clone(),
+        caller: caller.clone(),
+        key: claim.as_ref().map(|c| c.key.clone()),
+    };
     let result = async {
         let (mut tx, created) = work().await?;
         if let Some(c) = &claim {
@@ -279,6 +306,7 @@ where
         Ok::<_, AppError>(created)
     }
     .await;
+    on_drop.key = None;
     match result {
         Ok(created) => {
             let mut res = (StatusCode::CREATED, axum::Json(&created.value)).into_response();

@@ -644,3 +644,63 @@ async fn concurrent_refunds_of_one_payment_never_exceed_it() {
         json!({"balance_cents": -1000, "credit_cents": 1000, "family_balance_cents": -1000})
     );
 }
+
+#[tokio::test]
+async fn a_refund_whose_client_gave_up_can_be_retried_with_its_key() {
+    use sqlx::Connection;
+    let d = desk().await;
+    let payment = expect_json(
+        pay(
+            &d.app,
+            d.t(),
+            json!({"patient_id": d.patient, "amount_cents": 5000, "method": "cash"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    // Hold the payer's row, so that the refund waits after claiming its key.
+    let mut admin = d.app.admin_db().await;
+    let mut held = admin.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM patients WHERE id = $1::uuid FOR UPDATE")
+        .bind(&d.patient)
+        .execute(&mut *held)
+        .await
+        .expect("lock the payer");
+    let key = new_key();
+    let path = format!("/api/v2/payments/{}/refund", id(&payment));
+    let body = json!({"amount_cents": 1000, "reason": "Returned to the patient"});
+    let gave_up = d
+        .app
+        .client
+        .post(d.app.url(&path))
+        .bearer_auth(d.t())
+        .header("Idempotency-Key", &key)
+        .timeout(std::time::Duration::from_millis(700))
+        .json(&body)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the refund waited for the payer's lock");
+    held.rollback().await.expect("release the payer");
+    // The abandoned claim is released on a task of its own: the retry may race it once.
+    let mut retried = None;
+    for _ in 0..50 {
+        let res = post_keyed(&d.app, &path, d.t(), &key, body.clone()).await;
+        if res.status() != StatusCode::CONFLICT {
+            retried = Some(res);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let retried = retried.expect("the key is not left claimed");
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    let after = expect_json(
+        d.app
+            .get(&format!("/api/v2/payments/{}", id(&payment)), Some(d.t()))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(after["refunds"].as_array().expect("refunds").len(), 1);
+    assert_eq!(after["refundable_cents"], 4000);
+}
