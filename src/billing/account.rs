@@ -16,6 +16,7 @@ use crate::error::{AppResult, Problem};
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::pagination::{self, Limit, Page};
 use crate::patients;
+use crate::patients::routes::PatientPath;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -41,13 +42,6 @@ pub struct LedgerEntry {
     created_by: Option<Uuid>,
     /// The account's balance after this entry.
     balance_cents: i64,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct PatientPath {
-    /// The patient's id.
-    id: Uuid,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

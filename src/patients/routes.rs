@@ -168,7 +168,7 @@ pub async fn create_patient(
 #[into_params(parameter_in = Path)]
 pub struct PatientPath {
     /// The patient's id.
-    id: Uuid,
+    pub id: Uuid,
 }
 
 /// One patient; an archived one is gone (404): list it with `include_archived=true`.

@@ -28,6 +28,7 @@ use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::http::pagination::{self, Limit, Page};
 use crate::patients;
+use crate::patients::routes::PatientPath;
 use crate::state::AppState;
 use crate::validate::Errors;
 
@@ -297,13 +298,6 @@ async fn replace_items(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct PatientPath {
-    /// The patient's id.
-    id: Uuid,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -24,6 +24,7 @@ use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::idempotency::{self, Created, HashedJson, IdempotencyKey};
 use crate::http::pagination::{self, Limit, Page};
+use crate::patients::routes::PatientPath;
 use crate::state::AppState;
 use crate::validate::Errors;
 use crate::{ledger, patients};
@@ -258,13 +259,6 @@ fn check_fee(fee: i64, errors: &mut Errors) {
             format!("must be between 0 and {MAX_FEE_CENTS}"),
         );
     }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct PatientPath {
-    /// The patient's id.
-    id: Uuid,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
