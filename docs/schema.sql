@@ -447,6 +447,69 @@ $$;
 ALTER FUNCTION public.clinics_currency_fixed() OWNER TO molar_owner;
 
 --
+-- Name: document_clinics(); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.document_clinics() RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT DISTINCT clinic_id FROM documents ORDER BY clinic_id
+$$;
+
+ALTER FUNCTION public.document_clinics() OWNER TO molar_auth;
+
+--
+-- Name: document_key_usage(); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.document_key_usage() RETURNS TABLE(key_id text, documents bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT d.key_id, count(*) FROM documents d WHERE d.purged_at IS NULL
+    GROUP BY d.key_id ORDER BY d.key_id
+$$;
+
+ALTER FUNCTION public.document_key_usage() OWNER TO molar_auth;
+
+--
+-- Name: documents_guard(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.documents_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'documents are kept; delete hides them and purge removes their content'
+            USING ERRCODE = 'insufficient_privilege', CONSTRAINT = 'documents_kept';
+    END IF;
+    IF (NEW.clinic_id, NEW.id, NEW.patient_id, NEW.kind, NEW.title, NEW.content_type,
+        NEW.size_bytes, NEW.sha256, NEW.taken_on, NEW.created_by, NEW.created_at)
+       IS DISTINCT FROM
+       (OLD.clinic_id, OLD.id, OLD.patient_id, OLD.kind, OLD.title, OLD.content_type,
+        OLD.size_bytes, OLD.sha256, OLD.taken_on, OLD.created_by, OLD.created_at) THEN
+        RAISE EXCEPTION 'a document''s description and content are not changed'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'documents_fixed';
+    END IF;
+    IF OLD.deleted_at IS NOT NULL
+       AND (NEW.deleted_at, NEW.deleted_by, NEW.delete_reason)
+           IS DISTINCT FROM (OLD.deleted_at, OLD.deleted_by, OLD.delete_reason) THEN
+        RAISE EXCEPTION 'document % is deleted already', OLD.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'documents_deleted_once';
+    END IF;
+    IF OLD.purged_at IS NOT NULL AND NEW.purged_at IS DISTINCT FROM OLD.purged_at THEN
+        RAISE EXCEPTION 'document % is purged already', OLD.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'documents_purged_once';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION public.documents_guard() OWNER TO molar_owner;
+
+--
 -- Name: invoice_lines_leave_once(); Type: FUNCTION; Schema: public; Owner: molar_owner
 --
 
@@ -1068,6 +1131,44 @@ CREATE TABLE public.clinics (
 ALTER TABLE ONLY public.clinics FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.clinics OWNER TO molar_owner;
+
+--
+-- Name: documents; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.documents (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    patient_id uuid NOT NULL,
+    kind text NOT NULL,
+    title text NOT NULL,
+    content_type text NOT NULL,
+    size_bytes bigint NOT NULL,
+    sha256 text NOT NULL,
+    taken_on date,
+    key_id text NOT NULL,
+    wrapped_key bytea NOT NULL,
+    created_by uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone,
+    deleted_by uuid,
+    delete_reason text,
+    purged_at timestamp with time zone,
+    CONSTRAINT documents_content_type_check CHECK ((content_type = ANY (ARRAY['image/jpeg'::text, 'image/png'::text, 'application/pdf'::text, 'application/dicom'::text, 'image/tiff'::text]))),
+    CONSTRAINT documents_delete_reason_check CHECK (((length(delete_reason) >= 1) AND (length(delete_reason) <= 500))),
+    CONSTRAINT documents_deleted_together CHECK ((((deleted_at IS NULL) = (deleted_by IS NULL)) AND ((deleted_at IS NULL) = (delete_reason IS NULL)))),
+    CONSTRAINT documents_key_id_check CHECK ((key_id ~ '^k[0-9a-f]{16}$'::text)),
+    CONSTRAINT documents_kind_check CHECK ((kind = ANY (ARRAY['xray'::text, 'photo'::text, 'consent'::text, 'referral'::text, 'lab'::text, 'other'::text]))),
+    CONSTRAINT documents_purged_after_deletion CHECK (((purged_at IS NULL) OR (deleted_at IS NOT NULL))),
+    CONSTRAINT documents_sha256_check CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT documents_size_bytes_check CHECK ((size_bytes > 0)),
+    CONSTRAINT documents_title_check CHECK (((length(title) >= 1) AND (length(title) <= 200))),
+    CONSTRAINT documents_wrapped_key_check CHECK ((length(wrapped_key) = 72))
+);
+
+ALTER TABLE ONLY public.documents FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.documents OWNER TO molar_owner;
 
 --
 -- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: molar_owner
@@ -1837,6 +1938,13 @@ ALTER TABLE ONLY public.clinics
     ADD CONSTRAINT clinics_pkey PRIMARY KEY (id);
 
 --
+-- Name: documents documents_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.documents
+    ADD CONSTRAINT documents_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2188,6 +2296,24 @@ CREATE INDEX chart_entries_patient ON public.chart_entries USING btree (clinic_i
 CREATE INDEX clinical_notes_patient ON public.clinical_notes USING btree (clinic_id, patient_id, created_at, id);
 
 --
+-- Name: documents_key; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX documents_key ON public.documents USING btree (key_id, clinic_id);
+
+--
+-- Name: documents_patient; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX documents_patient ON public.documents USING btree (clinic_id, patient_id, created_at DESC, id DESC) WHERE (deleted_at IS NULL);
+
+--
+-- Name: documents_to_purge; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX documents_to_purge ON public.documents USING btree (clinic_id, deleted_at) WHERE ((deleted_at IS NOT NULL) AND (purged_at IS NULL));
+
+--
 -- Name: invoice_lines_one_live; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -2416,6 +2542,12 @@ CREATE TRIGGER clinical_notes_signed_immutable BEFORE UPDATE ON public.clinical_
 CREATE TRIGGER clinics_currency_fixed BEFORE UPDATE OF currency ON public.clinics FOR EACH ROW EXECUTE FUNCTION public.clinics_currency_fixed();
 
 --
+-- Name: documents documents_guard; Type: TRIGGER; Schema: public; Owner: molar_owner
+--
+
+CREATE TRIGGER documents_guard BEFORE DELETE OR UPDATE ON public.documents FOR EACH ROW EXECUTE FUNCTION public.documents_guard();
+
+--
 -- Name: invoice_lines invoice_lines_leave_once; Type: TRIGGER; Schema: public; Owner: molar_owner
 --
 
@@ -2577,6 +2709,34 @@ ALTER TABLE ONLY public.clinical_notes
 
 ALTER TABLE ONLY public.clinical_notes
     ADD CONSTRAINT clinical_notes_clinic_id_signed_by_fkey FOREIGN KEY (clinic_id, signed_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: documents documents_clinic_id_created_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.documents
+    ADD CONSTRAINT documents_clinic_id_created_by_fkey FOREIGN KEY (clinic_id, created_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: documents documents_clinic_id_deleted_by_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.documents
+    ADD CONSTRAINT documents_clinic_id_deleted_by_fkey FOREIGN KEY (clinic_id, deleted_by) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: documents documents_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.documents
+    ADD CONSTRAINT documents_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: documents documents_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.documents
+    ADD CONSTRAINT documents_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
 
 --
 -- Name: invoice_counters invoice_counters_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -3106,6 +3266,12 @@ CREATE POLICY clinic_isolation ON public.clinical_notes USING ((clinic_id = ( SE
 CREATE POLICY clinic_isolation ON public.clinics USING ((id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
 
 --
+-- Name: documents clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.documents USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: idempotency_keys clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -3272,6 +3438,18 @@ ALTER TABLE public.clinical_notes ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.clinics ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: documents document_maintenance; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY document_maintenance ON public.documents FOR SELECT TO molar_auth USING (true);
+
+--
+-- Name: documents; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.documents ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: idempotency_keys; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -3591,6 +3769,20 @@ REVOKE ALL ON FUNCTION public.auth_find_login(p_email text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.auth_find_login(p_email text) TO molar_app;
 
 --
+-- Name: FUNCTION document_clinics(); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.document_clinics() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.document_clinics() TO molar_app;
+
+--
+-- Name: FUNCTION document_key_usage(); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.document_key_usage() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.document_key_usage() TO molar_app;
+
+--
 -- Name: FUNCTION patient_search(q text, include_archived boolean, after_score real, after_id uuid, lim integer); Type: ACL; Schema: public; Owner: molar_auth
 --
 
@@ -3694,6 +3886,49 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.clinical_notes TO molar_app;
 --
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.clinics TO molar_app;
+
+--
+-- Name: TABLE documents; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.documents TO molar_app;
+GRANT SELECT ON TABLE public.documents TO molar_auth;
+
+--
+-- Name: COLUMN documents.key_id; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(key_id) ON TABLE public.documents TO molar_app;
+
+--
+-- Name: COLUMN documents.wrapped_key; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(wrapped_key) ON TABLE public.documents TO molar_app;
+
+--
+-- Name: COLUMN documents.deleted_at; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(deleted_at) ON TABLE public.documents TO molar_app;
+
+--
+-- Name: COLUMN documents.deleted_by; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(deleted_by) ON TABLE public.documents TO molar_app;
+
+--
+-- Name: COLUMN documents.delete_reason; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(delete_reason) ON TABLE public.documents TO molar_app;
+
+--
+-- Name: COLUMN documents.purged_at; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(purged_at) ON TABLE public.documents TO molar_app;
 
 --
 -- Name: TABLE idempotency_keys; Type: ACL; Schema: public; Owner: molar_owner

@@ -14,8 +14,8 @@ use crate::http::query::{reject_undeclared, StrictQuery};
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use crate::{
-    audit, auth, billing, chart, clinic, health, http, notes, patients, reports, scheduling,
-    treatment, users,
+    audit, auth, billing, chart, clinic, documents, health, http, notes, patients, reports,
+    scheduling, treatment, users,
 };
 
 /// Every clinic area's routes.
@@ -42,6 +42,7 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(billing::adjustments::router())
         .merge(billing::invoices::router())
         .merge(billing::stripe::router())
+        .merge(documents::routes::router())
 }
 
 /// The API routes and the OpenAPI document describing exactly them.

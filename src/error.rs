@@ -78,6 +78,11 @@ pub enum AppError {
     RateLimited { retry_after_secs: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Stored content that failed its integrity check (never served).
+    #[error("integrity: {0}")]
+    Integrity(String),
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -115,6 +120,8 @@ impl AppError {
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Integrity(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Database(e) if db_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Database(e) if concurrent_update(e) => StatusCode::CONFLICT,
             AppError::Database(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -157,6 +164,14 @@ impl AppError {
                 None,
             ),
             AppError::Unavailable(d) => ("service-unavailable", d.clone(), None, None),
+            AppError::Integrity(d) => ("integrity-failure", d.clone(), None, None),
+            AppError::RangeNotSatisfiable => (
+                "range-not-satisfiable",
+                "the requested range is outside the content; see Content-Range for its length"
+                    .into(),
+                None,
+                None,
+            ),
             AppError::Database(e) if db_unavailable(e) => (
                 "service-unavailable",
                 "the database is unavailable; retry shortly".into(),

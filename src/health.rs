@@ -253,13 +253,7 @@ pub async fn run_startup_checks(state: &AppState) -> StartupCheck {
     );
 
     let started = Instant::now();
-    checks.insert(
-        "storage",
-        match storage_writable(&state.config.medical_records_storage_path).await {
-            Ok(()) => Check::ok(false, started),
-            Err(why) => Check::fail(false, Some(started), why),
-        },
-    );
+    checks.insert("storage", storage_check(state, db_up, started).await);
 
     checks.insert("config", Check::ok(true, Instant::now()).with_details(serde_json::json!({
         "environment": state.config.environment.as_str(),
@@ -281,17 +275,52 @@ pub async fn run_startup_checks(state: &AppState) -> StartupCheck {
     }
 }
 
-/// The records directory exists (or can be made) and accepts a file.
-async fn storage_writable(path: &std::path::Path) -> Result<(), String> {
-    tokio::fs::create_dir_all(path)
-        .await
-        .map_err(|_| "the storage path cannot be created".to_owned())?;
-    let probe = path.join(format!(".molar-probe-{}", uuid::Uuid::now_v7()));
-    tokio::fs::write(&probe, b"probe")
-        .await
-        .map_err(|_| "the storage path is not writable".to_owned())?;
-    let _ = tokio::fs::remove_file(&probe).await;
-    Ok(())
+/// Documents: the store takes, returns and removes a sealed probe, and every key that
+/// wraps a stored document is configured. Optional: the rest of the API works without it.
+async fn storage_check(state: &AppState, db_up: bool, started: Instant) -> Check {
+    use crate::documents::maintenance;
+    let Some(docs) = &state.documents else {
+        return Check::skipped("documents are off: FILE_ENCRYPTION_KEY is not set");
+    };
+    let details = serde_json::json!({ "store": docs.store.kind, "key_id": docs.keys.current_id() });
+    let limit = Duration::from_secs(5);
+    match tokio::time::timeout(limit, maintenance::probe(docs)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "the document store failed its probe");
+            return Check::fail(
+                false,
+                Some(started),
+                "the document store failed a write-read-delete round trip",
+            )
+            .with_details(details);
+        }
+        Err(_) => {
+            return Check::fail(
+                false,
+                Some(started),
+                "the document store did not answer in time",
+            )
+            .with_details(details)
+        }
+    }
+    if db_up {
+        if let Ok(usage) = maintenance::key_usage(&state.db).await {
+            let unknown = maintenance::unknown_keys(docs, &usage);
+            if !unknown.is_empty() {
+                return Check::fail(
+                    false,
+                    Some(started),
+                    format!(
+                        "documents are wrapped under keys this server does not have: {}",
+                        unknown.join(", ")
+                    ),
+                )
+                .with_details(details);
+            }
+        }
+    }
+    Check::ok(false, started).with_details(details)
 }
 
 /// Prometheus text exposition. Open in development; in production it needs

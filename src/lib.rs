@@ -13,6 +13,7 @@ pub mod chart;
 pub mod clinic;
 pub mod config;
 pub mod db;
+pub mod documents;
 pub mod error;
 pub mod health;
 pub mod http;
@@ -97,6 +98,7 @@ impl Server {
 
         check_role(&config, &db).await?;
         let state = AppState::new(config, db, redis, telemetry::metrics_handle())?;
+        documents::maintenance::check_keys(&state).await?;
         Ok(Server { state, embedded })
     }
 
@@ -135,6 +137,7 @@ impl Server {
         let settle = (config.request_timeout * 2).max(Duration::from_secs(60));
         let maintenance =
             audit::spawn_maintenance(state.db.clone(), settle, Duration::from_secs(60));
+        let sweeper = documents::maintenance::spawn_sweeper(state.clone());
         let drain = config.shutdown_drain;
         let draining_state = state.clone();
         let app = app::app(state.clone());
@@ -159,6 +162,9 @@ impl Server {
         .context("the HTTP server failed")?;
 
         maintenance.abort();
+        if let Some(s) = sweeper {
+            s.abort();
+        }
         let _ = stop_tx.send(true);
         if let Some(t) = metrics_task {
             let _ = t.await;

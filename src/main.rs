@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Document storage maintenance.
+    Documents {
+        #[command(subcommand)]
+        command: DocumentsCommand,
+    },
     /// Print the argon2id hash of a password read from standard input (for seeding).
     HashPassword,
     /// Print the OpenAPI 3.1 document the server serves at /api/v2/openapi.json (JSON, on
@@ -69,6 +74,20 @@ enum AuditCommand {
     /// the owning role (MIGRATION_DATABASE_URL); the chain stays verifiable.
     Prune {
         /// Drop events before this date (YYYY-MM-DD, UTC) instead.
+        #[arg(long)]
+        before: Option<chrono::NaiveDate>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DocumentsCommand {
+    /// Re-wrap every document's data key under FILE_ENCRYPTION_KEY, opening keys wrapped
+    /// under FILE_ENCRYPTION_KEYS (content is not rewritten; safe while servers run).
+    Rewrap,
+    /// Remove the content of documents deleted more than DOCUMENT_RETENTION_DAYS ago (their
+    /// rows stay, marked purged), then sweep objects that no document describes.
+    Purge {
+        /// Purge documents deleted before this date (YYYY-MM-DD, UTC) instead.
         #[arg(long)]
         before: Option<chrono::NaiveDate>,
     },
@@ -134,6 +153,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Audit { command } => audit(config, command).await,
+            Command::Documents { command } => documents(config, command).await,
             Command::HashPassword => hash_password(&config).await,
             Command::Healthcheck { .. } | Command::Openapi => Ok(()),
         }
@@ -324,6 +344,39 @@ async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn documents(config: Config, command: DocumentsCommand) -> anyhow::Result<()> {
+    use molar::documents::maintenance;
+    molar::telemetry::init_logging(&config);
+    let retention = chrono::Duration::days(i64::from(config.document_retention_days));
+    let grace = (config.upload_timeout * 2).max(std::time::Duration::from_secs(3600));
+    let server = Server::prepare(config).await?;
+    let state = server.state();
+    let docs = state
+        .documents
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("documents are off: set FILE_ENCRYPTION_KEY"))?;
+    match command {
+        DocumentsCommand::Rewrap => {
+            let n = maintenance::rewrap(&state.db, docs).await?;
+            println!(
+                "re-wrapped {n} document key(s) under {}",
+                docs.keys.current_id()
+            );
+        }
+        DocumentsCommand::Purge { before } => {
+            let before = match before {
+                Some(d) => d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+                None => chrono::Utc::now() - retention,
+            };
+            let n = maintenance::purge(&state.db, docs, before).await?;
+            println!("purged the content of {n} document(s) deleted before {before}");
+            let swept = maintenance::sweep(&state.db, docs, grace).await?;
+            println!("swept {swept} object(s) that no document describes");
+        }
+    }
+    Ok(())
 }
 
 async fn hash_password(config: &Config) -> anyhow::Result<()> {

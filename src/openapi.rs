@@ -34,7 +34,8 @@ use crate::scheduling::appointments::Conflict;
         (name = "scheduling", description = "Operatories, working hours, appointments and availability"),
         (name = "treatment", description = "The procedure catalogue, charted procedures, treatment plans and recalls"),
         (name = "reports", description = "The day sheet"),
-        (name = "billing", description = "Patient accounts, payments, refunds, adjustments and invoices")
+        (name = "billing", description = "Patient accounts, payments, refunds, adjustments and invoices"),
+        (name = "documents", description = "X-rays, photos, consent forms and letters: streamed uploads and downloads, encrypted at rest")
     )
 )]
 pub struct ApiDoc;

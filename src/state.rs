@@ -12,6 +12,7 @@ use crate::auth::tokens::TokenService;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
+use crate::documents::Documents;
 use crate::http::pagination::CursorCodec;
 use crate::ratelimit::RateLimiter;
 use crate::redis_store::Redis;
@@ -29,6 +30,8 @@ pub struct Inner {
     pub limiter: RateLimiter,
     pub cursors: CursorCodec,
     pub cache: Cache,
+    /// `None` in production without `FILE_ENCRYPTION_KEY` (document routes answer 503).
+    pub documents: Option<Arc<Documents>>,
     draining: AtomicBool,
 }
 
@@ -49,6 +52,7 @@ impl AppState {
                 .unwrap_or_default(),
         );
         let cache = Cache::new(config.cache_enabled, config.cache_default_ttl);
+        let documents = Documents::from_config(&config)?.map(Arc::new);
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -59,6 +63,7 @@ impl AppState {
             limiter: RateLimiter::default(),
             cursors,
             cache,
+            documents,
             draining: AtomicBool::new(false),
         })))
     }

@@ -100,6 +100,9 @@ impl Role {
                 TreatmentRead,
                 TreatmentConsent,
                 AdjustmentsWrite,
+                DocumentsRead,
+                DocumentsWrite,
+                DocumentsForms,
             ],
             Role::Dentist | Role::Hygienist => &[
                 ClinicRead,
@@ -115,6 +118,9 @@ impl Role {
                 TreatmentRead,
                 TreatmentWrite,
                 TreatmentConsent,
+                DocumentsRead,
+                DocumentsWrite,
+                DocumentsForms,
             ],
             Role::Assistant => &[
                 ClinicRead,
@@ -129,6 +135,9 @@ impl Role {
                 TreatmentRead,
                 TreatmentWrite,
                 TreatmentConsent,
+                DocumentsRead,
+                DocumentsWrite,
+                DocumentsForms,
             ],
             Role::Receptionist => &[
                 ClinicRead,
@@ -141,6 +150,7 @@ impl Role {
                 LedgerWrite,
                 TreatmentRead,
                 TreatmentConsent,
+                DocumentsForms,
             ],
             Role::Billing => &[
                 ClinicRead,
@@ -178,7 +188,7 @@ pub fn grants(role: Role, provider: bool) -> Vec<Permission> {
 
 impl Permission {
     /// Every permission, in the order the matrix lists them.
-    pub const ALL: [Permission; 22] = [
+    pub const ALL: [Permission; 25] = [
         Permission::ClinicRead,
         Permission::ClinicManage,
         Permission::UsersRead,
@@ -201,6 +211,9 @@ impl Permission {
         Permission::TreatmentWrite,
         Permission::TreatmentConsent,
         Permission::AdjustmentsWrite,
+        Permission::DocumentsRead,
+        Permission::DocumentsWrite,
+        Permission::DocumentsForms,
     ];
 
     /// The name in the API (as serialised).
@@ -228,6 +241,9 @@ impl Permission {
             Permission::TreatmentWrite => "treatment.write",
             Permission::TreatmentConsent => "treatment.consent",
             Permission::AdjustmentsWrite => "adjustments.write",
+            Permission::DocumentsRead => "documents.read",
+            Permission::DocumentsWrite => "documents.write",
+            Permission::DocumentsForms => "documents.forms",
         }
     }
 }
@@ -309,6 +325,15 @@ pub enum Permission {
     /// Discounts, write-offs and corrections of a patient's account.
     #[serde(rename = "adjustments.write")]
     AdjustmentsWrite,
+    /// Read every kind of document: x-rays, photos, lab results, forms.
+    #[serde(rename = "documents.read")]
+    DocumentsRead,
+    /// Upload and delete every kind of document.
+    #[serde(rename = "documents.write")]
+    DocumentsWrite,
+    /// Upload, read and delete consent forms and referral letters only.
+    #[serde(rename = "documents.forms")]
+    DocumentsForms,
 }
 
 /// The answer to a role that lacks a permission.

@@ -99,6 +99,12 @@ pub fn text<'de, D: Deserializer<'de>, T: From<String>>(d: D) -> Result<T, D::Er
     Ok(T::from(text.trim().to_owned()))
 }
 
+/// Text, trimmed; `None` when unset.
+pub fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let Text(text) = Text::deserialize(d)?;
+    Ok(Some(text.trim().to_owned()))
+}
+
 /// A secret, trimmed; `None` when unset.
 pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
     Ok(Option::<Text>::deserialize(d)?.map(|Text(t)| SecretString::from(t.trim().to_owned())))

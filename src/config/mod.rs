@@ -118,7 +118,15 @@ pub struct Config {
     pub availability_grid_minutes: u32,
 
     pub medical_records_storage_path: PathBuf,
+    /// `s3://bucket[/prefix]`; `None` stores documents under the storage path.
+    pub document_store_url: Option<String>,
+    /// The S3 client's settings: every `AWS_*` variable (credentials, region, endpoint).
+    pub document_store_options: Vec<(String, SecretString)>,
+    pub file_encryption_key: Option<SecretString>,
+    pub file_encryption_keys: Vec<SecretString>,
     pub max_upload_mb: u32,
+    pub upload_timeout: Duration,
+    pub document_retention_days: u32,
     pub audit_retention_months: u32,
 }
 
@@ -159,7 +167,15 @@ impl Config {
     /// Builds the configuration from a map of variable names (as in the environment) to values.
     /// `MOLAR_CONFIG_FILE` in the map names an optional TOML file read underneath it.
     pub fn from_map(vars: HashMap<String, String>) -> Result<Config, ConfigError> {
-        Config::from_settings(Settings::from_map(vars)?)
+        let mut aws: Vec<(String, SecretString)> = vars
+            .iter()
+            .filter(|(k, v)| k.starts_with("AWS_") && !v.trim().is_empty())
+            .map(|(k, v)| (k.clone(), SecretString::from(v.trim().to_owned())))
+            .collect();
+        aws.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut config = Config::from_settings(Settings::from_map(vars)?)?;
+        config.document_store_options = aws;
+        Ok(config)
     }
 
     /// The one validation pass: every value that did not parse, every number outside its
@@ -279,12 +295,22 @@ impl Config {
                 .number(&r::AVAILABILITY_GRID_MINUTES, s.availability_grid_minutes),
 
             medical_records_storage_path: s.medical_records_storage_path,
+            document_store_url: s.document_store_url,
+            document_store_options: Vec::new(),
+            file_encryption_key: s.file_encryption_key,
+            file_encryption_keys: s.file_encryption_keys,
             max_upload_mb: check.number(&r::MAX_UPLOAD_MB, s.max_upload_mb),
+            upload_timeout: Duration::from_secs(
+                check.number(&r::UPLOAD_TIMEOUT_SECONDS, s.upload_timeout_seconds),
+            ),
+            document_retention_days: check
+                .number(&r::DOCUMENT_RETENTION_DAYS, s.document_retention_days),
             audit_retention_months: check
                 .number(&r::AUDIT_RETENTION_MONTHS, s.audit_retention_months),
         };
 
         let mut problems = check.problems;
+        problems.extend(config.document_problems());
         problems.extend(config.production_problems());
         if config
             .allowed_origins
@@ -342,6 +368,30 @@ impl Config {
                 "Stripe is half-configured: set both STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET, or neither"
                     .into(),
             );
+        }
+        problems
+    }
+
+    /// Keys that do not decode and store URLs this server cannot use, in every environment.
+    fn document_problems(&self) -> Vec<String> {
+        use crate::documents::crypto::decode_key;
+        let mut problems = Vec::new();
+        if let Some(k) = &self.file_encryption_key {
+            if let Err(why) = decode_key(k.expose_secret()) {
+                problems.push(format!("FILE_ENCRYPTION_KEY {why}"));
+            }
+        }
+        for (i, k) in self.file_encryption_keys.iter().enumerate() {
+            if let Err(why) = decode_key(k.expose_secret()) {
+                problems.push(format!("FILE_ENCRYPTION_KEYS entry {} {why}", i + 1));
+            }
+        }
+        if let Some(url) = &self.document_store_url {
+            let bucket = url.strip_prefix("s3://").unwrap_or_default();
+            if bucket.is_empty() || bucket.starts_with('/') {
+                problems
+                    .push("DOCUMENT_STORE_URL must be s3://bucket or s3://bucket/prefix".into());
+            }
         }
         problems
     }

@@ -480,15 +480,51 @@ pub const MEDICAL_RECORDS_STORAGE_PATH: Setting = setting(
     "MEDICAL_RECORDS_STORAGE_PATH",
     Is(".molar/records"),
     Text("path"),
-    "document storage; the start-up check's optional `storage` check creates it and writes a \
-     probe file",
+    "where documents are stored when `DOCUMENT_STORE_URL` is not set: one folder per clinic \
+     (a shared volume when several instances run)",
+);
+pub const DOCUMENT_STORE_URL: Setting = setting(
+    "DOCUMENT_STORE_URL",
+    Unset,
+    Text("`s3://bucket` or `s3://bucket/prefix`"),
+    "store documents in an S3-compatible bucket instead; the client takes its credentials, \
+     region and endpoint from the `AWS_*` variables ([documents](documents.md#storage))",
+);
+pub const FILE_ENCRYPTION_KEY: Setting = setting(
+    "FILE_ENCRYPTION_KEY",
+    Unset,
+    Secret("base64 of 32 random bytes (`openssl rand -base64 32`)"),
+    "the key-encryption key that wraps each document's data key; unset outside production, a \
+     fixed development key is used; in production documents are off without it (and the \
+     server refuses to start if documents exist)",
+);
+pub const FILE_ENCRYPTION_KEYS: Setting = setting(
+    "FILE_ENCRYPTION_KEYS",
+    Empty,
+    Secret("comma-separated keys, each base64 of 32 bytes"),
+    "previous keys, still accepted to open data keys until `molar documents rewrap` has moved \
+     every document to `FILE_ENCRYPTION_KEY` ([rotation](documents.md#rotating-the-key))",
 );
 pub const MAX_UPLOAD_MB: Setting = number(
     "MAX_UPLOAD_MB",
     "25",
     1,
-    1024,
-    "read and validated, reserved for document uploads",
+    4096,
+    "largest document upload, enforced while it streams (413)",
+);
+pub const UPLOAD_TIMEOUT_SECONDS: Setting = number(
+    "UPLOAD_TIMEOUT_SECONDS",
+    "900",
+    30,
+    86_400,
+    "how long a document upload may take (other requests have `REQUEST_TIMEOUT_SECONDS`)",
+);
+pub const DOCUMENT_RETENTION_DAYS: Setting = number(
+    "DOCUMENT_RETENTION_DAYS",
+    "3650",
+    1,
+    36_500,
+    "how long a deleted document's content is kept before `molar documents purge` removes it",
 );
 pub const AUDIT_RETENTION_MONTHS: Setting = number(
     "AUDIT_RETENTION_MONTHS",
@@ -596,7 +632,12 @@ pub const SETTINGS: &[Group] = &[
         note: "",
         settings: &[
             MEDICAL_RECORDS_STORAGE_PATH,
+            DOCUMENT_STORE_URL,
+            FILE_ENCRYPTION_KEY,
+            FILE_ENCRYPTION_KEYS,
             MAX_UPLOAD_MB,
+            UPLOAD_TIMEOUT_SECONDS,
+            DOCUMENT_RETENTION_DAYS,
             AUDIT_RETENTION_MONTHS,
         ],
     },
@@ -614,6 +655,14 @@ pub const OTHERS: &[Group] = &[
                 Text("path"),
                 "TOML file read underneath the environment (lowercase keys, e.g. `port = 8000`); \
                  it must exist when named",
+            ),
+            setting(
+                "AWS_*",
+                Unset,
+                Secret("the S3 client's settings"),
+                "with `DOCUMENT_STORE_URL`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, \
+                 `AWS_REGION`, `AWS_ENDPOINT` (an S3-compatible server), `AWS_ALLOW_HTTP`, \
+                 as `object_store` reads them",
             ),
             setting(
                 "MOLAR_OWNER_PASSWORD",
@@ -648,16 +697,6 @@ pub const OTHERS: &[Group] = &[
                  `docs/` instead of failing when they are out of date",
             ),
         ],
-    },
-    Group {
-        heading: "Reserved",
-        note: "(named in the design, not read yet)",
-        settings: &[setting(
-            "FILE_ENCRYPTION_KEY",
-            DefaultValue::NotApplicable,
-            Allowed::NotApplicable,
-            "reserved: AEAD key for documents at rest",
-        )],
     },
 ];
 

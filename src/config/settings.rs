@@ -107,7 +107,15 @@ pub struct Settings {
     // Records and audit
     #[serde(deserialize_with = "de::text")]
     pub medical_records_storage_path: PathBuf,
+    #[serde(deserialize_with = "de::optional_text")]
+    pub document_store_url: Option<String>,
+    #[serde(deserialize_with = "de::secret")]
+    pub file_encryption_key: Option<SecretString>,
+    #[serde(deserialize_with = "de::list")]
+    pub file_encryption_keys: Vec<SecretString>,
     pub max_upload_mb: Parsed<u32>,
+    pub upload_timeout_seconds: Parsed<u64>,
+    pub document_retention_days: Parsed<u32>,
     pub audit_retention_months: Parsed<u32>,
 }
 
@@ -171,7 +179,12 @@ impl Default for Settings {
             availability_grid_minutes: 15.into(),
 
             medical_records_storage_path: PathBuf::from(".molar/records"),
+            document_store_url: None,
+            file_encryption_key: None,
+            file_encryption_keys: Vec::new(),
             max_upload_mb: 25.into(),
+            upload_timeout_seconds: 900.into(),
+            document_retention_days: 3650.into(),
             audit_retention_months: 72.into(),
         }
     }

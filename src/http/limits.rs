@@ -24,6 +24,43 @@ fn exempt(path: &str) -> bool {
         || path.starts_with("/api/v2/docs")
 }
 
+/// The body limit and the time limit of a request: `MAX_BODY_KB` and
+/// `REQUEST_TIMEOUT_SECONDS`, except for a document upload, which may carry
+/// `MAX_UPLOAD_MB` (plus the form's own few bytes) for `UPLOAD_TIMEOUT_SECONDS`. A declared
+/// `Content-Length` over the limit is refused at once; a body that turns out longer fails
+/// as it is read. Past its time a request is answered 503.
+pub async fn body_and_time(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let config = &state.config;
+    let upload = req.method() == axum::http::Method::POST
+        && req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str() == crate::documents::routes::UPLOAD_ROUTE);
+    let (limit, time) = if upload {
+        (
+            usize::try_from(u64::from(config.max_upload_mb) * 1024 * 1024 + 64 * 1024)
+                .unwrap_or(usize::MAX),
+            config.upload_timeout.max(config.request_timeout),
+        )
+    } else {
+        (config.max_body_bytes, config.request_timeout)
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return crate::error::AppError::PayloadTooLarge.into_response();
+    }
+    let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
+    match tokio::time::timeout(time, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
 pub async fn api_rate_limit(
     State(state): State<AppState>,
     mut req: Request,

@@ -10,6 +10,7 @@ mod billing_payments;
 mod billing_properties;
 mod billing_stripe;
 mod clinical;
+mod documents;
 mod faults;
 mod foundation;
 mod migrations;
