@@ -915,6 +915,10 @@ mod tests {
         for s in &secrets {
             v.insert(s.name.into(), format!("hunter2-{}", s.name));
         }
+        // Keys must decode (base64 of 32 bytes) for the development configuration to pass.
+        let key = format!("{}A=", "hunter2X".repeat(6).get(..42).unwrap_or_default());
+        v.insert("FILE_ENCRYPTION_KEY".into(), key.clone());
+        v.insert("FILE_ENCRYPTION_KEYS".into(), key);
         let err = refusal(v.clone());
         assert!(!err.contains("hunter2"), "{err}");
         v.insert("ENVIRONMENT".into(), "development".into());

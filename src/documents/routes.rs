@@ -159,6 +159,11 @@ pub async fn upload_document(
         return Err(caller.deny(&state, event(), NOT_PERMITTED).await);
     }
     let docs = documents(&state)?;
+    // The patient is confirmed before any byte is stored.
+    {
+        let tx = crate::patients::begin_on(&state, &caller, patient).await?;
+        tx.rollback().await?;
+    }
     let is_form_data = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -168,11 +173,6 @@ pub async fn upload_document(
         return Err(AppError::UnsupportedMediaType(
             "send the document as multipart/form-data".into(),
         ));
-    }
-    // The patient is confirmed before any byte is stored.
-    {
-        let tx = crate::patients::begin_on(&state, &caller, patient).await?;
-        tx.rollback().await?;
     }
     let headers = request.headers().clone();
     let multipart = axum::extract::Multipart::from_request(request, &state)

@@ -43,12 +43,18 @@ impl DocumentStore {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let mut builder =
                     object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
+                // Every AWS_* variable the S3 client knows; others (AWS_PROFILE, or what a
+                // platform injects) are not its business.
                 for (name, value) in &config.document_store_options {
-                    let key = name
+                    match name
                         .to_ascii_lowercase()
                         .parse::<object_store::aws::AmazonS3ConfigKey>()
-                        .with_context(|| format!("{name} is not an S3 setting"))?;
-                    builder = builder.with_config(key, value.expose_secret());
+                    {
+                        Ok(key) => builder = builder.with_config(key, value.expose_secret()),
+                        Err(_) => {
+                            tracing::debug!(variable = %name, "not an S3 client setting; ignored")
+                        }
+                    }
                 }
                 let store = builder
                     .build()

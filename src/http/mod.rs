@@ -17,7 +17,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
-use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::compression::predicate::{
+    DefaultPredicate, NotForContentType, Predicate, SizeAbove,
+};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -111,7 +113,13 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
 fn compression_layer() -> CompressionLayer<impl Predicate> {
     CompressionLayer::new()
         .quality(CompressionLevel::Fastest)
-        .compress_when(DefaultPredicate::new().and(SizeAbove::new(1024)))
+        .compress_when(
+            DefaultPredicate::new()
+                .and(SizeAbove::new(1024))
+                // Documents keep their Content-Length (and are compressed already).
+                .and(NotForContentType::const_new("application/pdf"))
+                .and(NotForContentType::const_new("application/dicom")),
+        )
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

@@ -33,8 +33,12 @@ fn jpeg() -> Vec<u8> {
     v
 }
 
+/// Larger than the compression threshold, and very compressible.
 fn pdf() -> Vec<u8> {
-    b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n".to_vec()
+    let mut v = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
+    v.extend(std::iter::repeat_n(b' ', 4000));
+    v.extend_from_slice(b"\n%%EOF\n");
+    v
 }
 
 fn dicom() -> Vec<u8> {
@@ -810,6 +814,20 @@ async fn a_document_survives_a_restart_and_production_needs_its_key() {
     let res = content(&app, &owner.access, &id).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.bytes().await.expect("body").as_ref(), data.as_slice());
+    // A client that accepts gzip still gets the PDF as stored, with its length.
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v2/documents/{id}/content")))
+        .bearer_auth(&owner.access)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("download");
+    assert!(res.headers().get("content-encoding").is_none());
+    assert_eq!(
+        res.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
     app.stop().await.expect("stop");
 
     // Production with documents on record and no key refuses to start; with the key it

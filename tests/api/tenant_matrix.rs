@@ -56,6 +56,8 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("payment", Kind::Payment),
     ("invoices", Kind::Invoice),
     ("invoice", Kind::Invoice),
+    ("documents", Kind::Document),
+    ("document", Kind::Document),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,6 +79,7 @@ enum Kind {
     RecallType,
     Payment,
     Invoice,
+    Document,
 }
 
 /// The fixture an operation works on for `kind`: the presented plan for acceptance, the
@@ -294,7 +297,27 @@ async fn clinic(app: &TestApp, name: &str) -> Clinic {
         "payment",
     )
     .await;
+    let document = created(
+        app.client
+            .post(app.url(&format!("/api/v2/patients/{patient}/documents")))
+            .bearer_auth(&owner.access)
+            .multipart(
+                reqwest::multipart::Form::new()
+                    .text("kind", "xray")
+                    .text("title", "Panoramic")
+                    .part(
+                        "file",
+                        reqwest::multipart::Part::bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec()),
+                    ),
+            )
+            .send()
+            .await
+            .expect("document"),
+        "document",
+    )
+    .await;
     let ids = HashMap::from([
+        (Kind::Document, document),
         (Kind::Patient, patient),
         (Kind::Invoice, invoice),
         (Kind::Payment, payment),
