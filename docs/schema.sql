@@ -454,24 +454,37 @@ CREATE FUNCTION public.document_clinics() RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT DISTINCT clinic_id FROM documents ORDER BY clinic_id
+    WITH RECURSIVE c (clinic_id) AS (
+        (SELECT clinic_id FROM documents ORDER BY clinic_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.clinic_id FROM documents d WHERE d.clinic_id > c.clinic_id
+                ORDER BY d.clinic_id LIMIT 1)
+        FROM c WHERE c.clinic_id IS NOT NULL
+    )
+    SELECT clinic_id FROM c WHERE clinic_id IS NOT NULL
 $$;
 
 ALTER FUNCTION public.document_clinics() OWNER TO molar_auth;
 
 --
--- Name: document_key_usage(); Type: FUNCTION; Schema: public; Owner: molar_auth
+-- Name: document_key_ids(); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.document_key_usage() RETURNS TABLE(key_id text, documents bigint)
+CREATE FUNCTION public.document_key_ids() RETURNS SETOF text
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT d.key_id, count(*) FROM documents d WHERE d.purged_at IS NULL
-    GROUP BY d.key_id ORDER BY d.key_id
+    WITH RECURSIVE k (key_id) AS (
+        (SELECT key_id FROM documents WHERE purged_at IS NULL ORDER BY key_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.key_id FROM documents d WHERE d.purged_at IS NULL AND d.key_id > k.key_id
+                ORDER BY d.key_id LIMIT 1)
+        FROM k WHERE k.key_id IS NOT NULL
+    )
+    SELECT key_id FROM k WHERE key_id IS NOT NULL
 $$;
 
-ALTER FUNCTION public.document_key_usage() OWNER TO molar_auth;
+ALTER FUNCTION public.document_key_ids() OWNER TO molar_auth;
 
 --
 -- Name: documents_guard(); Type: FUNCTION; Schema: public; Owner: molar_owner
@@ -2299,7 +2312,7 @@ CREATE INDEX clinical_notes_patient ON public.clinical_notes USING btree (clinic
 -- Name: documents_key; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
-CREATE INDEX documents_key ON public.documents USING btree (key_id, clinic_id);
+CREATE INDEX documents_key ON public.documents USING btree (key_id) WHERE (purged_at IS NULL);
 
 --
 -- Name: documents_patient; Type: INDEX; Schema: public; Owner: molar_owner
@@ -3776,11 +3789,11 @@ REVOKE ALL ON FUNCTION public.document_clinics() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.document_clinics() TO molar_app;
 
 --
--- Name: FUNCTION document_key_usage(); Type: ACL; Schema: public; Owner: molar_auth
+-- Name: FUNCTION document_key_ids(); Type: ACL; Schema: public; Owner: molar_auth
 --
 
-REVOKE ALL ON FUNCTION public.document_key_usage() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.document_key_usage() TO molar_app;
+REVOKE ALL ON FUNCTION public.document_key_ids() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.document_key_ids() TO molar_app;
 
 --
 -- Name: FUNCTION patient_search(q text, include_archived boolean, after_score real, after_id uuid, lim integer); Type: ACL; Schema: public; Owner: molar_auth

@@ -44,8 +44,8 @@ CREATE INDEX documents_patient ON documents (clinic_id, patient_id, created_at D
 -- Purging: deleted documents whose content is still kept.
 CREATE INDEX documents_to_purge ON documents (clinic_id, deleted_at)
     WHERE deleted_at IS NOT NULL AND purged_at IS NULL;
--- Re-wrapping: documents by key.
-CREATE INDEX documents_key ON documents (key_id, clinic_id);
+-- Which keys are in use (re-wrapping, the start-up check): documents with content, by key.
+CREATE INDEX documents_key ON documents (key_id) WHERE purged_at IS NULL;
 
 ALTER TABLE documents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE documents FORCE ROW LEVEL SECURITY;
@@ -96,20 +96,35 @@ GRANT CREATE ON SCHEMA public TO molar_auth;
 CREATE POLICY document_maintenance ON documents FOR SELECT TO molar_auth USING (true);
 GRANT SELECT ON documents TO molar_auth;
 
+-- Both skip through an index from one distinct value to the next, so they cost one index
+-- probe per clinic or key, not a scan of every document.
 CREATE FUNCTION document_clinics() RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT DISTINCT clinic_id FROM documents ORDER BY clinic_id
+    WITH RECURSIVE c (clinic_id) AS (
+        (SELECT clinic_id FROM documents ORDER BY clinic_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.clinic_id FROM documents d WHERE d.clinic_id > c.clinic_id
+                ORDER BY d.clinic_id LIMIT 1)
+        FROM c WHERE c.clinic_id IS NOT NULL
+    )
+    SELECT clinic_id FROM c WHERE clinic_id IS NOT NULL
 $$;
 ALTER FUNCTION document_clinics() OWNER TO molar_auth;
 REVOKE ALL ON FUNCTION document_clinics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION document_clinics() TO molar_app;
 
-CREATE FUNCTION document_key_usage() RETURNS TABLE (key_id text, documents bigint)
+CREATE FUNCTION document_key_ids() RETURNS SETOF text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT d.key_id, count(*) FROM documents d WHERE d.purged_at IS NULL
-    GROUP BY d.key_id ORDER BY d.key_id
+    WITH RECURSIVE k (key_id) AS (
+        (SELECT key_id FROM documents WHERE purged_at IS NULL ORDER BY key_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.key_id FROM documents d WHERE d.purged_at IS NULL AND d.key_id > k.key_id
+                ORDER BY d.key_id LIMIT 1)
+        FROM k WHERE k.key_id IS NOT NULL
+    )
+    SELECT key_id FROM k WHERE key_id IS NOT NULL
 $$;
-ALTER FUNCTION document_key_usage() OWNER TO molar_auth;
-REVOKE ALL ON FUNCTION document_key_usage() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION document_key_usage() TO molar_app;
+ALTER FUNCTION document_key_ids() OWNER TO molar_auth;
+REVOKE ALL ON FUNCTION document_key_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION document_key_ids() TO molar_app;
 REVOKE CREATE ON SCHEMA public FROM molar_auth;

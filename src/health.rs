@@ -305,7 +305,7 @@ async fn storage_check(state: &AppState, db_up: bool, started: Instant) -> Check
         }
     }
     if db_up {
-        if let Ok(usage) = maintenance::key_usage(&state.db).await {
+        if let Ok(usage) = maintenance::keys_in_use(&state.db).await {
             let unknown = maintenance::unknown_keys(docs, &usage);
             if !unknown.is_empty() {
                 return Check::fail(

@@ -21,23 +21,20 @@ use crate::state::AppState;
 /// Rows changed per transaction.
 const BATCH: i64 = 200;
 
-/// Which keys wrap the documents that still have content, and how many each.
-pub async fn key_usage(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT key_id AS "key_id!", documents AS "documents!" FROM document_key_usage()"#
-    )
-    .fetch_all(db.pool())
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.key_id, r.documents)).collect())
+/// The keys that wrap the documents that still have content.
+pub async fn keys_in_use(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT document_key_ids AS "key_id!" FROM document_key_ids()"#)
+        .fetch_all(db.pool())
+        .await
 }
 
 /// Key ids in use that this server cannot open.
-pub fn unknown_keys(docs: &Documents, usage: &[(String, i64)]) -> Vec<String> {
+pub fn unknown_keys(docs: &Documents, in_use: &[String]) -> Vec<String> {
     let ids = docs.keys.ids();
-    usage
+    in_use
         .iter()
-        .filter(|(id, _)| !ids.contains(&id.as_str()))
-        .map(|(id, n)| format!("{id} ({n} documents)"))
+        .filter(|id| !ids.contains(&id.as_str()))
+        .cloned()
         .collect()
 }
 
@@ -45,7 +42,7 @@ pub fn unknown_keys(docs: &Documents, usage: &[(String, i64)]) -> Vec<String> {
 /// documents exist; keys in use that are not configured are logged (and fail the start-up
 /// check's `storage`).
 pub async fn check_keys(state: &AppState) -> anyhow::Result<()> {
-    let usage = match key_usage(&state.db).await {
+    let usage = match keys_in_use(&state.db).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %crate::error::loggable(&e), "could not read which keys documents use (not migrated yet?)");

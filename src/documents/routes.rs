@@ -232,8 +232,9 @@ async fn record(
         }
         Some(t) => errors.text("title", t, 200),
     };
-    let taken_on = match form.taken_on.as_deref().map(str::trim) {
-        None | Some("") => None,
+    // Absent is no date; present, it must be one (an empty field is not).
+    let taken_on = match form.taken_on.as_deref() {
+        None => None,
         Some(d) => match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
             Ok(d) if crate::validate::storable_date(d) => Some(d),
             _ => {
@@ -640,4 +641,40 @@ pub async fn delete_document(
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(spec: &str, size: u64) -> Wanted {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(spec).expect("ascii"));
+        wanted(&h, size)
+    }
+
+    #[test]
+    fn one_range_of_bytes_is_honoured_and_anything_else_is_the_whole() {
+        assert!(matches!(range("bytes=0-9", 100), Wanted::Part(0, 9)));
+        assert!(matches!(range("bytes=90-200", 100), Wanted::Part(90, 99)));
+        assert!(matches!(range("bytes=50-", 100), Wanted::Part(50, 99)));
+        assert!(matches!(range("bytes=-10", 100), Wanted::Part(90, 99)));
+        assert!(matches!(range("bytes=-500", 100), Wanted::Part(0, 99)));
+        assert!(matches!(range("bytes=100-", 100), Wanted::Unsatisfiable));
+        assert!(matches!(range("bytes=0-1,5-6", 100), Wanted::All));
+        assert!(matches!(range("items=0-1", 100), Wanted::All));
+        assert!(matches!(range("bytes=9-1", 100), Wanted::All));
+        assert!(matches!(range("bytes=-0", 100), Wanted::All));
+        assert!(matches!(wanted(&HeaderMap::new(), 100), Wanted::All));
+    }
+
+    #[test]
+    fn the_download_name_is_the_title_with_the_types_extension() {
+        let d = disposition("Röntgen 36/37 \"final\"", "application/dicom");
+        assert_eq!(
+            d.to_str().expect("ascii"),
+            "attachment; filename=\"R_ntgen 36_37 _final_.dcm\"; \
+             filename*=UTF-8''R%C3%B6ntgen%2036%2F37%20%22final%22.dcm"
+        );
+    }
 }
