@@ -1559,7 +1559,10 @@ CREATE TABLE public.refresh_tokens (
     family_expires_at timestamp with time zone NOT NULL,
     idle_expires_at timestamp with time zone NOT NULL,
     rotated_at timestamp with time zone,
-    revoked_at timestamp with time zone
+    revoked_at timestamp with time zone,
+    ip inet,
+    user_agent text,
+    CONSTRAINT refresh_tokens_user_agent_check CHECK ((length(user_agent) <= 512))
 );
 
 ALTER TABLE ONLY public.refresh_tokens FORCE ROW LEVEL SECURITY;

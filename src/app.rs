@@ -22,6 +22,7 @@ use crate::{
 fn areas() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes::router())
+        .merge(auth::sessions::router())
         .merge(clinic::routes::router())
         .merge(users::routes::router())
         .merge(audit::routes::router())

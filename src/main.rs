@@ -275,7 +275,8 @@ async fn create_clinic(
             is_provider: None,
         },
     };
-    match register(server.state(), body, None).await {
+    let device = molar::auth::sessions::Device::default();
+    match register(server.state(), body, &device).await {
         Ok(r) => {
             println!(
                 "created clinic {} ({}) with owner {} ({})",
@@ -383,7 +384,7 @@ async fn hash_password(config: &Config) -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     let password = line.trim_end_matches(['\r', '\n']);
-    if let Err(e) = molar::auth::password::check_policy("password", password, None) {
+    if let Err(e) = molar::auth::password::check_policy("password", password, &[]) {
         anyhow::bail!("{}: {}", e.field, e.message);
     }
     let hasher = molar::auth::password::PasswordHashing::new(config.password_hash_concurrency)?;

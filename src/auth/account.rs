@@ -88,7 +88,7 @@ pub async fn change_password(
     let account = {
         let mut tx = caller.begin(&state).await?;
         let account = sqlx::query!(
-            "SELECT password_hash, email FROM users WHERE id = $1",
+            "SELECT password_hash, email, full_name FROM users WHERE id = $1",
             caller.user_id
         )
         .fetch_one(&mut *tx)
@@ -97,7 +97,11 @@ pub async fn change_password(
         account
     };
     let mut errors = Errors::default();
-    if let Err(e) = check_policy("new_password", &body.new_password, Some(&account.email)) {
+    if let Err(e) = check_policy(
+        "new_password",
+        &body.new_password,
+        &[&account.email, &account.full_name],
+    ) {
         errors.push(e);
     }
     if !state

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod password;
 pub mod routes;
+pub mod sessions;
 pub mod tokens;
 
 use std::net::IpAddr;

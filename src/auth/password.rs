@@ -1,5 +1,6 @@
 //! Passwords: argon2id at OWASP's parameters, hashed off the async runtime with bounded
-//! concurrency, and a policy of length plus a refusal of common passwords.
+//! concurrency, and a policy of length, a refusal of the most common passwords, and a
+//! strength estimate (zxcvbn, with the user's own name and email as context).
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -32,8 +33,13 @@ fn common_passwords() -> &'static HashSet<&'static str> {
     })
 }
 
-/// Checks a new password against the policy; `field` names it in the 422.
-pub fn check_policy(field: &str, password: &str, email: Option<&str>) -> Result<(), FieldError> {
+/// The least zxcvbn score a new password needs: 3 of 4, "safely unguessable: moderate
+/// protection from offline slow-hash scenario" (about 10^10 guesses).
+pub const MIN_SCORE: u8 = 3;
+
+/// Checks a new password against the policy; `field` names it in the 422. `context` holds
+/// what the password must not be built from: the user's email and name.
+pub fn check_policy(field: &str, password: &str, context: &[&str]) -> Result<(), FieldError> {
     let chars = password.chars().count();
     if chars < MIN_LENGTH {
         return Err(FieldError::new(
@@ -54,10 +60,41 @@ pub fn check_policy(field: &str, password: &str, email: Option<&str>) -> Result<
             "is one of the most common passwords; choose another",
         ));
     }
-    if let Some(email) = email {
-        if lowered == email.to_lowercase() {
-            return Err(FieldError::new(field, "must not be your email address"));
+    if context
+        .iter()
+        .any(|c| !c.is_empty() && lowered == c.to_lowercase())
+    {
+        return Err(FieldError::new(
+            field,
+            "must not be your email address or name",
+        ));
+    }
+    // The estimator is told the email, its local part and each word of the name.
+    let mut words: Vec<&str> = Vec::new();
+    for c in context {
+        words.push(c);
+        if let Some((local, _)) = c.split_once('@') {
+            words.push(local);
         }
+        words.extend(c.split_whitespace());
+    }
+    let estimate = zxcvbn::zxcvbn(password, &words);
+    if (estimate.score() as u8) < MIN_SCORE {
+        let mut message = String::from("is too easy to guess");
+        if let Some(feedback) = estimate.feedback() {
+            if let Some(warning) = feedback.warning() {
+                message.push_str(&format!(": {warning}"));
+            }
+            let tips: Vec<String> = feedback
+                .suggestions()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            if !tips.is_empty() {
+                message.push_str(&format!(". {}", tips.join(" ")));
+            }
+        }
+        return Err(FieldError::new(field, message));
     }
     Ok(())
 }
@@ -139,15 +176,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_long_and_common_passwords_are_refused() {
-        assert!(check_policy("password", "short", None).is_err());
-        assert!(check_policy("password", &"x".repeat(129), None).is_err());
-        assert!(check_policy("password", "qwertyuiopasdfghjkl", None).is_err());
-        assert!(check_policy("password", "123456789012", None).is_err());
-        assert!(check_policy("password", "correct horse battery staple 42", None).is_ok());
+    fn short_long_common_and_guessable_passwords_are_refused() {
+        let check = |p: &str| check_policy("password", p, &[]);
+        assert!(check("short").is_err());
+        assert!(check(&"x".repeat(129)).is_err());
+        assert!(check("qwertyuiopasdfghjkl").is_err());
+        assert!(check("123456789012").is_err());
+        assert!(check("correct horse battery staple 42").is_ok());
         // Length counts characters, not bytes, and there are no composition rules.
-        assert!(check_policy("password", "ééééééééééé", None).is_err());
-        assert!(check_policy("password", "ééééééééééééé", None).is_ok());
+        let short = check("ééééééééééé").expect_err("11 characters");
+        assert!(short.message.contains("at least 12"), "{}", short.message);
+        assert!(check("Bäcker Öztürk grüßt früh").is_ok());
+        // Long enough, not on the common list, but a keyboard walk plus a year.
+        let weak = check("asdfghjkl2024").expect_err("guessable");
+        assert!(
+            weak.message.starts_with("is too easy to guess"),
+            "{}",
+            weak.message
+        );
+    }
+
+    #[test]
+    fn the_users_own_name_and_email_count_against_a_password() {
+        let context = [
+            "magdalena.kowalczyk@praxis-sonne.example",
+            "Magdalena Kowalczyk",
+        ];
+        let own = "magdalena kowalczyk 1";
+        assert!(
+            check_policy("password", own, &[]).is_ok(),
+            "strong without context"
+        );
+        let refused = check_policy("password", own, &context).expect_err("built from the name");
+        assert_eq!(refused.field, "password");
+        assert!(check_policy("password", "Magdalena Kowalczyk", &context).is_err());
     }
 
     #[test]

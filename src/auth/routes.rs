@@ -14,6 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::sessions::Device;
 use super::tokens::RefreshToken;
 use super::Role;
 use crate::audit::{self, AuditContext, Event};
@@ -58,6 +59,7 @@ fn bad_refresh() -> AppError {
 }
 
 /// Starts a new refresh-token family for a user and returns the token pair.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn issue_pair(
     state: &AppState,
     tx: &mut Tx,
@@ -66,12 +68,13 @@ pub(crate) async fn issue_pair(
     role: Role,
     provider: bool,
     auth_version: i32,
+    device: &Device,
 ) -> AppResult<TokenPair> {
     let now = Utc::now();
     let family_expires = now + ChronoDuration::days(state.config.refresh_token_expire_days);
     let refresh = RefreshToken::generate(clinic_id);
     let family = Uuid::now_v7();
-    store_refresh(state, tx, &refresh, family, user_id, family_expires).await?;
+    store_refresh(state, tx, &refresh, family, user_id, family_expires, device).await?;
     Ok(TokenPair {
         access_token: state.tokens.issue_access(
             user_id,
@@ -94,19 +97,23 @@ async fn store_refresh(
     family_id: Uuid,
     user_id: Uuid,
     family_expires: DateTime<Utc>,
+    device: &Device,
 ) -> AppResult<()> {
     let idle = (Utc::now() + ChronoDuration::days(state.config.refresh_token_idle_days))
         .min(family_expires);
     sqlx::query!(
-        "INSERT INTO refresh_tokens (clinic_id, id, family_id, user_id, secret_hash, family_expires_at, idle_expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO refresh_tokens (clinic_id, id, family_id, user_id, secret_hash, family_expires_at, \
+                                     idle_expires_at, ip, user_agent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         token.clinic_id,
         token.id,
         family_id,
         user_id,
         token.secret_hash(),
         family_expires,
-        idle
+        idle,
+        device.ip.map(ipnet::IpNet::from),
+        device.user_agent.as_deref()
     )
     .execute(&mut **tx)
     .await?;
@@ -219,9 +226,10 @@ async fn find_login(state: &AppState, email: &str) -> AppResult<LoginLookup> {
         (status = 429, description = "Too many sign-ups from this address", body = Problem)))]
 pub async fn register_clinic(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    device: Device,
     ApiJson(body): ApiJson<RegisterClinic>,
 ) -> AppResult<Response> {
+    let ip = device.ip;
     if !state.config.allow_clinic_signup {
         return Err(AppError::NotFound("no resource at this path".into()));
     }
@@ -237,7 +245,7 @@ pub async fn register_clinic(
     {
         return Ok(res);
     }
-    let registered = register(&state, body, ip).await?;
+    let registered = register(&state, body, &device).await?;
     let mut res = (StatusCode::CREATED, Json(registered)).into_response();
     res.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static("/api/v2/clinic"));
@@ -262,9 +270,10 @@ pub struct Login {
         (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn login(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    device: Device,
     ApiJson(body): ApiJson<Login>,
 ) -> AppResult<Response> {
+    let ip = device.ip;
     let request_id = crate::error::current_request_id();
     // The client address's quota first, before any database work.
     let mut decisions = match limit(
@@ -357,6 +366,7 @@ pub async fn login(
         role,
         user.is_provider,
         user.auth_version,
+        &device,
     )
     .await?;
     audit::record(
@@ -387,9 +397,10 @@ pub struct RefreshRequest {
         (status = 401, description = "Invalid, expired, revoked or reused token", body = Problem)))]
 pub async fn refresh(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    device: Device,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> AppResult<Response> {
+    let ip = device.ip;
     let token = RefreshToken::decode(&body.refresh_token).ok_or_else(bad_refresh)?;
     let mut tx = state.db.clinic_tx(token.clinic_id).await?;
     let row = sqlx::query!(
@@ -462,6 +473,7 @@ pub async fn refresh(
         family,
         user_id,
         row.family_expires_at,
+        &device,
     )
     .await?;
     audit::record(

@@ -18,8 +18,9 @@ use uuid::Uuid;
 pub async fn register(
     state: &AppState,
     body: RegisterClinic,
-    ip: Option<std::net::IpAddr>,
+    device: &crate::auth::sessions::Device,
 ) -> AppResult<Registered> {
+    let ip = device.ip;
     let mut errors = Errors::default();
     let name = errors.text("clinic.name", &body.clinic.name, 200);
     let timezone = errors.timezone("clinic.timezone", &body.clinic.timezone);
@@ -31,7 +32,11 @@ pub async fn register(
         .map(|p| errors.phone("clinic.phone", p));
     let email = errors.email("owner.email", &body.owner.email);
     let full_name = errors.text("owner.full_name", &body.owner.full_name, 200);
-    if let Err(e) = check_policy("owner.password", &body.owner.password, Some(&email)) {
+    if let Err(e) = check_policy(
+        "owner.password",
+        &body.owner.password,
+        &[&email, &full_name],
+    ) {
         errors.push(e);
     }
     errors.finish()?;
@@ -79,7 +84,17 @@ pub async fn register(
         Event::new("user.create", "user").resource(user.id),
     )
     .await?;
-    let tokens = issue_pair(state, &mut tx, clinic_id, user.id, Role::Owner, provider, 1).await?;
+    let tokens = issue_pair(
+        state,
+        &mut tx,
+        clinic_id,
+        user.id,
+        Role::Owner,
+        provider,
+        1,
+        device,
+    )
+    .await?;
     let clinic = clinic::load(&mut tx, clinic_id).await?;
     tx.commit().await?;
     Ok(Registered {

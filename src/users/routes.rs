@@ -157,7 +157,7 @@ pub async fn create_user(
     let mut errors = Errors::default();
     let email = errors.email("email", &body.email);
     let full_name = errors.text("full_name", &body.full_name, 200);
-    if let Err(e) = check_policy("password", &body.password, Some(&email)) {
+    if let Err(e) = check_policy("password", &body.password, &[&email, &full_name]) {
         errors.push(e);
     }
     errors.finish()?;

@@ -19,6 +19,7 @@ mod patients;
 mod properties;
 mod scaleout;
 mod scheduling;
+mod sessions;
 mod stripe_fake;
 mod tenancy;
 mod tenant_matrix;

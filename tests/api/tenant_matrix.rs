@@ -58,6 +58,7 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("invoice", Kind::Invoice),
     ("documents", Kind::Document),
     ("document", Kind::Document),
+    ("sessions", Kind::Session),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,6 +81,8 @@ enum Kind {
     Payment,
     Invoice,
     Document,
+    /// A sign-in of the clinic's owner.
+    Session,
 }
 
 /// The fixture an operation works on for `kind`: the presented plan for acceptance, the
@@ -316,7 +319,18 @@ async fn clinic(app: &TestApp, name: &str) -> Clinic {
         "document",
     )
     .await;
+    let sessions: Value = app
+        .get("/api/v2/auth/sessions", o)
+        .await
+        .json()
+        .await
+        .expect("sessions");
+    let session = sessions["items"][0]["id"]
+        .as_str()
+        .expect("a session")
+        .to_owned();
     let ids = HashMap::from([
+        (Kind::Session, session),
         (Kind::Document, document),
         (Kind::Patient, patient),
         (Kind::Invoice, invoice),
