@@ -425,6 +425,17 @@ pub const LINKS: &[Links] = &[
             ("create_payment", "body.patient_id"),
             ("create_invoice", "body.patient_id"),
             ("create_adjustment", "body.patient_id"),
+            ("list_documents", "path.id"),
+            ("upload_document", "path.id"),
+        ],
+    ),
+    (
+        "upload_document",
+        "201",
+        &[
+            ("get_document", "path.id"),
+            ("get_content", "path.id"),
+            ("delete_document", "path.id"),
         ],
     ),
     ("add_chart_entry", "201", &[("void_chart_entry", "path.id")]),
