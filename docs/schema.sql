@@ -392,6 +392,37 @@ $$;
 ALTER FUNCTION public.auth_find_login(p_email text) OWNER TO molar_auth;
 
 --
+-- Name: auth_token_peek(text, bytea); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) RETURNS TABLE(clinic_id uuid, user_id uuid)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT t.clinic_id, t.user_id FROM auth_tokens t
+    WHERE t.token_hash = p_hash AND t.purpose = p_purpose
+      AND t.used_at IS NULL AND t.expires_at > now()
+$$;
+
+ALTER FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) OWNER TO molar_auth;
+
+--
+-- Name: auth_token_use(text, bytea); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) RETURNS TABLE(clinic_id uuid, user_id uuid)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    UPDATE auth_tokens t SET used_at = now()
+    WHERE t.token_hash = p_hash AND t.purpose = p_purpose
+      AND t.used_at IS NULL AND t.expires_at > now()
+    RETURNING t.clinic_id, t.user_id
+$$;
+
+ALTER FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) OWNER TO molar_auth;
+
+--
 -- Name: chart_entries_void_once(); Type: FUNCTION; Schema: public; Owner: molar_owner
 --
 
@@ -634,6 +665,49 @@ CREATE FUNCTION public.name_words_of(name text) RETURNS text[]
 $$;
 
 ALTER FUNCTION public.name_words_of(name text) OWNER TO molar_owner;
+
+--
+-- Name: outbox_claim(text[], integer); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.outbox_claim(p_topics text[], p_limit integer) RETURNS TABLE(clinic_id uuid, id uuid, topic text, payload jsonb, attempts integer, created_at timestamp with time zone)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT o.clinic_id, o.id, o.topic, o.payload, o.attempts, o.created_at FROM outbox o
+    WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.available_at <= now()
+      AND o.topic = ANY (p_topics)
+    ORDER BY o.available_at
+    LIMIT p_limit
+    FOR UPDATE SKIP LOCKED
+$$;
+
+ALTER FUNCTION public.outbox_claim(p_topics text[], p_limit integer) OWNER TO molar_auth;
+
+--
+-- Name: outbox_record(uuid, uuid, boolean, text, timestamp with time zone, jsonb); Type: FUNCTION; Schema: public; Owner: molar_auth
+--
+
+CREATE FUNCTION public.outbox_record(p_clinic uuid, p_id uuid, p_delivered boolean, p_error text, p_next timestamp with time zone, p_keep jsonb) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    WITH changed AS (
+        UPDATE outbox o SET
+            attempts = o.attempts + 1,
+            delivered_at = CASE WHEN p_delivered THEN now() END,
+            failed_at = CASE WHEN NOT p_delivered AND p_next IS NULL THEN now() END,
+            available_at = coalesce(p_next, o.available_at),
+            last_error = left(p_error, 1000),
+            payload = CASE WHEN p_delivered OR p_next IS NULL THEN coalesce(p_keep, o.payload)
+                           ELSE o.payload END
+        WHERE o.clinic_id = p_clinic AND o.id = p_id
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM changed
+$$;
+
+ALTER FUNCTION public.outbox_record(p_clinic uuid, p_id uuid, p_delivered boolean, p_error text, p_next timestamp with time zone, p_keep jsonb) OWNER TO molar_auth;
 
 --
 -- Name: patient_search(text, boolean, real, uuid, integer); Type: FUNCTION; Schema: public; Owner: molar_auth
@@ -1071,6 +1145,26 @@ ALTER TABLE ONLY public.audit_seals FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.audit_seals OWNER TO molar_owner;
 
 --
+-- Name: auth_tokens; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.auth_tokens (
+    token_hash bytea NOT NULL,
+    purpose text NOT NULL,
+    clinic_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    used_at timestamp with time zone,
+    CONSTRAINT auth_tokens_purpose_check CHECK ((purpose = 'password_reset'::text)),
+    CONSTRAINT auth_tokens_token_hash_check CHECK ((length(token_hash) = 32))
+);
+
+ALTER TABLE ONLY public.auth_tokens FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.auth_tokens OWNER TO molar_owner;
+
+--
 -- Name: chart_entries; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1341,6 +1435,30 @@ CREATE TABLE public.operatories (
 ALTER TABLE ONLY public.operatories FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.operatories OWNER TO molar_owner;
+
+--
+-- Name: outbox; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.outbox (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    topic text NOT NULL,
+    payload jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    available_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_error text,
+    delivered_at timestamp with time zone,
+    failed_at timestamp with time zone,
+    CONSTRAINT outbox_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT outbox_last_error_check CHECK ((length(last_error) <= 1000)),
+    CONSTRAINT outbox_topic_check CHECK ((topic = 'email'::text))
+);
+
+ALTER TABLE ONLY public.outbox FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.outbox OWNER TO molar_owner;
 
 --
 -- Name: patient_name_words; Type: TABLE; Schema: public; Owner: molar_owner
@@ -1933,6 +2051,13 @@ ALTER TABLE ONLY public.audit_seals
     ADD CONSTRAINT audit_seals_pkey PRIMARY KEY (clinic_id, seq);
 
 --
+-- Name: auth_tokens auth_tokens_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.auth_tokens
+    ADD CONSTRAINT auth_tokens_pkey PRIMARY KEY (token_hash);
+
+--
 -- Name: chart_entries chart_entries_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2029,6 +2154,13 @@ ALTER TABLE ONLY public.name_lexicon
 
 ALTER TABLE ONLY public.operatories
     ADD CONSTRAINT operatories_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: outbox outbox_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.outbox
+    ADD CONSTRAINT outbox_pkey PRIMARY KEY (clinic_id, id);
 
 --
 -- Name: patient_name_words patient_name_words_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -2300,6 +2432,12 @@ CREATE INDEX audit_events_user ON ONLY public.audit_events USING btree (clinic_i
 CREATE INDEX audit_events_default_clinic_id_user_id_at_idx ON public.audit_events_default USING btree (clinic_id, user_id, at);
 
 --
+-- Name: auth_tokens_user; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX auth_tokens_user ON public.auth_tokens USING btree (clinic_id, user_id) WHERE (used_at IS NULL);
+
+--
 -- Name: chart_entries_patient; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -2394,6 +2532,12 @@ CREATE INDEX name_lexicon_similar ON public.name_lexicon USING gin (word public.
 --
 
 CREATE UNIQUE INDEX operatories_name ON public.operatories USING btree (clinic_id, lower(name));
+
+--
+-- Name: outbox_due; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX outbox_due ON public.outbox USING btree (available_at) WHERE ((delivered_at IS NULL) AND (failed_at IS NULL));
 
 --
 -- Name: patient_name_words_patient; Type: INDEX; Schema: public; Owner: molar_owner
@@ -2685,6 +2829,13 @@ ALTER TABLE ONLY public.appointments
     ADD CONSTRAINT appointments_provider_fk FOREIGN KEY (clinic_id, provider_id) REFERENCES public.users(clinic_id, id);
 
 --
+-- Name: auth_tokens auth_tokens_clinic_id_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.auth_tokens
+    ADD CONSTRAINT auth_tokens_clinic_id_user_id_fkey FOREIGN KEY (clinic_id, user_id) REFERENCES public.users(clinic_id, id);
+
+--
 -- Name: chart_entries chart_entries_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2872,6 +3023,13 @@ ALTER TABLE ONLY public.ledger_transactions
 
 ALTER TABLE ONLY public.operatories
     ADD CONSTRAINT operatories_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: outbox outbox_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.outbox
+    ADD CONSTRAINT outbox_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
 
 --
 -- Name: patient_name_words patient_name_words_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -3210,6 +3368,12 @@ ALTER TABLE public.audit_seal_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.audit_seals ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: auth_tokens auth_lookup; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY auth_lookup ON public.auth_tokens TO molar_auth USING (true) WITH CHECK (true);
+
+--
 -- Name: users auth_lookup; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -3226,6 +3390,12 @@ CREATE POLICY auth_only ON public.user_logins TO molar_auth USING (true) WITH CH
 --
 
 CREATE POLICY auth_session_check ON public.refresh_tokens FOR SELECT TO molar_auth USING (true);
+
+--
+-- Name: auth_tokens; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.auth_tokens ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: chart_entries; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -3262,6 +3432,12 @@ CREATE POLICY clinic_isolation ON public.audit_events USING ((clinic_id = ( SELE
 --
 
 CREATE POLICY clinic_isolation ON public.audit_seals USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
+
+--
+-- Name: auth_tokens clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.auth_tokens USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
 -- Name: chart_entries clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
@@ -3328,6 +3504,12 @@ CREATE POLICY clinic_isolation ON public.ledger_transactions USING ((clinic_id =
 --
 
 CREATE POLICY clinic_isolation ON public.operatories USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
+
+--
+-- Name: outbox clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.outbox USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
 -- Name: patients clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
@@ -3520,6 +3702,18 @@ ALTER TABLE public.name_lexicon ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.operatories ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: outbox; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.outbox ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: outbox outbox_worker; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY outbox_worker ON public.outbox TO molar_auth USING (true) WITH CHECK (true);
 
 --
 -- Name: patient_name_words; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -3785,6 +3979,20 @@ REVOKE ALL ON FUNCTION public.auth_find_login(p_email text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.auth_find_login(p_email text) TO molar_app;
 
 --
+-- Name: FUNCTION auth_token_peek(p_purpose text, p_hash bytea); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) TO molar_app;
+
+--
+-- Name: FUNCTION auth_token_use(p_purpose text, p_hash bytea); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) TO molar_app;
+
+--
 -- Name: FUNCTION document_clinics(); Type: ACL; Schema: public; Owner: molar_auth
 --
 
@@ -3797,6 +4005,20 @@ GRANT ALL ON FUNCTION public.document_clinics() TO molar_app;
 
 REVOKE ALL ON FUNCTION public.document_key_ids() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.document_key_ids() TO molar_app;
+
+--
+-- Name: FUNCTION outbox_claim(p_topics text[], p_limit integer); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.outbox_claim(p_topics text[], p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.outbox_claim(p_topics text[], p_limit integer) TO molar_app;
+
+--
+-- Name: FUNCTION outbox_record(p_clinic uuid, p_id uuid, p_delivered boolean, p_error text, p_next timestamp with time zone, p_keep jsonb); Type: ACL; Schema: public; Owner: molar_auth
+--
+
+REVOKE ALL ON FUNCTION public.outbox_record(p_clinic uuid, p_id uuid, p_delivered boolean, p_error text, p_next timestamp with time zone, p_keep jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.outbox_record(p_clinic uuid, p_id uuid, p_delivered boolean, p_error text, p_next timestamp with time zone, p_keep jsonb) TO molar_app;
 
 --
 -- Name: FUNCTION patient_search(q text, include_archived boolean, after_score real, after_id uuid, lim integer); Type: ACL; Schema: public; Owner: molar_auth
@@ -3866,6 +4088,19 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.audit_seal_state TO molar_auth;
 
 GRANT SELECT ON TABLE public.audit_seals TO molar_app;
 GRANT SELECT,INSERT ON TABLE public.audit_seals TO molar_auth;
+
+--
+-- Name: TABLE auth_tokens; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.auth_tokens TO molar_app;
+GRANT SELECT ON TABLE public.auth_tokens TO molar_auth;
+
+--
+-- Name: COLUMN auth_tokens.used_at; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(used_at) ON TABLE public.auth_tokens TO molar_auth;
 
 --
 -- Name: TABLE chart_entries; Type: ACL; Schema: public; Owner: molar_owner
@@ -4017,6 +4252,13 @@ GRANT SELECT,INSERT ON TABLE public.name_lexicon TO molar_auth;
 --
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.operatories TO molar_app;
+
+--
+-- Name: TABLE outbox; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.outbox TO molar_app;
+GRANT SELECT,UPDATE ON TABLE public.outbox TO molar_auth;
 
 --
 -- Name: TABLE patient_name_words; Type: ACL; Schema: public; Owner: molar_owner

@@ -23,6 +23,7 @@ fn areas() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes::router())
         .merge(auth::sessions::router())
+        .merge(auth::reset::router())
         .merge(clinic::routes::router())
         .merge(users::routes::router())
         .merge(audit::routes::router())

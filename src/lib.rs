@@ -18,8 +18,10 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod ledger;
+pub mod mail;
 pub mod notes;
 pub mod openapi;
+pub mod outbox;
 pub mod patients;
 pub mod ratelimit;
 pub mod redis_store;
@@ -138,6 +140,7 @@ impl Server {
         let maintenance =
             audit::spawn_maintenance(state.db.clone(), settle, Duration::from_secs(60));
         let sweeper = documents::maintenance::spawn_sweeper(state.clone());
+        let outbox = outbox::spawn_worker(state.db.clone(), state.mailer.clone());
         let drain = config.shutdown_drain;
         let draining_state = state.clone();
         let app = app::app(state.clone());
@@ -162,6 +165,7 @@ impl Server {
         .context("the HTTP server failed")?;
 
         maintenance.abort();
+        outbox.abort();
         if let Some(s) = sweeper {
             s.abort();
         }

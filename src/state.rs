@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::documents::Documents;
 use crate::http::pagination::CursorCodec;
+use crate::mail::Mailer;
 use crate::ratelimit::RateLimiter;
 use crate::redis_store::Redis;
 
@@ -32,6 +33,7 @@ pub struct Inner {
     pub cache: Cache,
     /// `None` in production without `FILE_ENCRYPTION_KEY` (document routes answer 503).
     pub documents: Option<Arc<Documents>>,
+    pub mailer: Arc<Mailer>,
     draining: AtomicBool,
 }
 
@@ -53,6 +55,7 @@ impl AppState {
         );
         let cache = Cache::new(config.cache_enabled, config.cache_default_ttl);
         let documents = Documents::from_config(&config)?.map(Arc::new);
+        let mailer = Arc::new(Mailer::from_config(&config)?);
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -64,6 +67,7 @@ impl AppState {
             cursors,
             cache,
             documents,
+            mailer,
             draining: AtomicBool::new(false),
         })))
     }

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod password;
+pub mod reset;
 pub mod routes;
 pub mod sessions;
 pub mod tokens;

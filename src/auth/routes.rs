@@ -163,17 +163,17 @@ fn account_rate_key(account_key: &str) -> String {
 }
 
 /// What [`find_login`] found for an email.
-struct LoginLookup {
+pub(super) struct LoginLookup {
     /// The email as the account lookup compares it: PostgreSQL's `lower()` of it.
-    account_key: String,
-    account: Option<LoginAccount>,
+    pub(super) account_key: String,
+    pub(super) account: Option<LoginAccount>,
 }
 
-struct LoginAccount {
-    clinic_id: Uuid,
-    user_id: Uuid,
+pub(super) struct LoginAccount {
+    pub(super) clinic_id: Uuid,
+    pub(super) user_id: Uuid,
     password_hash: String,
-    active: bool,
+    pub(super) active: bool,
 }
 
 /// Finds the account an email signs in to, and the key that account's sign-in quota is
@@ -189,7 +189,7 @@ struct LoginAccount {
 /// account exactly when they have one key, whatever the database's locale or version. It
 /// is the same for an email that matches no account, so a shared quota tells nothing
 /// about which addresses exist.
-async fn find_login(state: &AppState, email: &str) -> AppResult<LoginLookup> {
+pub(super) async fn find_login(state: &AppState, email: &str) -> AppResult<LoginLookup> {
     let mut tx = state.db.unscoped_tx().await?;
     let row = sqlx::query!(
         r#"SELECT lower($1::text) AS "account_key!", f.clinic_id AS "clinic_id?",

@@ -113,6 +113,12 @@ pub struct Config {
     pub stripe_webhook_secret: Option<SecretString>,
     pub stripe_api_base: String,
 
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    /// The front-end's address, for links in emails (no trailing slash).
+    pub public_app_url: String,
+    pub password_reset_rate_limit_per_hour: u32,
+
     pub appointment_max_minutes: u32,
     pub calendar_max_days: u32,
     pub availability_grid_minutes: u32,
@@ -288,6 +294,14 @@ impl Config {
             stripe_webhook_secret: s.stripe_webhook_secret,
             stripe_api_base: s.stripe_api_base.trim_end_matches('/').to_owned(),
 
+            smtp_url: s.smtp_url,
+            mail_from: s.mail_from,
+            public_app_url: s.public_app_url.trim_end_matches('/').to_owned(),
+            password_reset_rate_limit_per_hour: check.number(
+                &r::PASSWORD_RESET_RATE_LIMIT_PER_HOUR,
+                s.password_reset_rate_limit_per_hour,
+            ),
+
             appointment_max_minutes: check
                 .number(&r::APPOINTMENT_MAX_MINUTES, s.appointment_max_minutes),
             calendar_max_days: check.number(&r::CALENDAR_MAX_DAYS, s.calendar_max_days),
@@ -385,6 +399,11 @@ impl Config {
             if let Err(why) = decode_key(k.expose_secret()) {
                 problems.push(format!("FILE_ENCRYPTION_KEYS entry {} {why}", i + 1));
             }
+        }
+        if !(self.public_app_url.starts_with("http://")
+            || self.public_app_url.starts_with("https://"))
+        {
+            problems.push("PUBLIC_APP_URL must be an http:// or https:// address".into());
         }
         if let Some(url) = &self.document_store_url {
             let bucket = url.strip_prefix("s3://").unwrap_or_default();

@@ -441,6 +441,34 @@ pub const STRIPE_API_BASE: Setting = setting(
     "where the Stripe API is (tests point it at a local server that speaks Stripe's \
      protocol)",
 );
+// Email
+pub const SMTP_URL: Setting = setting(
+    "SMTP_URL",
+    Unset,
+    Secret("`smtps://user:pass@host:465` or `smtp://user:pass@host:587?tls=required`"),
+    "the mail server; unset, messages are written to the log instead (development) or not \
+     sent (production, with a warning)",
+);
+pub const MAIL_FROM: Setting = setting(
+    "MAIL_FROM",
+    Is("Molar <no-reply@molar.invalid>"),
+    Text("a mailbox"),
+    "the sender of every message",
+);
+pub const PUBLIC_APP_URL: Setting = setting(
+    "PUBLIC_APP_URL",
+    Is("http://localhost:3000"),
+    Text("URL"),
+    "the front-end's address, for links in emails (`/reset-password?token=…`); production \
+     warns when it is not `https://`",
+);
+pub const PASSWORD_RESET_RATE_LIMIT_PER_HOUR: Setting = number(
+    "PASSWORD_RESET_RATE_LIMIT_PER_HOUR",
+    "5",
+    1,
+    1000,
+    "reset requests per address per hour (ten times as many per client address)",
+);
 pub const METRICS_PORT: Setting = setting(
     "METRICS_PORT",
     Unset,
@@ -617,6 +645,16 @@ pub const SETTINGS: &[Group] = &[
         heading: "Payments",
         note: "(card payments through Stripe; off while the keys are unset)",
         settings: &[STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE],
+    },
+    Group {
+        heading: "Email",
+        note: "",
+        settings: &[
+            SMTP_URL,
+            MAIL_FROM,
+            PUBLIC_APP_URL,
+            PASSWORD_RESET_RATE_LIMIT_PER_HOUR,
+        ],
     },
     Group {
         heading: "Clinic rules",

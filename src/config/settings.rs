@@ -99,6 +99,15 @@ pub struct Settings {
     #[serde(deserialize_with = "de::text")]
     pub stripe_api_base: String,
 
+    // Email
+    #[serde(deserialize_with = "de::secret")]
+    pub smtp_url: Option<SecretString>,
+    #[serde(deserialize_with = "de::text")]
+    pub mail_from: String,
+    #[serde(deserialize_with = "de::text")]
+    pub public_app_url: String,
+    pub password_reset_rate_limit_per_hour: Parsed<u32>,
+
     // Clinic rules
     pub appointment_max_minutes: Parsed<u32>,
     pub calendar_max_days: Parsed<u32>,
@@ -173,6 +182,11 @@ impl Default for Settings {
             stripe_secret_key: None,
             stripe_webhook_secret: None,
             stripe_api_base: "https://api.stripe.com".into(),
+
+            smtp_url: None,
+            mail_from: "Molar <no-reply@molar.invalid>".into(),
+            public_app_url: "http://localhost:3000".into(),
+            password_reset_rate_limit_per_hour: 5.into(),
 
             appointment_max_minutes: 480.into(),
             calendar_max_days: 62.into(),

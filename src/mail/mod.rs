@@ -1,0 +1,169 @@
+//! Email: messages with a plain-text and an HTML body, sent over SMTP (`SMTP_URL`) with
+//! `lettre`, from the outbox. Without `SMTP_URL` outside production the message is written
+//! to the log instead (development); in production it is not sent, and the log says so.
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// One message, as the outbox keeps it until it is sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Email {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Email {
+    /// What the outbox keeps of a sent message: who and what, not the body (which may
+    /// carry a one-use link).
+    pub fn receipt(&self) -> serde_json::Value {
+        serde_json::json!({ "to": self.to, "subject": self.subject })
+    }
+}
+
+pub struct Mailer {
+    transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    from: Mailbox,
+    log_bodies: bool,
+}
+
+impl Mailer {
+    pub fn from_config(config: &Config) -> anyhow::Result<Mailer> {
+        let from: Mailbox = config.mail_from.parse().map_err(|_| {
+            anyhow::anyhow!("MAIL_FROM is not an address such as Molar <no-reply@example.com>")
+        })?;
+        let transport = match &config.smtp_url {
+            Some(url) => Some(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+                    .map_err(|_| {
+                        anyhow::anyhow!("SMTP_URL is not a usable smtp:// or smtps:// URL")
+                    })?
+                    .timeout(Some(std::time::Duration::from_secs(30)))
+                    .build(),
+            ),
+            None => {
+                tracing::warn!("SMTP_URL is not set: email is written to the log, not sent");
+                None
+            }
+        };
+        if config.is_production() && !config.public_app_url.starts_with("https://") {
+            tracing::warn!(url = %config.public_app_url, "PUBLIC_APP_URL is not an https:// address: links in emails will not be");
+        }
+        Ok(Mailer {
+            transport,
+            from,
+            log_bodies: !config.is_production(),
+        })
+    }
+
+    /// Sends one message; an error says why (for the outbox's record and its retry).
+    pub async fn send(&self, email: &Email) -> Result<(), String> {
+        let Some(transport) = &self.transport else {
+            if self.log_bodies {
+                tracing::info!(to = %email.to, subject = %email.subject, body = %email.text, "email (not sent: SMTP_URL is not set)");
+            } else {
+                tracing::warn!(to = %email.to, subject = %email.subject, "email not sent: SMTP_URL is not set");
+            }
+            return Ok(());
+        };
+        let to: Mailbox = email
+            .to
+            .parse()
+            .map_err(|_| "the recipient's address is not valid".to_owned())?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject.clone())
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_PLAIN)
+                            .body(email.text.clone()),
+                    )
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_HTML)
+                            .body(email.html.clone()),
+                    ),
+            )
+            .map_err(|e| format!("the message could not be built: {e}"))?;
+        transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("SMTP: {e}"))
+    }
+}
+
+/// Escapes text for an HTML body.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The password-reset message: a link to the front-end with the token, valid 30 minutes.
+pub fn password_reset(to: &str, name: &str, link: &str) -> Email {
+    let text = format!(
+        "Hello {name},\n\n\
+         someone (hopefully you) asked to reset the password of your Molar account.\n\
+         Choose a new password here within 30 minutes:\n\n{link}\n\n\
+         The link works once. If you did not ask for this, ignore this message: your \
+         password stays as it is.\n"
+    );
+    let html = format!(
+        "<p>Hello {name},</p>\
+         <p>someone (hopefully you) asked to reset the password of your Molar account. \
+         Choose a new password within 30 minutes:</p>\
+         <p><a href=\"{href}\">Reset your password</a></p>\
+         <p>The link works once. If you did not ask for this, ignore this message: your \
+         password stays as it is.</p>",
+        name = html_escape(name),
+        href = html_escape(link),
+    );
+    Email {
+        to: to.to_owned(),
+        subject: "Reset your Molar password".into(),
+        text,
+        html,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_links_are_escaped_in_html_only() {
+        let e = password_reset(
+            "a@b.example",
+            "<Eve & Co>",
+            "https://app.example/reset?token=x&y=\"z\"",
+        );
+        assert!(e.text.contains("Hello <Eve & Co>,"));
+        assert!(e.html.contains("Hello &lt;Eve &amp; Co&gt;,"));
+        assert!(e
+            .html
+            .contains("href=\"https://app.example/reset?token=x&amp;y=&quot;z&quot;\""));
+        assert_eq!(
+            e.receipt(),
+            serde_json::json!({"to": "a@b.example", "subject": e.subject})
+        );
+    }
+}

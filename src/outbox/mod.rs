@@ -1,0 +1,159 @@
+//! The transactional outbox: what must reach the outside world because of a change is
+//! written by [`enqueue`] in the transaction that makes the change, and delivered by
+//! [`spawn_worker`], which runs in every instance. A worker claims due rows with `FOR
+//! UPDATE SKIP LOCKED` in a transaction of its own, delivers them, and records each
+//! outcome before committing: each row is delivered by one instance, and a row whose
+//! worker died is claimed again once its lock is gone. A failed attempt is retried with
+//! exponential back-off and jitter for a day, then given up (and logged).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::db::{Db, Tx};
+use crate::mail::{Email, Mailer};
+
+/// Rows claimed per round.
+const BATCH: i32 = 10;
+/// How long a due row may wait when the outbox is idle.
+const POLL: Duration = Duration::from_secs(1);
+/// Attempts stop this long after the row was written.
+const GIVE_UP_AFTER: chrono::Duration = chrono::Duration::hours(24);
+
+/// Queues an email in the caller's transaction (its clinic).
+pub async fn enqueue_email(tx: &mut Tx, clinic_id: Uuid, email: &Email) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_value(email).unwrap_or_default();
+    sqlx::query!(
+        "INSERT INTO outbox (clinic_id, id, topic, payload) VALUES ($1, $2, 'email', $3)",
+        clinic_id,
+        Uuid::now_v7(),
+        payload
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The wait before attempt `n + 1` after `n` failed ones: 30 s doubling to at most an
+/// hour, with up to a fifth of jitter so that instances do not retry in step.
+pub fn back_off(attempts: i32) -> Duration {
+    let base = 30u64
+        .saturating_mul(1u64 << attempts.clamp(0, 10))
+        .min(3600);
+    let jitter = rand::thread_rng().gen_range(0..=base / 5);
+    Duration::from_secs(base + jitter)
+}
+
+/// Delivers what is due, one batch at a time, until none is; returns how many rows were
+/// handled.
+pub async fn deliver_due(db: &Db, mailer: &Mailer) -> Result<usize, sqlx::Error> {
+    let mut handled = 0;
+    loop {
+        let mut tx = db.unscoped_tx().await?;
+        let rows = sqlx::query!(
+            r#"SELECT clinic_id AS "clinic_id!", id AS "id!", topic AS "topic!", payload AS "payload!",
+                      attempts AS "attempts!", created_at AS "created_at!"
+               FROM outbox_claim(ARRAY['email'], $1)"#,
+            BATCH
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(handled);
+        }
+        for row in &rows {
+            let outcome = match serde_json::from_value::<Email>(row.payload.clone()) {
+                Ok(email) => mailer.send(&email).await.map(|()| email.receipt()),
+                Err(_) => Err("the payload is not an email".to_owned()),
+            };
+            record(
+                &mut tx,
+                row.clinic_id,
+                row.id,
+                row.attempts,
+                row.created_at,
+                outcome,
+            )
+            .await?;
+        }
+        handled += rows.len();
+        tx.commit().await?;
+    }
+}
+
+async fn record(
+    tx: &mut Tx,
+    clinic_id: Uuid,
+    id: Uuid,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    outcome: Result<serde_json::Value, String>,
+) -> Result<(), sqlx::Error> {
+    let (delivered, error, next, keep) = match outcome {
+        Ok(keep) => (true, None, None, Some(keep)),
+        Err(why) => {
+            let next =
+                Utc::now() + chrono::Duration::from_std(back_off(attempts)).unwrap_or_default();
+            if next > created_at + GIVE_UP_AFTER {
+                tracing::error!(outbox = %id, error = %why, "gave up delivering an outbox message after a day");
+                (
+                    false,
+                    Some(why),
+                    None,
+                    Some(serde_json::json!({ "gave_up": true })),
+                )
+            } else {
+                tracing::warn!(outbox = %id, error = %why, attempts = attempts + 1, "outbox delivery failed; retrying");
+                (false, Some(why), Some(next), None)
+            }
+        }
+    };
+    sqlx::query!(
+        r#"SELECT outbox_record($1, $2, $3, $4, $5, $6) AS "changed!""#,
+        clinic_id,
+        id,
+        delivered,
+        error,
+        next,
+        keep
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The worker of this instance: delivers what is due every second.
+pub fn spawn_worker(db: Db, mailer: Arc<Mailer>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = deliver_due(&db, &mailer).await {
+                tracing::warn!(error = %crate::error::loggable(&e), "the outbox worker could not reach the database");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_from_thirty_seconds_to_an_hour_with_jitter() {
+        for (attempts, base) in [(0, 30), (1, 60), (2, 120), (6, 1920), (7, 3600), (30, 3600)] {
+            for _ in 0..20 {
+                let wait = back_off(attempts).as_secs();
+                assert!(
+                    (base..=base + base / 5).contains(&wait),
+                    "{attempts}: {wait}"
+                );
+            }
+        }
+    }
+}
