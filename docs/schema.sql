@@ -1406,6 +1406,23 @@ ALTER TABLE ONLY public.ledger_transactions FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.ledger_transactions OWNER TO molar_owner;
 
 --
+-- Name: mfa_recovery_codes; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.mfa_recovery_codes (
+    clinic_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    code_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    used_at timestamp with time zone,
+    CONSTRAINT mfa_recovery_codes_code_hash_check CHECK ((length(code_hash) = 32))
+);
+
+ALTER TABLE ONLY public.mfa_recovery_codes FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.mfa_recovery_codes OWNER TO molar_owner;
+
+--
 -- Name: name_lexicon; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1912,9 +1929,14 @@ CREATE TABLE public.users (
     version integer DEFAULT 1 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    totp_secret bytea,
+    totp_pending bytea,
+    totp_enabled_at timestamp with time zone,
+    totp_last_step bigint,
     CONSTRAINT users_email_check CHECK (((length(email) >= 3) AND (length(email) <= 254))),
     CONSTRAINT users_full_name_check CHECK (((length(full_name) >= 1) AND (length(full_name) <= 200))),
-    CONSTRAINT users_role_check CHECK ((role = ANY (ARRAY['owner'::text, 'admin'::text, 'dentist'::text, 'hygienist'::text, 'assistant'::text, 'receptionist'::text, 'billing'::text])))
+    CONSTRAINT users_role_check CHECK ((role = ANY (ARRAY['owner'::text, 'admin'::text, 'dentist'::text, 'hygienist'::text, 'assistant'::text, 'receptionist'::text, 'billing'::text]))),
+    CONSTRAINT users_totp_enabled_with_secret CHECK (((totp_enabled_at IS NULL) = (totp_secret IS NULL)))
 );
 
 ALTER TABLE ONLY public.users FORCE ROW LEVEL SECURITY;
@@ -2140,6 +2162,13 @@ ALTER TABLE ONLY public.ledger_transactions
 
 ALTER TABLE ONLY public.ledger_transactions
     ADD CONSTRAINT ledger_transactions_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: mfa_recovery_codes mfa_recovery_codes_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.mfa_recovery_codes
+    ADD CONSTRAINT mfa_recovery_codes_pkey PRIMARY KEY (clinic_id, user_id, code_hash);
 
 --
 -- Name: name_lexicon name_lexicon_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -3018,6 +3047,13 @@ ALTER TABLE ONLY public.ledger_transactions
     ADD CONSTRAINT ledger_transactions_payment_fk FOREIGN KEY (clinic_id, payment_id) REFERENCES public.payments(clinic_id, id) DEFERRABLE INITIALLY DEFERRED;
 
 --
+-- Name: mfa_recovery_codes mfa_recovery_codes_clinic_id_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.mfa_recovery_codes
+    ADD CONSTRAINT mfa_recovery_codes_clinic_id_user_id_fkey FOREIGN KEY (clinic_id, user_id) REFERENCES public.users(clinic_id, id);
+
+--
 -- Name: operatories operatories_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -3500,6 +3536,12 @@ CREATE POLICY clinic_isolation ON public.ledger_lines USING ((clinic_id = ( SELE
 CREATE POLICY clinic_isolation ON public.ledger_transactions USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
+-- Name: mfa_recovery_codes clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.mfa_recovery_codes USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: operatories clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -3690,6 +3732,12 @@ ALTER TABLE public.ledger_lines ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.ledger_transactions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: mfa_recovery_codes; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.mfa_recovery_codes ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: name_lexicon; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -4240,6 +4288,18 @@ GRANT SELECT,INSERT ON TABLE public.ledger_lines TO molar_app;
 --
 
 GRANT SELECT,INSERT ON TABLE public.ledger_transactions TO molar_app;
+
+--
+-- Name: TABLE mfa_recovery_codes; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,DELETE ON TABLE public.mfa_recovery_codes TO molar_app;
+
+--
+-- Name: COLUMN mfa_recovery_codes.used_at; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(used_at) ON TABLE public.mfa_recovery_codes TO molar_app;
 
 --
 -- Name: TABLE name_lexicon; Type: ACL; Schema: public; Owner: molar_owner

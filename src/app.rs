@@ -24,6 +24,7 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(auth::routes::router())
         .merge(auth::sessions::router())
         .merge(auth::reset::router())
+        .merge(auth::mfa::router())
         .merge(clinic::routes::router())
         .merge(users::routes::router())
         .merge(audit::routes::router())

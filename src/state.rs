@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::mfa::SecretSeal;
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenService;
 use crate::cache::Cache;
@@ -34,6 +35,7 @@ pub struct Inner {
     /// `None` in production without `FILE_ENCRYPTION_KEY` (document routes answer 503).
     pub documents: Option<Arc<Documents>>,
     pub mailer: Arc<Mailer>,
+    pub secret_seal: SecretSeal,
     draining: AtomicBool,
 }
 
@@ -56,6 +58,7 @@ impl AppState {
         let cache = Cache::new(config.cache_enabled, config.cache_default_ttl);
         let documents = Documents::from_config(&config)?.map(Arc::new);
         let mailer = Arc::new(Mailer::from_config(&config)?);
+        let secret_seal = SecretSeal::new(&config);
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -68,6 +71,7 @@ impl AppState {
             cache,
             documents,
             mailer,
+            secret_seal,
             draining: AtomicBool::new(false),
         })))
     }

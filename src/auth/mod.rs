@@ -2,6 +2,7 @@
 //! extractor that verifies the access token and opens the caller's clinic transaction.
 
 pub mod account;
+pub mod mfa;
 pub mod password;
 pub mod reset;
 pub mod routes;
@@ -459,6 +460,17 @@ impl FromRequestParts<AppState> for Caller {
             Some(v) => v.0.clone(),
             None => state.tokens.verify_access(token.trim())?,
         };
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or(parts.uri.path(), |u| u.0.path());
+        if claims.stp && !mfa::SETUP_ONLY_PATHS.contains(&path) {
+            return Err(AppError::Forbidden(
+                "your clinic requires two-factor sign-in for your role: set it up first \
+                 (POST /api/v2/auth/mfa/totp, then /auth/mfa/totp/enable), then sign in again"
+                    .into(),
+            ));
+        }
         Ok(Caller {
             user_id: claims.sub,
             clinic_id: claims.cid,

@@ -38,6 +38,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
 }
 
+/// What a sign-in answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginAnswer {
+    Tokens(TokenPair),
+    Mfa(super::mfa::MfaChallenge),
+    Setup(super::mfa::MfaSetupRequired),
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenPair {
     /// A JWT for `Authorization: Bearer`.
@@ -265,7 +274,10 @@ pub struct Login {
 #[utoipa::path(post, path = "/auth/login", tag = "auth",
     request_body = Login,
     responses(
-        (status = 200, description = "Signed in", body = TokenPair),
+        (status = 200, description = "Signed in (a token pair); or, for a user with two-factor sign-in, \
+            `mfa_required` and an `mfa_token` for `POST /auth/login/mfa`; or, when the clinic requires \
+            it for the role and it is not set up, `mfa_setup_required` and a token for the setup routes only",
+            body = LoginAnswer),
         (status = 401, description = "Wrong email or password", body = Problem),
         (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn login(
@@ -351,13 +363,47 @@ pub async fn login(
     }
     let mut tx = state.db.clinic_tx(clinic_id).await?;
     let user = sqlx::query!(
-        "SELECT role, is_provider, auth_version FROM users WHERE id = $1 AND active",
+        r#"SELECT u.role, u.is_provider, u.auth_version, u.totp_enabled_at IS NOT NULL AS "mfa!",
+                  c.settings
+           FROM users u JOIN clinics c ON c.id = u.clinic_id WHERE u.id = $1 AND u.active"#,
         user_id
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(bad_credentials)?;
     let role = Role::parse(&user.role).ok_or_else(bad_credentials)?;
+    if user.mfa {
+        // The password was right; the second factor decides.
+        tx.commit().await?;
+        let token = state
+            .tokens
+            .issue_mfa(user_id, clinic_id, role, user.auth_version)?;
+        let mut res = Json(LoginAnswer::Mfa(super::mfa::MfaChallenge::new(token))).into_response();
+        Decision::apply_headers(&decisions, res.headers_mut());
+        return Ok(res);
+    }
+    if super::mfa::required_for(&user.settings, role) {
+        let token = state.tokens.issue_setup_only(
+            user_id,
+            clinic_id,
+            role,
+            user.is_provider,
+            user.auth_version,
+        )?;
+        audit::record(
+            &mut tx,
+            &ctx,
+            Event::new("auth.login", "user")
+                .resource(user_id)
+                .details(serde_json::json!({ "setup_only": true })),
+        )
+        .await?;
+        tx.commit().await?;
+        let answer = super::mfa::MfaSetupRequired::new(token, state.tokens.access_ttl_secs);
+        let mut res = Json(LoginAnswer::Setup(answer)).into_response();
+        Decision::apply_headers(&decisions, res.headers_mut());
+        return Ok(res);
+    }
     let pair = issue_pair(
         &state,
         &mut tx,
@@ -376,7 +422,7 @@ pub async fn login(
     )
     .await?;
     tx.commit().await?;
-    let mut res = Json(pair).into_response();
+    let mut res = Json(LoginAnswer::Tokens(pair)).into_response();
     Decision::apply_headers(&decisions, res.headers_mut());
     Ok(res)
 }

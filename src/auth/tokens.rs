@@ -37,11 +37,30 @@ pub struct AccessClaims {
     /// `ver`), so the claim is never stale for longer than a request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prv: bool,
+    /// Setup only: the clinic requires two-factor sign-in for the user's role and they have
+    /// not set it up; the token opens only the routes that set it up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stp: bool,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
     pub jti: Uuid,
     pub typ: String,
+}
+
+/// How long the second step of a two-factor sign-in may take.
+pub const MFA_TOKEN_SECONDS: i64 = 300;
+
+struct Grant {
+    user: Uuid,
+    clinic: Uuid,
+    role: Role,
+    provider: bool,
+    auth_version: i32,
+    session: Option<Uuid>,
+    typ: &'static str,
+    setup_only: bool,
+    ttl: i64,
 }
 
 /// Claims already verified earlier in the request (by the rate limiter).
@@ -111,21 +130,80 @@ impl TokenService {
         auth_version: i32,
         session: Uuid,
     ) -> AppResult<String> {
+        self.issue(Grant {
+            user,
+            clinic,
+            role,
+            provider,
+            auth_version,
+            session: Some(session),
+            typ: "access",
+            setup_only: false,
+            ttl: self.access_ttl_secs,
+        })
+    }
+
+    /// A token for the second step of a sign-in with two-factor authentication
+    /// (`POST /auth/login/mfa`), valid [`MFA_TOKEN_SECONDS`].
+    pub fn issue_mfa(
+        &self,
+        user: Uuid,
+        clinic: Uuid,
+        role: Role,
+        auth_version: i32,
+    ) -> AppResult<String> {
+        self.issue(Grant {
+            user,
+            clinic,
+            role,
+            provider: false,
+            auth_version,
+            session: None,
+            typ: "mfa",
+            setup_only: false,
+            ttl: MFA_TOKEN_SECONDS,
+        })
+    }
+
+    /// An access token that opens only the routes that set up two-factor sign-in.
+    pub fn issue_setup_only(
+        &self,
+        user: Uuid,
+        clinic: Uuid,
+        role: Role,
+        provider: bool,
+        auth_version: i32,
+    ) -> AppResult<String> {
+        self.issue(Grant {
+            user,
+            clinic,
+            role,
+            provider,
+            auth_version,
+            session: None,
+            typ: "access",
+            setup_only: true,
+            ttl: self.access_ttl_secs,
+        })
+    }
+
+    fn issue(&self, g: Grant) -> AppResult<String> {
         let now = Utc::now().timestamp();
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            sub: user,
-            cid: clinic,
-            role,
-            ver: auth_version,
-            sid: Some(session),
-            prv: provider,
+            sub: g.user,
+            cid: g.clinic,
+            role: g.role,
+            ver: g.auth_version,
+            sid: g.session,
+            prv: g.provider,
+            stp: g.setup_only,
             iat: now,
             nbf: now,
-            exp: now + self.access_ttl_secs,
+            exp: now + g.ttl,
             jti: Uuid::now_v7(),
-            typ: "access".into(),
+            typ: g.typ.into(),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.current_kid.clone());
@@ -134,6 +212,15 @@ impl TokenService {
     }
 
     pub fn verify_access(&self, token: &str) -> AppResult<AccessClaims> {
+        self.verify(token, "access")
+    }
+
+    /// The claims of a second-step token from [`TokenService::issue_mfa`].
+    pub fn verify_mfa(&self, token: &str) -> AppResult<AccessClaims> {
+        self.verify(token, "mfa")
+    }
+
+    fn verify(&self, token: &str, typ: &str) -> AppResult<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| unauthorized())?;
         if header.alg != Algorithm::HS256 {
             return Err(unauthorized());
@@ -153,7 +240,7 @@ impl TokenService {
         validation.leeway = 5;
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
             .map_err(|_| unauthorized())?;
-        if data.claims.typ != "access" || data.claims.iat > Utc::now().timestamp() + 5 {
+        if data.claims.typ != typ || data.claims.iat > Utc::now().timestamp() + 5 {
             return Err(unauthorized());
         }
         Ok(data.claims)
@@ -366,6 +453,7 @@ mod proptests {
                 ver: 1,
                 sid: Some(Uuid::now_v7()),
                 prv: false,
+                stp: false,
                 iat: now + iat,
                 nbf: now + nbf,
                 exp: now + exp,

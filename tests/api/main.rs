@@ -13,6 +13,7 @@ mod clinical;
 mod documents;
 mod faults;
 mod foundation;
+mod mfa;
 mod migrations;
 mod openapi;
 mod password_reset;

@@ -1,0 +1,267 @@
+//! Two-factor sign-in with TOTP: setup, the two-step login, one use per code and step,
+//! recovery codes, disabling, and clinics that require it for chosen roles.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use totp_rs::{Builder, Secret, Totp};
+
+use crate::common::*;
+
+fn device(secret_base32: &str) -> Totp {
+    Builder::new()
+        .with_secret(Secret::try_from_base32(secret_base32).expect("base32 secret"))
+        .with_account_name("test")
+        .build()
+        .expect("totp")
+}
+
+/// The code `offset` steps from now.
+fn code(t: &Totp, offset: i64) -> String {
+    let now = chrono::Utc::now().timestamp() + offset * 30;
+    t.generate(u64::try_from(now).expect("positive"))
+        .to_string()
+}
+
+async fn set_up(app: &TestApp, token: &str) -> (Totp, Vec<String>, String) {
+    let res = app
+        .post("/api/v2/auth/mfa/totp", Some(token), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let setup: Value = res.json().await.expect("json");
+    let secret = setup["secret"].as_str().expect("secret");
+    let uri = setup["otpauth_uri"].as_str().expect("uri");
+    assert!(uri.starts_with("otpauth://totp/Molar:"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+    let t = device(secret);
+    let res = app
+        .post(
+            "/api/v2/auth/mfa/totp/enable",
+            Some(token),
+            json!({"code": "000000x"}),
+        )
+        .await;
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let res = app
+        .post(
+            "/api/v2/auth/mfa/totp/enable",
+            Some(token),
+            json!({"code": code(&t, -1)}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.expect("json");
+    let codes: Vec<String> = body["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("code").to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    (t, codes, secret.to_owned())
+}
+
+async fn first_step(app: &TestApp, email: &str) -> Value {
+    app.login(email, STRONG_PASSWORD).await
+}
+
+async fn second_step(
+    app: &TestApp,
+    mfa_token: &str,
+    field: &str,
+    value: &str,
+) -> reqwest::Response {
+    app.post(
+        "/api/v2/auth/login/mfa",
+        None,
+        json!({"mfa_token": mfa_token, field: value}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_second_factor_is_asked_for_and_each_code_works_once() {
+    // Second steps are limited per user like sign-ins (LOGIN_RATE_LIMIT_PER_MINUTE); this
+    // test makes more than the default five.
+    let app = spawn_with(|v| {
+        v.insert("LOGIN_RATE_LIMIT_PER_MINUTE".into(), "50".into());
+    })
+    .await;
+    let owner = app.register_clinic("Two factors").await;
+    let (t, recovery, secret) = set_up(&app, &owner.access).await;
+    // Set up already: a second setup is refused until it is disabled.
+    let res = app
+        .post("/api/v2/auth/mfa/totp", Some(&owner.access), json!({}))
+        .await;
+    expect_problem(res, StatusCode::CONFLICT).await;
+
+    let first = first_step(&app, &owner.email).await;
+    assert_eq!(first["mfa_required"], true);
+    assert!(first.get("access_token").is_none());
+    let mfa = first["mfa_token"].as_str().expect("mfa token").to_owned();
+    // The code that enabled it was for the previous step: used up, like any earlier one.
+    expect_problem(
+        second_step(&app, &mfa, "code", &code(&t, -1)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // Three steps back is outside the window.
+    expect_problem(
+        second_step(&app, &mfa, "code", &code(&t, -3)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // One step ahead is inside it; once.
+    let ahead = code(&t, 1);
+    let res = second_step(&app, &mfa, "code", &ahead).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens: Value = res.json().await.expect("json");
+    assert_eq!(
+        app.get("/api/v2/auth/me", tokens["access_token"].as_str())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    expect_problem(
+        second_step(&app, &mfa, "code", &ahead).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // The current step is earlier than the one just used: refused too.
+    expect_problem(
+        second_step(&app, &mfa, "code", &code(&t, 0)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+
+    // A recovery code works once, however it is typed.
+    let typed = recovery[3].replace('-', "").to_uppercase();
+    assert_eq!(
+        second_step(&app, &mfa, "recovery_code", &typed)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    expect_problem(
+        second_step(&app, &mfa, "recovery_code", &recovery[3]).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // Neither or both factors, or a forged token.
+    let res = app
+        .post("/api/v2/auth/login/mfa", None, json!({"mfa_token": mfa}))
+        .await;
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    expect_problem(
+        second_step(&app, "not.a.token", "recovery_code", &recovery[4]).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // An access token is not an mfa token.
+    expect_problem(
+        second_step(&app, &owner.access, "recovery_code", &recovery[4]).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+
+    let mut db = app.admin_db().await;
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'auth.login' AND outcome = 'failure' \
+         AND details->>'reason' = 'wrong_second_factor'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("count");
+    assert!(failures >= 4, "{failures}");
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT totp_secret FROM users WHERE email = $1")
+            .bind(&owner.email)
+            .fetch_one(&mut db)
+            .await
+            .expect("row");
+    let sealed = sealed.expect("a sealed secret");
+    let raw = Secret::try_from_base32(&secret).expect("base32");
+    assert_eq!(sealed.len(), 24 + 20 + 16, "nonce, secret, tag");
+    assert!(
+        !sealed.windows(20).any(|w| w == raw.as_bytes()),
+        "not kept in the clear"
+    );
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn turning_it_off_needs_the_password_and_a_code() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Off").await;
+    let (t, _, _) = set_up(&app, &owner.access).await;
+    let off = |password: &str, code: String| {
+        app.call(
+            reqwest::Method::DELETE,
+            "/api/v2/auth/mfa/totp",
+            Some(&owner.access),
+            Some(json!({"password": password, "code": code})),
+        )
+    };
+    let body = expect_problem(
+        off("not my password at all", code(&t, 0)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "password");
+    let body = expect_problem(
+        off(STRONG_PASSWORD, "123456".into()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "code");
+    assert_eq!(
+        off(STRONG_PASSWORD, code(&t, 1)).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    expect_problem(
+        off(STRONG_PASSWORD, code(&t, 1)).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let tokens = first_step(&app, &owner.email).await;
+    assert!(tokens["access_token"].is_string() && tokens["refresh_token"].is_string());
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_clinic_that_requires_it_gives_unprepared_users_a_setup_only_token() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Required").await;
+    let dentist = app.staff(&owner.access, "dentist").await;
+    let res = app
+        .patch(
+            "/api/v2/clinic",
+            Some(&owner.access),
+            json!({"settings": {"mfa_required_roles": ["dentist"]}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let answer = app.login(&dentist.email, STRONG_PASSWORD).await;
+    assert_eq!(answer["mfa_setup_required"], true);
+    assert!(answer.get("refresh_token").is_none());
+    let limited = answer["access_token"].as_str().expect("token").to_owned();
+    let body = expect_problem(
+        app.get("/api/v2/patients", Some(&limited)).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert!(body["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("two-factor")));
+    assert_eq!(
+        app.get("/api/v2/auth/me", Some(&limited)).await.status(),
+        StatusCode::OK
+    );
+    set_up(&app, &limited).await;
+    let answer = app.login(&dentist.email, STRONG_PASSWORD).await;
+    assert_eq!(answer["mfa_required"], true);
+    // The owner's role is not required to.
+    let answer = app.login(&owner.email, STRONG_PASSWORD).await;
+    assert!(answer["refresh_token"].is_string());
+    app.stop().await.expect("stop");
+}
