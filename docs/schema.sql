@@ -667,22 +667,27 @@ $$;
 ALTER FUNCTION public.name_words_of(name text) OWNER TO molar_owner;
 
 --
--- Name: outbox_claim(text[], integer); Type: FUNCTION; Schema: public; Owner: molar_auth
+-- Name: outbox_claim(text[], integer, interval); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.outbox_claim(p_topics text[], p_limit integer) RETURNS TABLE(clinic_id uuid, id uuid, topic text, payload jsonb, attempts integer, created_at timestamp with time zone)
+CREATE FUNCTION public.outbox_claim(p_topics text[], p_limit integer, p_lease interval) RETURNS TABLE(clinic_id uuid, id uuid, topic text, payload jsonb, attempts integer, give_up_at timestamp with time zone)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT o.clinic_id, o.id, o.topic, o.payload, o.attempts, o.created_at FROM outbox o
-    WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.available_at <= now()
-      AND o.topic = ANY (p_topics)
-    ORDER BY o.available_at
-    LIMIT p_limit
-    FOR UPDATE SKIP LOCKED
+    WITH due AS (
+        SELECT o.clinic_id, o.id FROM outbox o
+        WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.available_at <= now()
+          AND o.topic = ANY (p_topics)
+        ORDER BY o.available_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox o SET available_at = now() + p_lease
+    FROM due WHERE o.clinic_id = due.clinic_id AND o.id = due.id
+    RETURNING o.clinic_id, o.id, o.topic, o.payload, o.attempts, o.give_up_at
 $$;
 
-ALTER FUNCTION public.outbox_claim(p_topics text[], p_limit integer) OWNER TO molar_auth;
+ALTER FUNCTION public.outbox_claim(p_topics text[], p_limit integer, p_lease interval) OWNER TO molar_auth;
 
 --
 -- Name: outbox_record(uuid, uuid, boolean, text, timestamp with time zone, jsonb); Type: FUNCTION; Schema: public; Owner: molar_auth
@@ -1465,6 +1470,7 @@ CREATE TABLE public.outbox (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     available_at timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
+    give_up_at timestamp with time zone DEFAULT (now() + '1 day'::interval) NOT NULL,
     last_error text,
     delivered_at timestamp with time zone,
     failed_at timestamp with time zone,
@@ -4055,11 +4061,11 @@ REVOKE ALL ON FUNCTION public.document_key_ids() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.document_key_ids() TO molar_app;
 
 --
--- Name: FUNCTION outbox_claim(p_topics text[], p_limit integer); Type: ACL; Schema: public; Owner: molar_auth
+-- Name: FUNCTION outbox_claim(p_topics text[], p_limit integer, p_lease interval); Type: ACL; Schema: public; Owner: molar_auth
 --
 
-REVOKE ALL ON FUNCTION public.outbox_claim(p_topics text[], p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.outbox_claim(p_topics text[], p_limit integer) TO molar_app;
+REVOKE ALL ON FUNCTION public.outbox_claim(p_topics text[], p_limit integer, p_lease interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.outbox_claim(p_topics text[], p_limit integer, p_lease interval) TO molar_app;
 
 --
 -- Name: FUNCTION outbox_record(p_clinic uuid, p_id uuid, p_delivered boolean, p_error text, p_next timestamp with time zone, p_keep jsonb); Type: ACL; Schema: public; Owner: molar_auth
@@ -4148,6 +4154,7 @@ GRANT SELECT ON TABLE public.auth_tokens TO molar_auth;
 -- Name: COLUMN auth_tokens.used_at; Type: ACL; Schema: public; Owner: molar_owner
 --
 
+GRANT UPDATE(used_at) ON TABLE public.auth_tokens TO molar_app;
 GRANT UPDATE(used_at) ON TABLE public.auth_tokens TO molar_auth;
 
 --

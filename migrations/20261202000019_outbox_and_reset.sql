@@ -2,9 +2,10 @@
 --
 -- Outbox: what must reach the outside world because of a change (an email now) is written
 -- in the transaction that makes the change, and delivered afterwards by a worker in every
--- instance. A worker claims due rows with FOR UPDATE SKIP LOCKED inside its own
--- transaction, so each row is handled by one instance at a time, and records the outcome
--- (delivered, or the next attempt with back-off) before it commits.
+-- instance. A worker leases due rows (FOR UPDATE SKIP LOCKED, then pushes their
+-- available_at past the lease) in a short transaction, delivers them holding no lock and
+-- no connection, and records each outcome in another short transaction. A worker that dies
+-- mid-delivery leaves its rows to be leased again when the lease ends.
 
 CREATE TABLE outbox (
     clinic_id    uuid        NOT NULL REFERENCES clinics (id),
@@ -14,6 +15,8 @@ CREATE TABLE outbox (
     created_at   timestamptz NOT NULL DEFAULT now(),
     available_at timestamptz NOT NULL DEFAULT now(),
     attempts     integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    -- After this no attempt is made (a reset link's message is pointless once it expired).
+    give_up_at   timestamptz NOT NULL DEFAULT now() + interval '1 day',
     last_error   text        CHECK (length(last_error) <= 1000),
     delivered_at timestamptz,
     failed_at    timestamptz,
@@ -47,6 +50,8 @@ CREATE POLICY clinic_isolation ON auth_tokens
     USING (clinic_id = (SELECT app_clinic_id()))
     WITH CHECK (clinic_id = (SELECT app_clinic_id()));
 GRANT SELECT, INSERT ON auth_tokens TO molar_app;
+-- A reset or a password change ends the user's other links.
+GRANT UPDATE (used_at) ON auth_tokens TO molar_app;
 
 -- The cross-clinic steps, as definer functions: a token arrives without its clinic, and the
 -- outbox worker serves every clinic.
@@ -81,21 +86,26 @@ ALTER FUNCTION auth_token_use(text, bytea) OWNER TO molar_auth;
 REVOKE ALL ON FUNCTION auth_token_use(text, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth_token_use(text, bytea) TO molar_app;
 
--- Claims up to p_limit due rows of the topics, locked until the caller's transaction ends;
--- rows another worker holds are skipped.
-CREATE FUNCTION outbox_claim(p_topics text[], p_limit integer)
-RETURNS TABLE (clinic_id uuid, id uuid, topic text, payload jsonb, attempts integer, created_at timestamptz)
+-- Leases up to p_limit due rows of the topics for p_lease: they are not due again until
+-- it ends (or their outcome is recorded); rows another worker is leasing are skipped.
+CREATE FUNCTION outbox_claim(p_topics text[], p_limit integer, p_lease interval)
+RETURNS TABLE (clinic_id uuid, id uuid, topic text, payload jsonb, attempts integer, give_up_at timestamptz)
 LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT o.clinic_id, o.id, o.topic, o.payload, o.attempts, o.created_at FROM outbox o
-    WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.available_at <= now()
-      AND o.topic = ANY (p_topics)
-    ORDER BY o.available_at
-    LIMIT p_limit
-    FOR UPDATE SKIP LOCKED
+    WITH due AS (
+        SELECT o.clinic_id, o.id FROM outbox o
+        WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.available_at <= now()
+          AND o.topic = ANY (p_topics)
+        ORDER BY o.available_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox o SET available_at = now() + p_lease
+    FROM due WHERE o.clinic_id = due.clinic_id AND o.id = due.id
+    RETURNING o.clinic_id, o.id, o.topic, o.payload, o.attempts, o.give_up_at
 $$;
-ALTER FUNCTION outbox_claim(text[], integer) OWNER TO molar_auth;
-REVOKE ALL ON FUNCTION outbox_claim(text[], integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION outbox_claim(text[], integer) TO molar_app;
+ALTER FUNCTION outbox_claim(text[], integer, interval) OWNER TO molar_auth;
+REVOKE ALL ON FUNCTION outbox_claim(text[], integer, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION outbox_claim(text[], integer, interval) TO molar_app;
 
 -- Records an attempt: delivered (the payload reduced to what it keeps afterwards), or
 -- failed with the next attempt's time, or given up.

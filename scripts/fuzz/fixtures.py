@@ -142,6 +142,10 @@ call(
     {"name": "Check-up", "interval_months": 6, "trigger_procedure_code_ids": [codes[0]["id"]]},
     token,
 )
+# The sign-in schemathesis runs as: ending it would end the run's access (see hooks.py).
+owner_session = next(
+    s["id"] for s in call("GET", "/auth/sessions", None, token)["items"] if s["current"]
+)
 os.makedirs(DICT_DIR, exist_ok=True)
 for name, values in [
     ("providers", [d["id"] for d in dentists]),
@@ -158,6 +162,7 @@ for name, value in [
     ("TOKEN", token),
     ("DENTIST_TOKEN", dentist_token),
     ("OWNER_ID", registered["user"]["id"]),
+    ("OWNER_SESSION_ID", owner_session),
     ("DENTIST_ID", dentist["id"]),
     ("OPERATORY_ID", operatory["id"]),
     ("PATIENT_ID", patient["id"]),

@@ -15,6 +15,8 @@ invalid are left exactly as drawn, and must still be refused.
   booking or move that gives a start ends 5 to 240 minutes after it.
 - A document's type is recognised from its bytes (JPEG, PNG, PDF, DICOM, TIFF); a valid
   upload's file starts with a PNG signature, followed by the bytes drawn.
+- Ending a session ends its tokens: a valid case never ends the run's own sign-in (the
+  owner's current session), whose id the stateful phase finds in `GET /auth/sessions`.
 - Changing a user's `is_provider` ends their access tokens (the flag rides in them). The
   run has one token, the owner's: a valid case leaves the owner's own flag alone, so that
   the rest of the run is not all 401s.
@@ -33,6 +35,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"
 
 @schemathesis.hook
 def map_case(context, case):
+    # Whatever the mode: the run's own sign-in is never ended.
+    if case.operation.definition.raw.get("operationId") == "end_session" and (
+        case.path_parameters or {}
+    ).get("id") == os.environ.get("OWNER_SESSION_ID"):
+        case.path_parameters["id"] = str(uuid.uuid4())
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
         return case

@@ -153,6 +153,7 @@ pub async fn change_password(
         ));
     }
     revoke_refresh_tokens(&mut tx, caller.user_id).await?;
+    super::reset::revoke_reset_tokens(&mut tx, caller.user_id).await?;
     audit::record(
         &mut tx,
         &caller.audit(),

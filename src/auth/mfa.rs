@@ -38,6 +38,8 @@ pub const SETUP_ONLY_PATHS: [&str; 4] = [
     "/api/v2/auth/sessions",
 ];
 const RECOVERY_CODES: usize = 10;
+/// Second-step attempts per user per hour (besides `LOGIN_RATE_LIMIT_PER_MINUTE`).
+const MFA_ATTEMPTS_PER_HOUR: u32 = 20;
 const ISSUER: &str = "Molar";
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -102,7 +104,14 @@ impl SecretSeal {
         Ok([nonce.as_slice(), &sealed].concat())
     }
 
-    fn open(&self, clinic: Uuid, user: Uuid, sealed: &[u8]) -> AppResult<Vec<u8>> {
+    /// Opens a sealed secret; the second value is a fresh seal under the current key when
+    /// it was opened with a previous one (so that dropping that key later loses nothing).
+    fn open(
+        &self,
+        clinic: Uuid,
+        user: Uuid,
+        sealed: &[u8],
+    ) -> AppResult<(Vec<u8>, Option<Vec<u8>>)> {
         let failed = || {
             AppError::Internal(anyhow::anyhow!("a TOTP secret does not open (was SECRET_KEY replaced without keeping the old one in JWT_PREVIOUS_SECRET_KEYS?)"))
         };
@@ -112,20 +121,37 @@ impl SecretSeal {
         let (nonce, body) = sealed.split_at(24);
         let nonce: [u8; 24] = nonce.try_into().map_err(|_| failed())?;
         let aad = Self::aad(clinic, user);
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find_map(|k| {
-                k.decrypt(
-                    &XNonce::from(nonce),
-                    Payload {
-                        msg: body,
-                        aad: &aad,
-                    },
-                )
-                .ok()
-            })
-            .ok_or_else(failed)
+        let open = |k: &XChaCha20Poly1305| {
+            k.decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .ok()
+        };
+        if let Some(secret) = open(&self.current) {
+            return Ok((secret, None));
+        }
+        let secret = self.previous.iter().find_map(open).ok_or_else(failed)?;
+        let resealed = self.seal(clinic, user, &secret)?;
+        Ok((secret, Some(resealed)))
     }
+}
+
+/// Keeps a secret that was opened with a previous key sealed under the current one.
+async fn reseal(tx: &mut Tx, user: Uuid, resealed: Option<Vec<u8>>) -> AppResult<()> {
+    if let Some(sealed) = resealed {
+        sqlx::query!(
+            "UPDATE users SET totp_secret = $2 WHERE id = $1",
+            user,
+            sealed
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn totp(secret: &[u8], account: &str) -> AppResult<Totp> {
@@ -270,7 +296,7 @@ pub async fn enable_totp(
             ))
         }
     };
-    let secret = state
+    let (secret, _) = state
         .secret_seal
         .open(caller.clinic_id, caller.user_id, &pending)?;
     let step = accepted_step(&totp(&secret, &user.email)?, &body.code, None)
@@ -335,16 +361,29 @@ pub struct DisableTotp {
     responses(
         (status = 204, description = "Off; the recovery codes are gone"),
         (status = 409, description = "TOTP is not on", body = Problem),
-        (status = 422, description = "Wrong password or code", body = Problem)))]
+        (status = 422, description = "The password or the code is wrong (one answer for both)", body = Problem),
+        (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn disable_totp(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<DisableTotp>,
-) -> AppResult<StatusCode> {
+) -> AppResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if let Err(res) = limit(
+        &state,
+        &[(
+            Quota::per_minute("password-change", state.config.login_rate_limit_per_minute),
+            caller.user_id.to_string(),
+        )],
+    )
+    .await
+    {
+        return Ok(res);
+    }
     let read = {
         let mut tx = caller.begin(&state).await?;
         let row = sqlx::query!(
-            "SELECT password_hash FROM users WHERE id = $1",
+            r#"SELECT password_hash, totp_enabled_at IS NOT NULL AS "on!" FROM users WHERE id = $1"#,
             caller.user_id
         )
         .fetch_one(&mut *tx)
@@ -352,13 +391,16 @@ pub async fn disable_totp(
         tx.commit().await?;
         row
     };
-    if !state
+    if !read.on {
+        return Err(AppError::conflict("two-factor sign-in is not on"));
+    }
+    // One answer for a wrong password and a wrong code.
+    let wrong = || AppError::validation("password", "the password or the code is wrong");
+    let event = || Event::new("auth.mfa_disable", "user").resource(caller.user_id);
+    let password_ok = state
         .passwords
         .verify(&body.password, Some(&read.password_hash))
-        .await?
-    {
-        return Err(AppError::validation("password", "is not your password"));
-    }
+        .await?;
     let mut tx = caller.begin(&state).await?;
     let user = sqlx::query!(
         "SELECT email, totp_secret, totp_last_step FROM users WHERE id = $1 FOR UPDATE",
@@ -369,20 +411,19 @@ pub async fn disable_totp(
     let Some(sealed) = user.totp_secret else {
         return Err(AppError::conflict("two-factor sign-in is not on"));
     };
-    let secret = state
+    let (secret, _) = state
         .secret_seal
         .open(caller.clinic_id, caller.user_id, &sealed)?;
-    if accepted_step(
+    let code_ok = accepted_step(
         &totp(&secret, &user.email)?,
         &body.code,
         user.totp_last_step,
     )
-    .is_none()
-    {
-        return Err(AppError::validation(
-            "code",
-            "does not match, or was used already",
-        ));
+    .is_some();
+    if !(password_ok && code_ok) {
+        tx.rollback().await?;
+        audit::record_failure(&state.db, &caller.audit(), event()).await;
+        return Err(wrong());
     }
     sqlx::query!(
         "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_enabled_at = NULL, \
@@ -397,14 +438,9 @@ pub async fn disable_totp(
     )
     .execute(&mut *tx)
     .await?;
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        Event::new("auth.mfa_disable", "user").resource(caller.user_id),
-    )
-    .await?;
+    audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -455,10 +491,17 @@ pub async fn login_mfa(
     let (clinic_id, user_id) = (claims.cid, claims.sub);
     let decisions = match limit(
         &state,
-        &[(
-            Quota::per_minute("login-mfa", state.config.login_rate_limit_per_minute),
-            user_id.to_string(),
-        )],
+        &[
+            (
+                Quota::per_minute("login-mfa", state.config.login_rate_limit_per_minute),
+                user_id.to_string(),
+            ),
+            // Six digits are a small space: at most this many guesses an hour.
+            (
+                Quota::per_hour("login-mfa-hour", MFA_ATTEMPTS_PER_HOUR),
+                user_id.to_string(),
+            ),
+        ],
     )
     .await
     {
@@ -484,11 +527,13 @@ pub async fn login_mfa(
         return Err(wrong_code());
     };
     // A password change since the first step ends it too.
-    let secret = match (&user.totp_secret, user.auth_version == claims.ver) {
-        (Some(s), true) => state.secret_seal.open(clinic_id, user_id, s)?,
+    let sealed = match (&user.totp_secret, user.auth_version == claims.ver) {
+        (Some(s), true) => s.clone(),
         _ => return Err(wrong_code()),
     };
     let how = if let Some(code) = &body.code {
+        let (secret, resealed) = state.secret_seal.open(clinic_id, user_id, &sealed)?;
+        reseal(&mut tx, user_id, resealed).await?;
         match accepted_step(&totp(&secret, &user.email)?, code, user.totp_last_step) {
             Some(step) => {
                 sqlx::query!(

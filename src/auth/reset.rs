@@ -60,6 +60,7 @@ fn hash(token: &[u8]) -> Vec<u8> {
     request_body = ResetRequest,
     responses(
         (status = 202, description = "Accepted, whether or not an account uses the address", body = Accepted),
+        (status = 422, description = "Not an address (empty, or longer than 254 characters)", body = Problem),
         (status = 429, description = "Too many requests for this address or from this client", body = Problem)))]
 pub async fn request_reset(
     State(state): State<AppState>,
@@ -67,7 +68,23 @@ pub async fn request_reset(
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> AppResult<Response> {
     let email = body.email.trim().to_owned();
-    let address_key = hex::encode(&Sha256::digest(email.to_lowercase().as_bytes())[..16]);
+    if email.is_empty() || email.len() > 254 {
+        return Err(AppError::validation(
+            "email",
+            "must be an email address of at most 254 characters",
+        ));
+    }
+    // Keyed on the address as the account lookup compares it (PostgreSQL's lower()), so
+    // that no spelling of one address gets a quota of its own (see find_login).
+    let lowered: String = {
+        let mut tx = state.db.unscoped_tx().await?;
+        let l = sqlx::query_scalar!(r#"SELECT lower($1::text) AS "l!""#, email)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        l
+    };
+    let address_key = hex::encode(&Sha256::digest(lowered.as_bytes())[..16]);
     let ip_key = device
         .ip
         .map(crate::http::client_ip::rate_key)
@@ -108,9 +125,6 @@ async fn issue(
     ip: Option<std::net::IpAddr>,
     request_id: Option<String>,
 ) -> AppResult<()> {
-    if email.is_empty() || email.len() > 254 {
-        return Ok(());
-    }
     let lookup = find_login(state, email).await?;
     let Some(account) = lookup.account.filter(|a| a.active) else {
         audit::record_security_event(
@@ -148,7 +162,9 @@ async fn issue(
     .execute(&mut *tx)
     .await?;
     let message = crate::mail::password_reset(&user.email, &user.full_name, &link);
-    crate::outbox::enqueue_email(&mut tx, account.clinic_id, &message).await?;
+    // Not worth sending once the link has expired.
+    let give_up = chrono::Duration::minutes(TOKEN_MINUTES);
+    crate::outbox::enqueue_email(&mut tx, account.clinic_id, &message, give_up).await?;
     audit::record(
         &mut tx,
         &AuditContext {
@@ -161,6 +177,21 @@ async fn issue(
     )
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Ends every other reset link of a user (after a reset or a password change), in the
+/// transaction's clinic.
+pub async fn revoke_reset_tokens(
+    tx: &mut crate::db::Tx,
+    user_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE auth_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
+        user_id
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -253,6 +284,7 @@ pub async fn confirm_reset(
     .execute(&mut *tx)
     .await?;
     revoke_refresh_tokens(&mut tx, user_id).await?;
+    revoke_reset_tokens(&mut tx, user_id).await?;
     audit::record(
         &mut tx,
         &AuditContext {

@@ -241,6 +241,11 @@ pub async fn sweep(db: &Db, docs: &Documents, grace: Duration) -> anyhow::Result
             }
         }
     }
+    // Start-up probes are removed by the check itself; one cut off by its timeout is not.
+    for stale in docs.store.probes_before(cutoff).await? {
+        docs.store.delete(&stale).await?;
+        removed += 1;
+    }
     if let Some(root) = docs.store.local_root() {
         removed += sweep_staging(root, grace)?;
     }

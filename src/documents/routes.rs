@@ -44,6 +44,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The route whose body may be as large as `MAX_UPLOAD_MB` (see `http::limits`).
 pub const UPLOAD_ROUTE: &str = "/api/v2/patients/{id}/documents";
+/// The download, which has the upload's time limit (see `http::limits`).
+pub const CONTENT_ROUTE: &str = "/api/v2/documents/{id}/content";
 
 fn documents(state: &AppState) -> AppResult<&Documents> {
     state.documents.as_deref().ok_or_else(|| {

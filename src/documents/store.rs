@@ -174,6 +174,18 @@ impl DocumentStore {
             .collect())
     }
 
+    /// Start-up probe objects written before `cutoff`.
+    pub async fn probes_before(&self, cutoff: DateTime<Utc>) -> object_store::Result<Vec<Path>> {
+        let prefix = Path::from("_probe");
+        self.inner
+            .list(Some(&prefix))
+            .try_filter_map(|meta| async move {
+                Ok((meta.last_modified < cutoff).then_some(meta.location))
+            })
+            .try_collect()
+            .await
+    }
+
     /// The documents stored in a clinic's folder, with when each was written.
     pub async fn objects(&self, clinic: Uuid) -> object_store::Result<Vec<(Uuid, DateTime<Utc>)>> {
         let prefix = Path::from(clinic.to_string());

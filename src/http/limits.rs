@@ -26,21 +26,30 @@ fn exempt(path: &str) -> bool {
 
 /// The body limit and the time limit of a request: `MAX_BODY_KB` and
 /// `REQUEST_TIMEOUT_SECONDS`, except for a document upload, which may carry
-/// `MAX_UPLOAD_MB` (plus the form's own few bytes) for `UPLOAD_TIMEOUT_SECONDS`. A declared
+/// `MAX_UPLOAD_MB` (plus the form's own few bytes) for `UPLOAD_TIMEOUT_SECONDS`, and a
+/// document download, which has `UPLOAD_TIMEOUT_SECONDS` too. A declared
 /// `Content-Length` over the limit is refused at once; a body that turns out longer fails
 /// as it is read. Past its time a request is answered 503.
 pub async fn body_and_time(State(state): State<AppState>, req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
     let config = &state.config;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let upload = req.method() == axum::http::Method::POST
-        && req
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .is_some_and(|p| p.as_str() == crate::documents::routes::UPLOAD_ROUTE);
+        && route.as_deref() == Some(crate::documents::routes::UPLOAD_ROUTE);
+    // A download authenticates the whole range before its first byte: as long as an upload.
+    let download = route.as_deref() == Some(crate::documents::routes::CONTENT_ROUTE);
     let (limit, time) = if upload {
         (
             usize::try_from(u64::from(config.max_upload_mb) * 1024 * 1024 + 64 * 1024)
                 .unwrap_or(usize::MAX),
+            config.upload_timeout.max(config.request_timeout),
+        )
+    } else if download {
+        (
+            config.max_body_bytes,
             config.upload_timeout.max(config.request_timeout),
         )
     } else {

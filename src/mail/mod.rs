@@ -1,6 +1,7 @@
 //! Email: messages with a plain-text and an HTML body, sent over SMTP (`SMTP_URL`) with
 //! `lettre`, from the outbox. Without `SMTP_URL` outside production the message is written
-//! to the log instead (development); in production it is not sent, and the log says so.
+//! to the log instead (development); in production it stays in the outbox, retried until
+//! `SMTP_URL` is set or it is given up.
 
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -67,10 +68,10 @@ impl Mailer {
         let Some(transport) = &self.transport else {
             if self.log_bodies {
                 tracing::info!(to = %email.to, subject = %email.subject, body = %email.text, "email (not sent: SMTP_URL is not set)");
-            } else {
-                tracing::warn!(to = %email.to, subject = %email.subject, "email not sent: SMTP_URL is not set");
+                return Ok(());
             }
-            return Ok(());
+            // Production: kept and retried, so that it goes out once SMTP_URL is set.
+            return Err("SMTP_URL is not set".into());
         };
         let to: Mailbox = email
             .to

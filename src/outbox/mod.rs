@@ -1,10 +1,12 @@
 //! The transactional outbox: what must reach the outside world because of a change is
-//! written by [`enqueue`] in the transaction that makes the change, and delivered by
-//! [`spawn_worker`], which runs in every instance. A worker claims due rows with `FOR
-//! UPDATE SKIP LOCKED` in a transaction of its own, delivers them, and records each
-//! outcome before committing: each row is delivered by one instance, and a row whose
-//! worker died is claimed again once its lock is gone. A failed attempt is retried with
-//! exponential back-off and jitter for a day, then given up (and logged).
+//! written by [`enqueue_email`] in the transaction that makes the change, and delivered by
+//! [`spawn_worker`], which runs in every instance. A worker leases due rows (`FOR UPDATE
+//! SKIP LOCKED`, then their next attempt pushed past the lease) in a short transaction,
+//! delivers them holding no lock or connection, and records each outcome in a short
+//! transaction of its own: each row is delivered by one instance, a slow mail server holds
+//! nothing up, and a row whose worker died mid-delivery is leased again when the lease
+//! ends (delivery is at least once). A failed attempt is retried with exponential back-off
+//! and jitter until the row's give-up time (a day by default), then given up and logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,17 +22,26 @@ use crate::mail::{Email, Mailer};
 const BATCH: i32 = 10;
 /// How long a due row may wait when the outbox is idle.
 const POLL: Duration = Duration::from_secs(1);
-/// Attempts stop this long after the row was written.
-const GIVE_UP_AFTER: chrono::Duration = chrono::Duration::hours(24);
+/// How long a leased row is left to its worker: longer than delivering a batch can take
+/// (each message has the SMTP client's 30-second timeout).
+const LEASE_SECONDS: f64 = 600.0;
 
-/// Queues an email in the caller's transaction (its clinic).
-pub async fn enqueue_email(tx: &mut Tx, clinic_id: Uuid, email: &Email) -> Result<(), sqlx::Error> {
+/// Queues an email in the caller's transaction (its clinic); attempts stop after
+/// `give_up_after`.
+pub async fn enqueue_email(
+    tx: &mut Tx,
+    clinic_id: Uuid,
+    email: &Email,
+    give_up_after: chrono::Duration,
+) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_value(email).unwrap_or_default();
     sqlx::query!(
-        "INSERT INTO outbox (clinic_id, id, topic, payload) VALUES ($1, $2, 'email', $3)",
+        "INSERT INTO outbox (clinic_id, id, topic, payload, give_up_at) \
+         VALUES ($1, $2, 'email', $3, now() + make_interval(secs => $4))",
         clinic_id,
         Uuid::now_v7(),
-        payload
+        payload,
+        give_up_after.num_seconds() as f64
     )
     .execute(&mut **tx)
     .await?;
@@ -54,15 +65,16 @@ pub async fn deliver_due(db: &Db, mailer: &Mailer) -> Result<usize, sqlx::Error>
     loop {
         let mut tx = db.unscoped_tx().await?;
         let rows = sqlx::query!(
-            r#"SELECT clinic_id AS "clinic_id!", id AS "id!", topic AS "topic!", payload AS "payload!",
-                      attempts AS "attempts!", created_at AS "created_at!"
-               FROM outbox_claim(ARRAY['email'], $1)"#,
-            BATCH
+            r#"SELECT clinic_id AS "clinic_id!", id AS "id!", payload AS "payload!",
+                      attempts AS "attempts!", give_up_at AS "give_up_at!"
+               FROM outbox_claim(ARRAY['email'], $1, make_interval(secs => $2))"#,
+            BATCH,
+            LEASE_SECONDS
         )
         .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         if rows.is_empty() {
-            tx.commit().await?;
             return Ok(handled);
         }
         for row in &rows {
@@ -71,26 +83,25 @@ pub async fn deliver_due(db: &Db, mailer: &Mailer) -> Result<usize, sqlx::Error>
                 Err(_) => Err("the payload is not an email".to_owned()),
             };
             record(
-                &mut tx,
+                db,
                 row.clinic_id,
                 row.id,
                 row.attempts,
-                row.created_at,
+                row.give_up_at,
                 outcome,
             )
             .await?;
         }
         handled += rows.len();
-        tx.commit().await?;
     }
 }
 
 async fn record(
-    tx: &mut Tx,
+    db: &Db,
     clinic_id: Uuid,
     id: Uuid,
     attempts: i32,
-    created_at: DateTime<Utc>,
+    give_up_at: DateTime<Utc>,
     outcome: Result<serde_json::Value, String>,
 ) -> Result<(), sqlx::Error> {
     let (delivered, error, next, keep) = match outcome {
@@ -98,8 +109,8 @@ async fn record(
         Err(why) => {
             let next =
                 Utc::now() + chrono::Duration::from_std(back_off(attempts)).unwrap_or_default();
-            if next > created_at + GIVE_UP_AFTER {
-                tracing::error!(outbox = %id, error = %why, "gave up delivering an outbox message after a day");
+            if next > give_up_at {
+                tracing::error!(outbox = %id, error = %why, attempts = attempts + 1, "gave up delivering an outbox message");
                 (
                     false,
                     Some(why),
@@ -112,6 +123,7 @@ async fn record(
             }
         }
     };
+    let mut tx = db.unscoped_tx().await?;
     sqlx::query!(
         r#"SELECT outbox_record($1, $2, $3, $4, $5, $6) AS "changed!""#,
         clinic_id,
@@ -121,8 +133,9 @@ async fn record(
         next,
         keep
     )
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -364,15 +364,30 @@ async fn an_upload_past_the_limit_is_refused_while_it_streams_and_leaves_nothing
     let doc = upload(&app, &owner.access, &patient, "photo", png(limit - 16, 3)).await;
     assert_eq!(doc["size_bytes"], json!(limit));
 
-    // A declared length over the limit is refused before the body is read.
-    let res = upload_form(
-        &app,
-        &owner.access,
-        &patient,
-        form("photo", "Big", png(limit + 100 * 1024, 4)),
+    // A declared length over the limit is refused before any of the body is read: here
+    // no body follows the headers at all, and the answer still comes.
+    let mut socket = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v2/patients/{patient}/documents HTTP/1.1\r\nHost: molar.test\r\n\
+         Authorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary=x\r\n\
+         Content-Length: {}\r\n\r\n",
+        owner.access,
+        2 * limit
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+        .await
+        .expect("send");
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_exact(&mut socket, &mut answer),
     )
-    .await;
-    expect_problem(res, StatusCode::PAYLOAD_TOO_LARGE).await;
+    .await
+    .expect("answered without waiting for the body")
+    .expect("read");
+    assert_eq!(&answer, b"HTTP/1.1 413");
 
     // A streamed body (no Content-Length) one byte over the file limit but inside the
     // body's slack: refused by the file's own count while streaming.
