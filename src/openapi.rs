@@ -288,8 +288,9 @@ fn common_response(status: &str) -> Value {
     response
 }
 
-/// Signed-in operations every role may call (no permission to lack: no 403).
-const EVERY_ROLE: [&str; 3] = ["me", "change_password", "get_clinic"];
+/// Signed-in operations every role may call (no permission to lack: no 403), also with a
+/// setup-only token (see `auth::mfa`).
+const EVERY_ROLE: [&str; 1] = ["me"];
 
 /// Routes the API-wide rate limit does not apply to (see `http::limits`).
 const NOT_RATE_LIMITED: [&str; 2] = ["/api/v2/health", "/api/v2/ready"];

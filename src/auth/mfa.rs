@@ -360,7 +360,7 @@ pub struct DisableTotp {
     request_body = DisableTotp,
     responses(
         (status = 204, description = "Off; the recovery codes are gone"),
-        (status = 409, description = "TOTP is not on", body = Problem),
+        (status = 409, description = "TOTP is not on, or the clinic requires it for your role", body = Problem),
         (status = 422, description = "The password or the code is wrong (one answer for both)", body = Problem),
         (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn disable_totp(
@@ -383,7 +383,8 @@ pub async fn disable_totp(
     let read = {
         let mut tx = caller.begin(&state).await?;
         let row = sqlx::query!(
-            r#"SELECT password_hash, totp_enabled_at IS NOT NULL AS "on!" FROM users WHERE id = $1"#,
+            r#"SELECT u.password_hash, u.totp_enabled_at IS NOT NULL AS "on!", c.settings
+               FROM users u JOIN clinics c ON c.id = u.clinic_id WHERE u.id = $1"#,
             caller.user_id
         )
         .fetch_one(&mut *tx)
@@ -393,6 +394,11 @@ pub async fn disable_totp(
     };
     if !read.on {
         return Err(AppError::conflict("two-factor sign-in is not on"));
+    }
+    if required_for(&read.settings, caller.role) {
+        return Err(AppError::conflict(
+            "your clinic requires two-factor sign-in for your role; it stays on",
+        ));
     }
     // One answer for a wrong password and a wrong code.
     let wrong = || AppError::validation("password", "the password or the code is wrong");

@@ -450,10 +450,12 @@ pub async fn refresh(
     let token = RefreshToken::decode(&body.refresh_token).ok_or_else(bad_refresh)?;
     let mut tx = state.db.clinic_tx(token.clinic_id).await?;
     let row = sqlx::query!(
-        "SELECT rt.family_id, rt.user_id, rt.secret_hash, rt.family_expires_at, rt.idle_expires_at, \
-                rt.rotated_at, rt.revoked_at, u.active, u.role, u.is_provider, u.auth_version \
-         FROM refresh_tokens rt JOIN users u ON u.clinic_id = rt.clinic_id AND u.id = rt.user_id \
-         WHERE rt.id = $1 FOR UPDATE OF rt",
+        r#"SELECT rt.family_id, rt.user_id, rt.secret_hash, rt.family_expires_at, rt.idle_expires_at,
+                  rt.rotated_at, rt.revoked_at, u.active, u.role, u.is_provider, u.auth_version,
+                  u.totp_enabled_at IS NOT NULL AS "mfa!", c.settings
+           FROM refresh_tokens rt JOIN users u ON u.clinic_id = rt.clinic_id AND u.id = rt.user_id
+           JOIN clinics c ON c.id = rt.clinic_id
+           WHERE rt.id = $1 FOR UPDATE OF rt"#,
         token.id
     )
     .fetch_optional(&mut *tx)
@@ -505,6 +507,16 @@ pub async fn refresh(
         return Err(bad_refresh());
     }
     let role = role.ok_or_else(bad_refresh)?;
+    if !row.mfa && super::mfa::required_for(&row.settings, role) {
+        // The clinic came to require a second factor for the role: this session ends, and
+        // signing in again leads to setting it up.
+        revoke_family(&mut tx, family).await?;
+        tx.commit().await?;
+        return Err(AppError::Unauthorized(
+            "your clinic now requires two-factor sign-in for your role: sign in again to set it up"
+                .into(),
+        ));
+    }
     sqlx::query!(
         "UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1",
         token.id

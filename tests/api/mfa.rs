@@ -258,6 +258,19 @@ async fn a_clinic_that_requires_it_gives_unprepared_users_a_setup_only_token() {
         .await;
     assert_eq!(res.status(), StatusCode::OK);
 
+    // A session from before the requirement is not refreshed.
+    let res = app
+        .post(
+            "/api/v2/auth/refresh",
+            None,
+            json!({"refresh_token": dentist.refresh}),
+        )
+        .await;
+    let body = expect_problem(res, StatusCode::UNAUTHORIZED).await;
+    assert!(body["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("two-factor")));
+
     let answer = app.login(&dentist.email, STRONG_PASSWORD).await;
     assert_eq!(answer["mfa_setup_required"], true);
     assert!(answer.get("refresh_token").is_none());
@@ -274,9 +287,19 @@ async fn a_clinic_that_requires_it_gives_unprepared_users_a_setup_only_token() {
         app.get("/api/v2/auth/me", Some(&limited)).await.status(),
         StatusCode::OK
     );
-    set_up(&app, &limited).await;
+    let (t, _, _, _) = set_up(&app, &limited).await;
     let answer = app.login(&dentist.email, STRONG_PASSWORD).await;
     assert_eq!(answer["mfa_required"], true);
+    // While the clinic requires it, it stays on.
+    let res = app
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v2/auth/mfa/totp",
+            Some(&limited),
+            Some(json!({"password": STRONG_PASSWORD, "code": code(&t, 1)})),
+        )
+        .await;
+    expect_problem(res, StatusCode::CONFLICT).await;
     // The owner's role is not required to.
     let answer = app.login(&owner.email, STRONG_PASSWORD).await;
     assert!(answer["refresh_token"].is_string());
