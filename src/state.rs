@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::mfa::SecretSeal;
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenService;
+use crate::auth::totp::SecretSeal;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;

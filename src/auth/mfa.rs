@@ -1,19 +1,13 @@
-//! Two-factor sign-in with TOTP (RFC 6238: SHA-1, six digits, 30-second steps, one step of
-//! skew either way). A code is accepted once: the step it matched is stored and only a
-//! later step is accepted next. Ten one-use recovery codes, kept as hashes, stand in for a
-//! lost device. The shared secret is sealed with a key derived from `SECRET_KEY` (and
-//! opened with `JWT_PREVIOUS_SECRET_KEYS` after a rotation), bound to the clinic and user.
+//! Two-factor sign-in with TOTP: the routes that set it up, turn it on and off, and the
+//! second step of a sign-in; and the clinic setting that requires it for chosen roles. The
+//! codes, recovery codes and the sealing of secrets are in [`super::totp`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use rand::{Rng, RngCore};
-use secrecy::ExposeSecret;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use totp_rs::{Builder, Secret, Totp};
+use totp_rs::Secret;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,9 +15,9 @@ use uuid::Uuid;
 
 use super::routes::{issue_pair, limit, TokenPair};
 use super::sessions::Device;
+use super::totp::{accepted_step, new_recovery_codes, recovery_hash, totp};
 use super::{Caller, Role};
 use crate::audit::{self, AuditContext, Event};
-use crate::config::Config;
 use crate::db::Tx;
 use crate::error::{AppError, AppResult, Problem};
 use crate::http::extract::ApiJson;
@@ -37,107 +31,14 @@ pub const SETUP_ONLY_PATHS: [&str; 4] = [
     "/api/v2/auth/me",
     "/api/v2/auth/sessions",
 ];
-const RECOVERY_CODES: usize = 10;
 /// Second-step attempts per user per hour (besides `LOGIN_RATE_LIMIT_PER_MINUTE`).
 const MFA_ATTEMPTS_PER_HOUR: u32 = 20;
-const ISSUER: &str = "Molar";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(setup_totp, disable_totp))
         .routes(routes!(enable_totp))
         .routes(routes!(login_mfa))
-}
-
-/// Seals TOTP secrets at rest.
-pub struct SecretSeal {
-    current: XChaCha20Poly1305,
-    previous: Vec<XChaCha20Poly1305>,
-}
-
-fn derive(secret: &str) -> XChaCha20Poly1305 {
-    let key: [u8; 32] = Sha256::new()
-        .chain_update(b"molar/totp-secret/v1")
-        .chain_update(secret.as_bytes())
-        .finalize()
-        .into();
-    XChaCha20Poly1305::new(&Key::from(key))
-}
-
-impl SecretSeal {
-    pub fn new(config: &Config) -> SecretSeal {
-        let current = config
-            .secret_key
-            .as_ref()
-            .map(|s| s.expose_secret().to_owned())
-            .unwrap_or_default();
-        SecretSeal {
-            current: derive(&current),
-            previous: config
-                .jwt_previous_secret_keys
-                .iter()
-                .map(|s| derive(s.expose_secret()))
-                .collect(),
-        }
-    }
-
-    fn aad(clinic: Uuid, user: Uuid) -> Vec<u8> {
-        [clinic.as_bytes().as_slice(), user.as_bytes().as_slice()].concat()
-    }
-
-    fn seal(&self, clinic: Uuid, user: Uuid, secret: &[u8]) -> AppResult<Vec<u8>> {
-        let mut nonce = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let aad = Self::aad(clinic, user);
-        let sealed = self
-            .current
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: secret,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| {
-                AppError::Internal(anyhow::anyhow!("the TOTP secret could not be sealed"))
-            })?;
-        Ok([nonce.as_slice(), &sealed].concat())
-    }
-
-    /// Opens a sealed secret; the second value is a fresh seal under the current key when
-    /// it was opened with a previous one (so that dropping that key later loses nothing).
-    fn open(
-        &self,
-        clinic: Uuid,
-        user: Uuid,
-        sealed: &[u8],
-    ) -> AppResult<(Vec<u8>, Option<Vec<u8>>)> {
-        let failed = || {
-            AppError::Internal(anyhow::anyhow!("a TOTP secret does not open (was SECRET_KEY replaced without keeping the old one in JWT_PREVIOUS_SECRET_KEYS?)"))
-        };
-        if sealed.len() < 24 {
-            return Err(failed());
-        }
-        let (nonce, body) = sealed.split_at(24);
-        let nonce: [u8; 24] = nonce.try_into().map_err(|_| failed())?;
-        let aad = Self::aad(clinic, user);
-        let open = |k: &XChaCha20Poly1305| {
-            k.decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .ok()
-        };
-        if let Some(secret) = open(&self.current) {
-            return Ok((secret, None));
-        }
-        let secret = self.previous.iter().find_map(open).ok_or_else(failed)?;
-        let resealed = self.seal(clinic, user, &secret)?;
-        Ok((secret, Some(resealed)))
-    }
 }
 
 /// Keeps a secret that was opened with a previous key sealed under the current one.
@@ -152,50 +53,6 @@ async fn reseal(tx: &mut Tx, user: Uuid, resealed: Option<Vec<u8>>) -> AppResult
         .await?;
     }
     Ok(())
-}
-
-fn totp(secret: &[u8], account: &str) -> AppResult<Totp> {
-    Builder::new()
-        .with_secret(Secret::new(secret.to_vec().into_boxed_slice()))
-        .with_issuer(Some(ISSUER))
-        .with_account_name(account.replace(':', "_"))
-        .build()
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("TOTP: {e}")))
-}
-
-fn now() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default()
-}
-
-/// The step a code matches (the current one or one either side), if it is later than the
-/// last step accepted.
-fn accepted_step(totp: &Totp, code: &str, last: Option<i64>) -> Option<i64> {
-    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-    let step = i64::try_from(totp.check(&code, now())?).ok()?;
-    (last.is_none_or(|l| step > l)).then_some(step)
-}
-
-fn recovery_hash(code: &str) -> Vec<u8> {
-    let normal: String = code
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    Sha256::digest(normal.as_bytes()).to_vec()
-}
-
-/// Ten codes of ten characters (no 0/o, 1/l), shown as `xxxxx-xxxxx`.
-fn new_recovery_codes() -> Vec<String> {
-    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let mut rng = rand::thread_rng();
-    (0..RECOVERY_CODES)
-        .map(|_| {
-            let c: String = (0..10)
-                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-                .collect();
-            format!("{}-{}", &c[..5], &c[5..])
-        })
-        .collect()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -657,44 +514,6 @@ pub fn required_for(settings: &serde_json::Value, role: Role) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_code_is_accepted_within_one_step_and_only_once() {
-        let secret = [7u8; 20];
-        let t = totp(&secret, "a@b.example").expect("totp");
-        let now = now();
-        let code = t.generate(now).to_string();
-        let step = accepted_step(&t, &code, None).expect("current code");
-        assert_eq!(accepted_step(&t, &code, Some(step)), None, "used once");
-        let before = t.generate(now - 30).to_string();
-        assert!(
-            accepted_step(&t, &before, Some(step - 2)).is_some(),
-            "one step back"
-        );
-        let ahead = t.generate(now + 30).to_string();
-        assert!(
-            accepted_step(&t, &ahead, Some(step)).is_some(),
-            "one step ahead"
-        );
-        let stale = t.generate(now - 120).to_string();
-        if stale != code && stale != before && stale != ahead {
-            assert_eq!(accepted_step(&t, &stale, None), None, "four steps back");
-        }
-    }
-
-    #[test]
-    fn recovery_codes_are_ten_distinct_and_match_however_typed() {
-        let codes = new_recovery_codes();
-        assert_eq!(codes.len(), 10);
-        let distinct: std::collections::HashSet<_> = codes.iter().collect();
-        assert_eq!(distinct.len(), 10);
-        let c = &codes[0];
-        assert_eq!(c.len(), 11);
-        assert_eq!(
-            recovery_hash(c),
-            recovery_hash(&c.replace('-', "").to_uppercase())
-        );
-    }
 
     #[test]
     fn roles_that_must_use_a_second_factor_come_from_the_clinic_settings() {

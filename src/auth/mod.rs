@@ -8,6 +8,7 @@ pub mod reset;
 pub mod routes;
 pub mod sessions;
 pub mod tokens;
+pub mod totp;
 
 use std::net::IpAddr;
 
