@@ -3,6 +3,7 @@
 //! store (see [`store`]), described by a row that is written only once the content is
 //! complete.
 
+pub mod content;
 pub mod crypto;
 pub mod maintenance;
 pub mod routes;
