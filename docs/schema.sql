@@ -370,7 +370,9 @@ CREATE FUNCTION public.auth_email_taken(p_email text) RETURNS boolean
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT EXISTS (SELECT 1 FROM user_logins WHERE email_normalized = lower(p_email))
+    SELECT EXISTS (SELECT 1 FROM user_logins
+                   WHERE email_normalized = lower(p_email)
+                     AND (held_until IS NULL OR held_until >= now()))
 $$;
 
 ALTER FUNCTION public.auth_email_taken(p_email text) OWNER TO molar_auth;
@@ -379,11 +381,11 @@ ALTER FUNCTION public.auth_email_taken(p_email text) OWNER TO molar_auth;
 -- Name: auth_find_login(text); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.auth_find_login(p_email text) RETURNS TABLE(clinic_id uuid, user_id uuid, password_hash text, active boolean)
+CREATE FUNCTION public.auth_find_login(p_email text) RETURNS TABLE(clinic_id uuid, user_id uuid, password_hash text, active boolean, verify_by timestamp with time zone)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT u.clinic_id, u.id, u.password_hash, u.active
+    SELECT u.clinic_id, u.id, u.password_hash, u.active, u.email_verify_by
     FROM user_logins l
     JOIN users u ON u.clinic_id = l.clinic_id AND u.id = l.user_id
     WHERE l.email_normalized = lower(p_email)
@@ -395,11 +397,11 @@ ALTER FUNCTION public.auth_find_login(p_email text) OWNER TO molar_auth;
 -- Name: auth_token_peek(text, bytea); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) RETURNS TABLE(clinic_id uuid, user_id uuid)
+CREATE FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) RETURNS TABLE(clinic_id uuid, user_id uuid, email text)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    SELECT t.clinic_id, t.user_id FROM auth_tokens t
+    SELECT t.clinic_id, t.user_id, t.email FROM auth_tokens t
     WHERE t.token_hash = p_hash AND t.purpose = p_purpose
       AND t.used_at IS NULL AND t.expires_at > now()
 $$;
@@ -410,14 +412,14 @@ ALTER FUNCTION public.auth_token_peek(p_purpose text, p_hash bytea) OWNER TO mol
 -- Name: auth_token_use(text, bytea); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) RETURNS TABLE(clinic_id uuid, user_id uuid)
+CREATE FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) RETURNS TABLE(clinic_id uuid, user_id uuid, email text)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
     UPDATE auth_tokens t SET used_at = now()
     WHERE t.token_hash = p_hash AND t.purpose = p_purpose
       AND t.used_at IS NULL AND t.expires_at > now()
-    RETURNING t.clinic_id, t.user_id
+    RETURNING t.clinic_id, t.user_id, t.email
 $$;
 
 ALTER FUNCTION public.auth_token_use(p_purpose text, p_hash bytea) OWNER TO molar_auth;
@@ -969,12 +971,22 @@ CREATE FUNCTION public.users_sync_login() RETURNS trigger
     SET search_path TO 'public', 'pg_temp'
     AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO user_logins (email_normalized, clinic_id, user_id)
-        VALUES (lower(NEW.email), NEW.clinic_id, NEW.id);
-    ELSIF lower(NEW.email) <> lower(OLD.email) THEN
-        UPDATE user_logins SET email_normalized = lower(NEW.email)
-        WHERE clinic_id = NEW.clinic_id AND user_id = NEW.id;
+    IF TG_OP = 'UPDATE' THEN
+        IF lower(NEW.email) = lower(OLD.email)
+           AND NEW.email_verify_by IS NOT DISTINCT FROM OLD.email_verify_by THEN
+            RETURN NEW;
+        END IF;
+        DELETE FROM user_logins WHERE clinic_id = NEW.clinic_id AND user_id = NEW.id;
+    END IF;
+    INSERT INTO user_logins AS l (email_normalized, clinic_id, user_id, held_until)
+    VALUES (lower(NEW.email), NEW.clinic_id, NEW.id, NEW.email_verify_by)
+    ON CONFLICT (email_normalized) DO UPDATE
+        SET clinic_id = EXCLUDED.clinic_id, user_id = EXCLUDED.user_id,
+            held_until = EXCLUDED.held_until
+        WHERE l.held_until < now();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the email address is in use'
+            USING ERRCODE = 'unique_violation', CONSTRAINT = 'user_logins_pkey';
     END IF;
     RETURN NEW;
 END
@@ -1161,7 +1173,10 @@ CREATE TABLE public.auth_tokens (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     expires_at timestamp with time zone NOT NULL,
     used_at timestamp with time zone,
-    CONSTRAINT auth_tokens_purpose_check CHECK ((purpose = 'password_reset'::text)),
+    email text,
+    CONSTRAINT auth_tokens_email_check CHECK ((length(email) <= 254)),
+    CONSTRAINT auth_tokens_email_for_verification CHECK (((purpose = 'verify_email'::text) = (email IS NOT NULL))),
+    CONSTRAINT auth_tokens_purpose_check CHECK ((purpose = ANY (ARRAY['password_reset'::text, 'verify_email'::text]))),
     CONSTRAINT auth_tokens_token_hash_check CHECK ((length(token_hash) = 32))
 );
 
@@ -1911,7 +1926,8 @@ ALTER TABLE public.treatment_plans OWNER TO molar_owner;
 CREATE TABLE public.user_logins (
     email_normalized text NOT NULL,
     clinic_id uuid NOT NULL,
-    user_id uuid NOT NULL
+    user_id uuid NOT NULL,
+    held_until timestamp with time zone
 );
 
 ALTER TABLE ONLY public.user_logins FORCE ROW LEVEL SECURITY;
@@ -1939,10 +1955,15 @@ CREATE TABLE public.users (
     totp_pending bytea,
     totp_enabled_at timestamp with time zone,
     totp_last_step bigint,
+    email_verified_at timestamp with time zone,
+    email_verify_by timestamp with time zone,
+    pending_email text,
     CONSTRAINT users_email_check CHECK (((length(email) >= 3) AND (length(email) <= 254))),
     CONSTRAINT users_full_name_check CHECK (((length(full_name) >= 1) AND (length(full_name) <= 200))),
+    CONSTRAINT users_pending_email_check CHECK ((length(pending_email) <= 254)),
     CONSTRAINT users_role_check CHECK ((role = ANY (ARRAY['owner'::text, 'admin'::text, 'dentist'::text, 'hygienist'::text, 'assistant'::text, 'receptionist'::text, 'billing'::text]))),
-    CONSTRAINT users_totp_enabled_with_secret CHECK (((totp_enabled_at IS NULL) = (totp_secret IS NULL)))
+    CONSTRAINT users_totp_enabled_with_secret CHECK (((totp_enabled_at IS NULL) = (totp_secret IS NULL))),
+    CONSTRAINT users_verified_not_pending_deadline CHECK (((email_verified_at IS NULL) OR (email_verify_by IS NULL)))
 );
 
 ALTER TABLE ONLY public.users FORCE ROW LEVEL SECURITY;
@@ -2812,7 +2833,7 @@ CREATE TRIGGER stripe_intents_paid_once BEFORE UPDATE ON public.stripe_intents F
 -- Name: users users_sync_login; Type: TRIGGER; Schema: public; Owner: molar_owner
 --
 
-CREATE TRIGGER users_sync_login AFTER INSERT OR UPDATE OF email ON public.users FOR EACH ROW EXECUTE FUNCTION public.users_sync_login();
+CREATE TRIGGER users_sync_login AFTER INSERT OR UPDATE OF email, email_verify_by ON public.users FOR EACH ROW EXECUTE FUNCTION public.users_sync_login();
 
 --
 -- Name: allocations allocations_clinic_id_invoice_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -4448,7 +4469,7 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.treatment_plans TO molar_app;
 -- Name: TABLE user_logins; Type: ACL; Schema: public; Owner: molar_owner
 --
 
-GRANT SELECT,INSERT,UPDATE ON TABLE public.user_logins TO molar_auth;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.user_logins TO molar_auth;
 
 --
 -- Name: TABLE users; Type: ACL; Schema: public; Owner: molar_owner

@@ -122,6 +122,16 @@ pub async fn record(tx: &mut Tx, ctx: &AuditContext, event: Event) -> Result<(),
     insert(tx, ctx, event, Outcome::Success).await
 }
 
+/// Records a refused action inside a transaction that commits other work with it (a
+/// refused sign-in that sends a verification link, say).
+pub async fn record_refusal(
+    tx: &mut Tx,
+    ctx: &AuditContext,
+    event: Event,
+) -> Result<(), sqlx::Error> {
+    insert(tx, ctx, event, Outcome::Failure).await
+}
+
 async fn insert(
     tx: &mut Tx,
     ctx: &AuditContext,

@@ -288,19 +288,7 @@ pub async fn disable_totp(
         audit::record_failure(&state.db, &caller.audit(), event()).await;
         return Err(wrong());
     }
-    sqlx::query!(
-        "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_enabled_at = NULL, \
-         totp_last_step = NULL WHERE id = $1",
-        caller.user_id
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "DELETE FROM mfa_recovery_codes WHERE user_id = $1",
-        caller.user_id
-    )
-    .execute(&mut *tx)
-    .await?;
+    super::totp::turn_off(&mut tx, caller.user_id).await?;
     audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())

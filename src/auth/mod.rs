@@ -9,6 +9,7 @@ pub mod routes;
 pub mod sessions;
 pub mod tokens;
 pub mod totp;
+pub mod verify;
 
 use std::net::IpAddr;
 

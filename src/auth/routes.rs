@@ -183,6 +183,9 @@ pub(super) struct LoginAccount {
     pub(super) user_id: Uuid,
     password_hash: String,
     pub(super) active: bool,
+    /// Until when the account signs in with an unverified address (None: verified, or from
+    /// before verification).
+    verify_by: Option<chrono::DateTime<Utc>>,
 }
 
 /// Finds the account an email signs in to, and the key that account's sign-in quota is
@@ -202,7 +205,8 @@ pub(super) async fn find_login(state: &AppState, email: &str) -> AppResult<Login
     let mut tx = state.db.unscoped_tx().await?;
     let row = sqlx::query!(
         r#"SELECT lower($1::text) AS "account_key!", f.clinic_id AS "clinic_id?",
-                  f.user_id AS "user_id?", f.password_hash AS "password_hash?", f.active AS "active?"
+                  f.user_id AS "user_id?", f.password_hash AS "password_hash?", f.active AS "active?",
+                  f.verify_by
            FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL auth_find_login($1::text) AS f ON true"#,
         email
     )
@@ -215,6 +219,7 @@ pub(super) async fn find_login(state: &AppState, email: &str) -> AppResult<Login
             user_id,
             password_hash,
             active,
+            verify_by: row.verify_by,
         }),
         _ => None,
     };
@@ -279,6 +284,8 @@ pub struct Login {
             it for the role and it is not set up, `mfa_setup_required` and a token for the setup routes only",
             body = LoginAnswer),
         (status = 401, description = "Wrong email or password", body = Problem),
+        (status = 403, description = "The right password, but the account's time to confirm its email \
+            address ran out: a new link is sent to it", body = Problem),
         (status = 429, description = "Too many attempts", body = Problem)))]
 pub async fn login(
     State(state): State<AppState>,
@@ -360,6 +367,9 @@ pub async fn login(
         )
         .await;
         return Err(bad_credentials());
+    }
+    if found.verify_by.is_some_and(|by| by <= Utc::now()) {
+        return Err(super::verify::refuse_unverified(&state, &ctx, clinic_id, user_id).await?);
     }
     let mut tx = state.db.clinic_tx(clinic_id).await?;
     let user = sqlx::query!(
@@ -452,7 +462,7 @@ pub async fn refresh(
     let row = sqlx::query!(
         r#"SELECT rt.family_id, rt.user_id, rt.secret_hash, rt.family_expires_at, rt.idle_expires_at,
                   rt.rotated_at, rt.revoked_at, u.active, u.role, u.is_provider, u.auth_version,
-                  u.totp_enabled_at IS NOT NULL AS "mfa!", c.settings
+                  u.totp_enabled_at IS NOT NULL AS "mfa!", u.email_verify_by, c.settings
            FROM refresh_tokens rt JOIN users u ON u.clinic_id = rt.clinic_id AND u.id = rt.user_id
            JOIN clinics c ON c.id = rt.clinic_id
            WHERE rt.id = $1 FOR UPDATE OF rt"#,
@@ -507,6 +517,12 @@ pub async fn refresh(
         return Err(bad_refresh());
     }
     let role = role.ok_or_else(bad_refresh)?;
+    if row.email_verify_by.is_some_and(|by| by <= now) {
+        // The grace for confirming the address ran out: signing in again sends a new link.
+        return Err(AppError::Unauthorized(
+            "confirm your email address to go on: sign in again to get a new link".into(),
+        ));
+    }
     if !row.mfa && super::mfa::required_for(&row.settings, role) {
         // The clinic came to require a second factor for the role: this session ends, and
         // signing in again leads to setting it up.

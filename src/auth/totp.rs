@@ -152,6 +152,21 @@ pub(super) fn new_recovery_codes() -> Vec<String> {
         .collect()
 }
 
+/// Turns a user's TOTP off in the transaction: secret, pending setup and recovery codes go.
+pub async fn turn_off(tx: &mut crate::db::Tx, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_enabled_at = NULL, \
+         totp_last_step = NULL WHERE id = $1",
+        user
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!("DELETE FROM mfa_recovery_codes WHERE user_id = $1", user)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

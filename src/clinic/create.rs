@@ -58,14 +58,18 @@ pub async fn register(
     .await?;
     let user = users::insert(
         &mut tx,
-        clinic_id,
-        &email,
-        &full_name,
-        Role::Owner,
-        provider,
-        &hash,
+        users::NewUserRow {
+            clinic_id,
+            email: &email,
+            full_name: &full_name,
+            role: Role::Owner,
+            is_provider: provider,
+            password_hash: &hash,
+            verify_by: crate::auth::verify::deadline(state),
+        },
     )
     .await?;
+    crate::auth::verify::send_link(state, &mut tx, clinic_id, user.id, &full_name, &email).await?;
     let ctx = AuditContext {
         clinic_id,
         user_id: Some(user.id),

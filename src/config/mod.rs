@@ -118,6 +118,7 @@ pub struct Config {
     /// The front-end's address, for links in emails (no trailing slash).
     pub public_app_url: String,
     pub password_reset_rate_limit_per_hour: u32,
+    pub email_verification_grace_hours: u32,
 
     pub appointment_max_minutes: u32,
     pub calendar_max_days: u32,
@@ -300,6 +301,10 @@ impl Config {
             password_reset_rate_limit_per_hour: check.number(
                 &r::PASSWORD_RESET_RATE_LIMIT_PER_HOUR,
                 s.password_reset_rate_limit_per_hour,
+            ),
+            email_verification_grace_hours: check.number(
+                &r::EMAIL_VERIFICATION_GRACE_HOURS,
+                s.email_verification_grace_hours,
             ),
 
             appointment_max_minutes: check

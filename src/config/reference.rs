@@ -469,6 +469,14 @@ pub const PASSWORD_RESET_RATE_LIMIT_PER_HOUR: Setting = number(
     1000,
     "reset requests per address per hour (ten times as many per client address)",
 );
+pub const EMAIL_VERIFICATION_GRACE_HOURS: Setting = number(
+    "EMAIL_VERIFICATION_GRACE_HOURS",
+    "72",
+    0,
+    720,
+    "how long a new account signs in (and holds its address) before its email address is \
+     verified; 0 requires verification before the first sign-in",
+);
 pub const METRICS_PORT: Setting = setting(
     "METRICS_PORT",
     Unset,
@@ -654,6 +662,7 @@ pub const SETTINGS: &[Group] = &[
             MAIL_FROM,
             PUBLIC_APP_URL,
             PASSWORD_RESET_RATE_LIMIT_PER_HOUR,
+            EMAIL_VERIFICATION_GRACE_HOURS,
         ],
     },
     Group {

@@ -107,6 +107,7 @@ pub struct Settings {
     #[serde(deserialize_with = "de::text")]
     pub public_app_url: String,
     pub password_reset_rate_limit_per_hour: Parsed<u32>,
+    pub email_verification_grace_hours: Parsed<u32>,
 
     // Clinic rules
     pub appointment_max_minutes: Parsed<u32>,
@@ -187,6 +188,7 @@ impl Default for Settings {
             mail_from: "Molar <no-reply@molar.invalid>".into(),
             public_app_url: "http://localhost:3000".into(),
             password_reset_rate_limit_per_hour: 5.into(),
+            email_verification_grace_hours: 72.into(),
 
             appointment_max_minutes: 480.into(),
             calendar_max_days: 62.into(),

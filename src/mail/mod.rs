@@ -146,6 +146,80 @@ pub fn password_reset(to: &str, name: &str, link: &str) -> Email {
     }
 }
 
+/// The verification message: a link to the front-end with the token, valid
+/// `hours` hours, to the address being verified.
+pub fn verify_email(to: &str, name: &str, link: &str, hours: i64) -> Email {
+    let text = format!(
+        "Hello {name},\n\n\
+         please confirm that this address ({to}) is yours, to sign in to Molar with it:\n\n\
+         {link}\n\n\
+         The link works once, for {hours} hours. If you did not expect this message, ignore \
+         it: the address is not used until it is confirmed.\n"
+    );
+    let html = format!(
+        "<p>Hello {name},</p>\
+         <p>please confirm that this address ({to}) is yours, to sign in to Molar with it:</p>\
+         <p><a href=\"{href}\">Confirm your address</a></p>\
+         <p>The link works once, for {hours} hours. If you did not expect this message, ignore \
+         it: the address is not used until it is confirmed.</p>",
+        name = html_escape(name),
+        to = html_escape(to),
+        href = html_escape(link),
+    );
+    Email {
+        to: to.to_owned(),
+        subject: "Confirm your email address for Molar".into(),
+        text,
+        html,
+    }
+}
+
+/// The notice to an old address that the account now signs in with another.
+pub fn email_changed(to: &str, name: &str, new_address: &str) -> Email {
+    let text = format!(
+        "Hello {name},\n\n\
+         your Molar account now signs in with {new_address} instead of this address.\n\
+         If you did not make this change, tell your clinic's owner at once.\n"
+    );
+    let html = format!(
+        "<p>Hello {name},</p>\
+         <p>your Molar account now signs in with {new_address} instead of this address.</p>\
+         <p>If you did not make this change, tell your clinic's owner at once.</p>",
+        name = html_escape(name),
+        new_address = html_escape(new_address),
+    );
+    Email {
+        to: to.to_owned(),
+        subject: "Your Molar sign-in address has changed".into(),
+        text,
+        html,
+    }
+}
+
+/// The notice that an owner turned a user's two-factor sign-in off.
+pub fn mfa_reset(to: &str, name: &str, by: &str) -> Email {
+    let text = format!(
+        "Hello {name},\n\n\
+         {by} turned off two-factor sign-in for your Molar account, and your sessions have \
+         ended. Sign in with your password and set it up again with your new device.\n\
+         If you did not ask for this, tell your clinic's owner at once.\n"
+    );
+    let html = format!(
+        "<p>Hello {name},</p>\
+         <p>{by} turned off two-factor sign-in for your Molar account, and your sessions have \
+         ended. Sign in with your password and set it up again with your new device.</p>\
+         <p>If you did not ask for this, tell your clinic's owner at once.</p>",
+        name = html_escape(name),
+        by = html_escape(by),
+    );
+    Email {
+        to: to.to_owned(),
+        subject: "Two-factor sign-in was turned off for your Molar account".into(),
+        text,
+        html,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

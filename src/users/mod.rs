@@ -2,6 +2,7 @@
 //! a clinic governable (the last active owner stays; nobody raises their own role or
 //! grants above themselves; deactivation and role changes end sessions at once).
 
+pub mod mfa;
 pub mod routes;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,11 @@ pub struct User {
     /// Bookable: listed by `/providers`.
     pub is_provider: bool,
     pub active: bool,
+    /// The address was confirmed by a link sent to it.
+    pub email_verified: bool,
+    /// A new address waiting for its link to be used: `email` stays the sign-in address
+    /// until then.
+    pub pending_email: Option<String>,
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -37,6 +43,8 @@ struct UserRow {
     role: String,
     is_provider: bool,
     active: bool,
+    email_verified: bool,
+    pending_email: Option<String>,
     version: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -52,6 +60,8 @@ impl From<UserRow> for User {
             role: Role::parse(&r.role).unwrap_or(Role::Billing),
             is_provider: r.is_provider,
             active: r.active,
+            email_verified: r.email_verified,
+            pending_email: r.pending_email,
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -70,8 +80,9 @@ macro_rules! select_user {
     ($tx:expr, $id:expr, $lock:literal) => {
         sqlx::query_as!(
             UserRow,
-            "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, \
-             created_at, updated_at FROM users WHERE id = $1"
+            r#"SELECT id, clinic_id, email, full_name, role, is_provider, active,
+                      email_verified_at IS NOT NULL AS "email_verified!", pending_email, version,
+                      created_at, updated_at FROM users WHERE id = $1"#
                 + $lock,
             $id
         )
@@ -95,28 +106,36 @@ pub fn email_taken() -> AppError {
     AppError::conflict("a user with this email already exists")
 }
 
-/// Inserts a user; a taken email is a 409.
-pub async fn insert(
-    tx: &mut Tx,
-    clinic_id: Uuid,
-    email: &str,
-    full_name: &str,
-    role: Role,
-    is_provider: bool,
-    password_hash: &str,
-) -> AppResult<User> {
+/// What a new user is.
+pub struct NewUserRow<'a> {
+    pub clinic_id: Uuid,
+    pub email: &'a str,
+    pub full_name: &'a str,
+    pub role: Role,
+    pub is_provider: bool,
+    pub password_hash: &'a str,
+    /// Until when the account signs in (and holds its address) unverified.
+    pub verify_by: DateTime<Utc>,
+}
+
+/// Inserts a user with an unverified address; a taken email is a 409.
+pub async fn insert(tx: &mut Tx, new: NewUserRow<'_>) -> AppResult<User> {
     let row = sqlx::query_as!(
         UserRow,
-        "INSERT INTO users (clinic_id, id, email, full_name, role, is_provider, password_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         RETURNING id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at",
-        clinic_id,
+        r#"INSERT INTO users (clinic_id, id, email, full_name, role, is_provider, password_hash,
+                              email_verify_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           RETURNING id, clinic_id, email, full_name, role, is_provider, active,
+                     email_verified_at IS NOT NULL AS "email_verified!", pending_email, version,
+                     created_at, updated_at"#,
+        new.clinic_id,
         Uuid::now_v7(),
-        email,
-        full_name,
-        role.as_str(),
-        is_provider,
-        password_hash
+        new.email,
+        new.full_name,
+        new.role.as_str(),
+        new.is_provider,
+        new.password_hash,
+        new.verify_by
     )
     .fetch_one(&mut **tx)
     .await;

@@ -5,8 +5,9 @@ use super::*;
 use crate::audit::{self, Event};
 use crate::auth::password::check_policy;
 use crate::auth::routes::revoke_refresh_tokens;
+use crate::auth::verify;
 use crate::auth::{Caller, Permission, Role};
-use crate::error::{AppError, AppResult, OnConstraint, Problem};
+use crate::error::{AppError, AppResult, Problem};
 use crate::http::etag::{self, IfMatch};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::pagination::{self, Limit, Page};
@@ -81,11 +82,13 @@ pub async fn list_users(
     let mut tx = caller.begin(&state).await?;
     let rows = sqlx::query_as!(
         UserRow,
-        "SELECT id, clinic_id, email, full_name, role, is_provider, active, version, created_at, updated_at \
-         FROM users \
-         WHERE ($1::text IS NULL OR (full_name, id) > ($1, $2)) \
-           AND ($3::text IS NULL OR role = $3) AND ($4::boolean IS NULL OR active = $4) \
-         ORDER BY full_name, id LIMIT $5",
+        r#"SELECT id, clinic_id, email, full_name, role, is_provider, active,
+                  email_verified_at IS NOT NULL AS "email_verified!", pending_email, version,
+                  created_at, updated_at
+           FROM users
+           WHERE ($1::text IS NULL OR (full_name, id) > ($1, $2))
+             AND ($3::text IS NULL OR role = $3) AND ($4::boolean IS NULL OR active = $4)
+           ORDER BY full_name, id LIMIT $5"#,
         after_name,
         after_id,
         params.role.map(Role::as_str),
@@ -165,12 +168,24 @@ pub async fn create_user(
     let mut tx = caller.begin(&state).await?;
     let user = insert(
         &mut tx,
+        NewUserRow {
+            clinic_id: caller.clinic_id,
+            email: &email,
+            full_name: &full_name,
+            role: body.role,
+            is_provider: body.is_provider.unwrap_or(body.role.provider_by_default()),
+            password_hash: &hash,
+            verify_by: verify::deadline(&state),
+        },
+    )
+    .await?;
+    verify::send_link(
+        &state,
+        &mut tx,
         caller.clinic_id,
-        &email,
+        user.id,
         &full_name,
-        body.role,
-        body.is_provider.unwrap_or(body.role.provider_by_default()),
-        &hash,
+        &email,
     )
     .await?;
     audit::record(
@@ -193,7 +208,7 @@ pub async fn create_user(
 #[into_params(parameter_in = Path)]
 pub struct UserPath {
     /// The user's id.
-    id: Uuid,
+    pub id: Uuid,
 }
 
 /// One staff member (anyone may read their own account).
@@ -226,6 +241,8 @@ pub async fn get_user(
 #[serde(deny_unknown_fields)]
 /// No field can be cleared: `null` is a 422.
 pub struct UserPatch {
+    /// A new sign-in address: it becomes `pending_email`, a link goes to it, and it replaces
+    /// `email` when that link is used. The current address cancels a pending change.
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(schema_with = crate::validate::schema::email)]
     email: Option<Option<String>>,
@@ -371,11 +388,34 @@ pub async fn update_user(
     let cuts_sessions = new_role != current.role
         || new_active != current.active
         || new_provider != current.is_provider;
-    let result = sqlx::query!(
-        "UPDATE users SET email = $2, full_name = $3, role = $4, is_provider = $5, active = $6, \
-         auth_version = auth_version + $7, version = version + 1, updated_at = now() WHERE id = $1",
+    // A new address waits for its link: the old one signs in until then. Giving the
+    // current address back cancels a pending change.
+    let pending = match &email {
+        None => current.pending_email.clone(),
+        Some(new) => {
+            let check = sqlx::query!(
+                r#"SELECT lower($1) = lower($2) AS "same!", auth_email_taken($1) AS "taken!""#,
+                new,
+                current.email
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if check.same {
+                None
+            } else if check.taken {
+                tx.rollback().await?;
+                return Err(super::email_taken());
+            } else {
+                Some(new.clone())
+            }
+        }
+    };
+    sqlx::query!(
+        "UPDATE users SET pending_email = $2, full_name = $3, role = $4, is_provider = $5, \
+         active = $6, auth_version = auth_version + $7, version = version + 1, updated_at = now() \
+         WHERE id = $1",
         id,
-        email.as_deref().unwrap_or(&current.email),
+        pending,
         full_name.as_deref().unwrap_or(&current.full_name),
         new_role.as_str(),
         new_provider,
@@ -383,14 +423,24 @@ pub async fn update_user(
         i32::from(cuts_sessions)
     )
     .execute(&mut *tx)
-    .await;
-    result.on_constraint("user_logins_pkey", super::email_taken)?;
+    .await?;
+    if let Some(new) = pending.as_deref().filter(|_| email.is_some()) {
+        verify::send_link(
+            &state,
+            &mut tx,
+            caller.clinic_id,
+            id,
+            full_name.as_deref().unwrap_or(&current.full_name),
+            new,
+        )
+        .await?;
+    }
     if !new_active {
         revoke_refresh_tokens(&mut tx, id).await?;
     }
     let mut changed = serde_json::Map::new();
     for (name, present) in [
-        ("email", patch.email.is_some()),
+        ("pending_email", patch.email.is_some()),
         ("full_name", patch.full_name.is_some()),
         ("role", patch.role.is_some()),
         ("is_provider", patch.is_provider.is_some()),

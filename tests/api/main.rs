@@ -31,3 +31,4 @@ mod treatment_plans;
 mod treatment_procedures;
 mod treatment_recalls;
 mod treatment_roles;
+mod verify_email;

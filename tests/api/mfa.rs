@@ -305,3 +305,108 @@ async fn a_clinic_that_requires_it_gives_unprepared_users_a_setup_only_token() {
     assert!(answer["refresh_token"].is_string());
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn an_owner_turns_off_a_lost_device_and_the_user_sets_up_again() {
+    let sink = crate::smtp_sink::SmtpSink::keeping(
+        "Two-factor sign-in was turned off for your Molar account",
+    )
+    .await;
+    let url = sink.url();
+    let app = spawn_with(move |v| {
+        v.insert("SMTP_URL".into(), url);
+    })
+    .await;
+    let owner = app.register_clinic("Lost device").await;
+    let admin = app.staff(&owner.access, "admin").await;
+    let dentist = app.staff(&owner.access, "dentist").await;
+    set_up(&app, &dentist.access).await;
+    let path = format!("/api/v2/users/{}/mfa", dentist.user_id);
+
+    // Only an owner, and not for their own account.
+    expect_problem(
+        app.delete(&path, Some(&admin.access)).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    expect_problem(
+        app.delete(&path, Some(&dentist.access)).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    expect_problem(
+        app.delete(
+            &format!("/api/v2/users/{}/mfa", owner.user_id),
+            Some(&owner.access),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    expect_problem(
+        app.delete(
+            &format!("/api/v2/users/{}/mfa", uuid::Uuid::now_v7()),
+            Some(&owner.access),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // Another clinic's owner cannot reach the user.
+    let stranger = app.register_clinic("Elsewhere").await;
+    expect_problem(
+        app.delete(&path, Some(&stranger.access)).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(first_step(&app, &dentist.email).await["mfa_required"], true);
+
+    let res = app.delete(&path, Some(&owner.access)).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // The user's sessions ended at once, access and refresh alike.
+    expect_problem(
+        app.get("/api/v2/auth/me", Some(&dentist.access)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    expect_problem(
+        app.post(
+            "/api/v2/auth/refresh",
+            None,
+            json!({"refresh_token": dentist.refresh}),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // The password alone signs in now, and the device can be set up again.
+    let answer = first_step(&app, &dentist.email).await;
+    assert!(answer["refresh_token"].is_string(), "{answer}");
+    let fresh = answer["access_token"].as_str().expect("token").to_owned();
+    set_up(&app, &fresh).await;
+    // Told by email; audited; a second reset of a user without it is a 409.
+    let mail = sink.wait_for(1, std::time::Duration::from_secs(20)).await;
+    assert_eq!(mail[0].to, [format!("<{}>", dentist.email)]);
+    assert!(crate::smtp_sink::decoded(&mail[0].data).contains("Olga Owner turned off"));
+    let mut db = app.admin_db().await;
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'user.mfa_reset' AND outcome = 'success' \
+         AND resource_id = $1::uuid",
+    )
+    .bind(&dentist.user_id)
+    .fetch_one(&mut db)
+    .await
+    .expect("audit");
+    assert_eq!(audited, 1);
+    let other = app.staff(&owner.access, "hygienist").await;
+    expect_problem(
+        app.delete(
+            &format!("/api/v2/users/{}/mfa", other.user_id),
+            Some(&owner.access),
+        )
+        .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    app.stop().await.expect("stop");
+}

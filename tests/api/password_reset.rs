@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::common::*;
 use crate::smtp_sink::{decoded, SmtpSink};
 
+const SUBJECT: &str = "Reset your Molar password";
 const NEW_PASSWORD: &str = "lantern orchard velvet 77 quietly";
 
 async fn with_mail(sink: &SmtpSink, extra: &[(&str, &str)]) -> TestApp {
@@ -62,7 +63,7 @@ async fn confirm(app: &TestApp, token: &str, password: &str) -> reqwest::Respons
 
 #[tokio::test]
 async fn a_reset_link_arrives_works_once_and_ends_every_session() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::keeping(SUBJECT).await;
     let app = with_mail(&sink, &[]).await;
     let owner = app.register_clinic("Reset").await;
     let other_device = app.login(&owner.email, STRONG_PASSWORD).await;
@@ -89,7 +90,8 @@ async fn a_reset_link_arrives_works_once_and_ends_every_session() {
     // The outbox keeps who and what, not the link.
     let mut db = app.admin_db().await;
     let (delivered, payload): (Option<chrono::DateTime<chrono::Utc>>, Value) =
-        sqlx::query_as("SELECT delivered_at, payload FROM outbox")
+        sqlx::query_as("SELECT delivered_at, payload FROM outbox WHERE payload->>'subject' = $1")
+            .bind(SUBJECT)
             .fetch_one(&mut db)
             .await
             .expect("outbox row");
@@ -98,10 +100,11 @@ async fn a_reset_link_arrives_works_once_and_ends_every_session() {
         payload,
         json!({"to": owner.email, "subject": "Reset your Molar password"})
     );
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM auth_tokens")
-        .fetch_one(&mut db)
-        .await
-        .expect("token row");
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT token_hash FROM auth_tokens WHERE purpose = 'password_reset'")
+            .fetch_one(&mut db)
+            .await
+            .expect("token row");
     assert_eq!(stored.len(), 32, "only the hash is stored");
 
     // A weak password is refused and leaves the link working.
@@ -174,7 +177,7 @@ async fn a_reset_link_arrives_works_once_and_ends_every_session() {
 
 #[tokio::test]
 async fn unknown_addresses_get_the_same_answer_no_mail_and_the_same_limit() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::keeping(SUBJECT).await;
     let app = with_mail(&sink, &[("PASSWORD_RESET_RATE_LIMIT_PER_HOUR", "2")]).await;
     let owner = app.register_clinic("Enumerate").await;
     let unknown = "nobody-here@example.test";
@@ -212,7 +215,7 @@ async fn unknown_addresses_get_the_same_answer_no_mail_and_the_same_limit() {
 
 #[tokio::test]
 async fn an_expired_or_forged_token_is_refused() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::keeping(SUBJECT).await;
     let app = with_mail(&sink, &[]).await;
     let owner = app.register_clinic("Expired").await;
     assert_eq!(ask(&app, &owner.email).await.0, StatusCode::ACCEPTED);
@@ -244,7 +247,7 @@ async fn an_expired_or_forged_token_is_refused() {
 
 #[tokio::test]
 async fn a_mail_server_that_fails_then_recovers_gets_each_message_once_from_two_instances() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::keeping(SUBJECT).await;
     let app = with_mail(&sink, &[]).await;
     let second = spawn_on(app.db_name.clone(), app.vars.clone()).await;
     let owner = app.register_clinic("Outage").await;
@@ -263,8 +266,9 @@ async fn a_mail_server_that_fails_then_recovers_gets_each_message_once_from_two_
     loop {
         let failed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM outbox WHERE attempts >= 1 AND last_error IS NOT NULL \
-             AND delivered_at IS NULL AND available_at > now()",
+             AND delivered_at IS NULL AND available_at > now() AND payload->>'subject' = $1",
         )
+        .bind(SUBJECT)
         .fetch_one(&mut db)
         .await
         .expect("count");
@@ -298,11 +302,13 @@ async fn a_mail_server_that_fails_then_recovers_gets_each_message_once_from_two_
     let mut want: Vec<String> = emails.iter().map(|e| format!("<{e}>")).collect();
     want.sort();
     assert_eq!(to, want, "each message exactly once");
-    let attempts: Vec<i32> =
-        sqlx::query_scalar("SELECT attempts FROM outbox WHERE delivered_at IS NOT NULL")
-            .fetch_all(&mut db)
-            .await
-            .expect("attempts");
+    let attempts: Vec<i32> = sqlx::query_scalar(
+        "SELECT attempts FROM outbox WHERE delivered_at IS NOT NULL AND payload->>'subject' = $1",
+    )
+    .bind(SUBJECT)
+    .fetch_all(&mut db)
+    .await
+    .expect("attempts");
     assert_eq!(attempts.len(), emails.len());
     assert!(attempts.iter().all(|a| *a >= 2), "{attempts:?}");
     second.stop().await.expect("stop");

@@ -22,10 +22,22 @@ pub struct SmtpSink {
     pub port: u16,
     messages: Arc<Mutex<Vec<Received>>>,
     refusing: Arc<AtomicBool>,
+    /// Keeps only messages with this subject (others are accepted and dropped).
+    subject: Option<Arc<str>>,
 }
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
+        SmtpSink::listen(None).await
+    }
+
+    /// A sink that keeps only the messages with `subject` (a test about password resets
+    /// does not count the verification messages its new accounts are sent).
+    pub async fn keeping(subject: &str) -> SmtpSink {
+        SmtpSink::listen(Some(subject.into())).await
+    }
+
+    async fn listen(subject: Option<Arc<str>>) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the SMTP sink");
@@ -34,6 +46,7 @@ impl SmtpSink {
             port,
             messages: Arc::default(),
             refusing: Arc::default(),
+            subject,
         };
         let shared = sink.clone();
         tokio::spawn(async move {
@@ -108,7 +121,11 @@ impl SmtpSink {
                 if self.refusing.load(Ordering::SeqCst) {
                     b"451 4.3.0 try again later\r\n"
                 } else {
-                    if let Ok(mut m) = self.messages.lock() {
+                    let kept = self
+                        .subject
+                        .as_deref()
+                        .is_none_or(|s| data.contains(&format!("Subject: {s}\n")));
+                    if let (true, Ok(mut m)) = (kept, self.messages.lock()) {
                         m.push(Received {
                             from: from.clone(),
                             to: to.clone(),
