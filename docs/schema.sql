@@ -1491,7 +1491,7 @@ CREATE TABLE public.outbox (
     failed_at timestamp with time zone,
     CONSTRAINT outbox_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT outbox_last_error_check CHECK ((length(last_error) <= 1000)),
-    CONSTRAINT outbox_topic_check CHECK ((topic = 'email'::text))
+    CONSTRAINT outbox_topic_check CHECK ((topic = ANY (ARRAY['email'::text, 'webhook'::text])))
 );
 
 ALTER TABLE ONLY public.outbox FORCE ROW LEVEL SECURITY;
@@ -1971,6 +1971,53 @@ ALTER TABLE ONLY public.users FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.users OWNER TO molar_owner;
 
 --
+-- Name: webhook_deliveries; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.webhook_deliveries (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    subscription_id uuid NOT NULL,
+    event_id uuid NOT NULL,
+    event_type text NOT NULL,
+    attempt integer NOT NULL,
+    status_code integer,
+    error text,
+    duration_ms integer NOT NULL,
+    delivered boolean NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhook_deliveries_attempt_check CHECK ((attempt >= 1)),
+    CONSTRAINT webhook_deliveries_duration_ms_check CHECK ((duration_ms >= 0)),
+    CONSTRAINT webhook_deliveries_error_check CHECK ((length(error) <= 500))
+);
+
+ALTER TABLE ONLY public.webhook_deliveries FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.webhook_deliveries OWNER TO molar_owner;
+
+--
+-- Name: webhook_subscriptions; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.webhook_subscriptions (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    url text NOT NULL,
+    events text[] NOT NULL,
+    secret bytea NOT NULL,
+    active boolean DEFAULT true NOT NULL,
+    version integer DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhook_subscriptions_events_check CHECK (((cardinality(events) >= 1) AND (cardinality(events) <= 32))),
+    CONSTRAINT webhook_subscriptions_url_check CHECK (((length(url) >= 8) AND (length(url) <= 2000)))
+);
+
+ALTER TABLE ONLY public.webhook_subscriptions FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.webhook_subscriptions OWNER TO molar_owner;
+
+--
 -- Name: working_hour_exceptions; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -2408,6 +2455,20 @@ ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_pkey PRIMARY KEY (clinic_id, id);
 
 --
+-- Name: webhook_deliveries webhook_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (clinic_id, id);
+
+--
+-- Name: webhook_subscriptions webhook_subscriptions_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.webhook_subscriptions
+    ADD CONSTRAINT webhook_subscriptions_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: working_hour_exceptions working_hour_exceptions_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2702,6 +2763,12 @@ CREATE INDEX treatment_plans_patient ON public.treatment_plans USING btree (clin
 --
 
 CREATE INDEX users_clinic_name ON public.users USING btree (clinic_id, full_name, id);
+
+--
+-- Name: webhook_deliveries_by_subscription; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX webhook_deliveries_by_subscription ON public.webhook_deliveries USING btree (clinic_id, subscription_id, id DESC);
 
 --
 -- Name: working_hour_exceptions_day; Type: INDEX; Schema: public; Owner: molar_owner
@@ -3375,6 +3442,20 @@ ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
 
 --
+-- Name: webhook_deliveries webhook_deliveries_clinic_id_subscription_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_clinic_id_subscription_id_fkey FOREIGN KEY (clinic_id, subscription_id) REFERENCES public.webhook_subscriptions(clinic_id, id) ON DELETE CASCADE;
+
+--
+-- Name: webhook_subscriptions webhook_subscriptions_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.webhook_subscriptions
+    ADD CONSTRAINT webhook_subscriptions_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
 -- Name: working_hour_exceptions working_hour_exceptions_clinic_id_provider_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -3683,6 +3764,18 @@ CREATE POLICY clinic_isolation ON public.treatment_plans USING ((clinic_id = ( S
 CREATE POLICY clinic_isolation ON public.users USING ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif"))) WITH CHECK ((clinic_id = ( SELECT (NULLIF(current_setting('app.clinic_id'::text, true), ''::text))::uuid AS "nullif")));
 
 --
+-- Name: webhook_deliveries clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.webhook_deliveries USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: webhook_subscriptions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.webhook_subscriptions USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
 -- Name: working_hour_exceptions clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -3963,6 +4056,18 @@ ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
 --
 
 CREATE POLICY verifier ON public.audit_retention FOR SELECT TO molar_auth USING (true);
+
+--
+-- Name: webhook_deliveries; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: webhook_subscriptions; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.webhook_subscriptions ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: working_hour_exceptions; Type: ROW SECURITY; Schema: public; Owner: molar_owner
@@ -4477,6 +4582,54 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.user_logins TO molar_auth;
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.users TO molar_app;
 GRANT SELECT ON TABLE public.users TO molar_auth;
+
+--
+-- Name: TABLE webhook_deliveries; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.webhook_deliveries TO molar_app;
+
+--
+-- Name: TABLE webhook_subscriptions; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT,DELETE ON TABLE public.webhook_subscriptions TO molar_app;
+
+--
+-- Name: COLUMN webhook_subscriptions.url; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(url) ON TABLE public.webhook_subscriptions TO molar_app;
+
+--
+-- Name: COLUMN webhook_subscriptions.events; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(events) ON TABLE public.webhook_subscriptions TO molar_app;
+
+--
+-- Name: COLUMN webhook_subscriptions.secret; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(secret) ON TABLE public.webhook_subscriptions TO molar_app;
+
+--
+-- Name: COLUMN webhook_subscriptions.active; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(active) ON TABLE public.webhook_subscriptions TO molar_app;
+
+--
+-- Name: COLUMN webhook_subscriptions.version; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(version) ON TABLE public.webhook_subscriptions TO molar_app;
+
+--
+-- Name: COLUMN webhook_subscriptions.updated_at; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT UPDATE(updated_at) ON TABLE public.webhook_subscriptions TO molar_app;
 
 --
 -- Name: TABLE working_hour_exceptions; Type: ACL; Schema: public; Owner: molar_owner

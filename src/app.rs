@@ -29,6 +29,7 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(clinic::routes::router())
         .merge(users::routes::router())
         .merge(users::mfa::router())
+        .merge(crate::webhooks::routes::router())
         .merge(audit::routes::router())
         .merge(patients::routes::router())
         .merge(chart::routes::router())

@@ -32,6 +32,7 @@ pub mod telemetry;
 pub mod treatment;
 pub mod users;
 pub mod validate;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -140,7 +141,10 @@ impl Server {
         let maintenance =
             audit::spawn_maintenance(state.db.clone(), settle, Duration::from_secs(60));
         let sweeper = documents::maintenance::spawn_sweeper(state.clone());
-        let outbox = outbox::spawn_worker(state.db.clone(), state.mailer.clone());
+        let outbox = outbox::spawn_worker(
+            state.clone(),
+            webhooks::deliver::Deliverer::new(config.webhook_allow_private)?,
+        );
         let drain = config.shutdown_drain;
         let draining_state = state.clone();
         let app = app::app(state.clone());

@@ -35,7 +35,8 @@ use crate::scheduling::appointments::Conflict;
         (name = "treatment", description = "The procedure catalogue, charted procedures, treatment plans and recalls"),
         (name = "reports", description = "The day sheet"),
         (name = "billing", description = "Patient accounts, payments, refunds, adjustments and invoices"),
-        (name = "documents", description = "X-rays, photos, consent forms and letters: streamed uploads and downloads, encrypted at rest")
+        (name = "documents", description = "X-rays, photos, consent forms and letters: streamed uploads and downloads, encrypted at rest"),
+        (name = "webhooks", description = "Signed event deliveries to the clinic's own systems, from a transactional outbox")
     )
 )]
 pub struct ApiDoc;

@@ -138,6 +138,11 @@ async fn insert(
     event: Event,
     outcome: Outcome,
 ) -> Result<(), sqlx::Error> {
+    if let (Outcome::Success, Some(event_type)) =
+        (outcome, crate::webhooks::event_type(event.action))
+    {
+        return insert_with_webhooks(tx, ctx, event, event_type).await;
+    }
     sqlx::query!(
         "INSERT INTO audit_events \
          (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
@@ -153,6 +158,49 @@ async fn insert(
         ctx.ip.map(ipnet_of),
         outcome.as_str(),
         event.details
+    )
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+/// A successful action that is a webhook event: its audit row, and an outbox row for each
+/// active subscription of the clinic that names the event or its family, in one statement.
+async fn insert_with_webhooks(
+    tx: &mut Tx,
+    ctx: &AuditContext,
+    event: Event,
+    event_type: &'static str,
+) -> Result<(), sqlx::Error> {
+    let body = crate::webhooks::event_body(
+        event_type,
+        event.resource_type,
+        event.resource_id,
+        event.patient_id,
+    );
+    sqlx::query!(
+        "WITH audit AS (INSERT INTO audit_events \
+           (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'success', $10)) \
+         INSERT INTO outbox (clinic_id, id, topic, payload, give_up_at) \
+         SELECT s.clinic_id, gen_random_uuid(), 'webhook', \
+                jsonb_build_object('subscription_id', s.id, 'event', $11::jsonb), \
+                now() + interval '1 day' \
+         FROM webhook_subscriptions s \
+         WHERE s.active AND ($12 = ANY (s.events) OR $13 = ANY (s.events))",
+        ctx.clinic_id,
+        Uuid::now_v7(),
+        ctx.user_id,
+        event.action,
+        event.resource_type,
+        event.resource_id,
+        event.patient_id,
+        ctx.request_id.as_deref(),
+        ctx.ip.map(ipnet_of),
+        event.details,
+        body,
+        event_type,
+        crate::webhooks::family_pattern(event_type)
     )
     .execute(&mut **tx)
     .await

@@ -108,6 +108,7 @@ impl Role {
                 DocumentsRead,
                 DocumentsWrite,
                 DocumentsForms,
+                WebhooksManage,
             ],
             Role::Dentist | Role::Hygienist => &[
                 ClinicRead,
@@ -193,7 +194,7 @@ pub fn grants(role: Role, provider: bool) -> Vec<Permission> {
 
 impl Permission {
     /// Every permission, in the order the matrix lists them.
-    pub const ALL: [Permission; 25] = [
+    pub const ALL: [Permission; 26] = [
         Permission::ClinicRead,
         Permission::ClinicManage,
         Permission::UsersRead,
@@ -219,6 +220,7 @@ impl Permission {
         Permission::DocumentsRead,
         Permission::DocumentsWrite,
         Permission::DocumentsForms,
+        Permission::WebhooksManage,
     ];
 
     /// The name in the API (as serialised).
@@ -249,6 +251,7 @@ impl Permission {
             Permission::DocumentsRead => "documents.read",
             Permission::DocumentsWrite => "documents.write",
             Permission::DocumentsForms => "documents.forms",
+            Permission::WebhooksManage => "webhooks.manage",
         }
     }
 }
@@ -339,6 +342,9 @@ pub enum Permission {
     /// Upload, read and delete consent forms and referral letters only.
     #[serde(rename = "documents.forms")]
     DocumentsForms,
+    /// Webhook subscriptions and their delivery logs.
+    #[serde(rename = "webhooks.manage")]
+    WebhooksManage,
 }
 
 /// The answer to a role that lacks a permission.

@@ -49,14 +49,32 @@ impl SecretSeal {
         }
     }
 
-    fn aad(clinic: Uuid, user: Uuid) -> Vec<u8> {
-        [clinic.as_bytes().as_slice(), user.as_bytes().as_slice()].concat()
+    /// What a sealed secret is bound to: its purpose (empty for TOTP secrets, which came
+    /// first), its clinic and its owner (a user, or a webhook subscription).
+    fn aad(purpose: &[u8], clinic: Uuid, owner: Uuid) -> Vec<u8> {
+        [
+            purpose,
+            clinic.as_bytes().as_slice(),
+            owner.as_bytes().as_slice(),
+        ]
+        .concat()
     }
 
     pub(super) fn seal(&self, clinic: Uuid, user: Uuid, secret: &[u8]) -> AppResult<Vec<u8>> {
+        self.seal_for(b"", clinic, user, secret)
+    }
+
+    /// Seals another kind of secret (`purpose` keeps kinds apart).
+    pub(crate) fn seal_for(
+        &self,
+        purpose: &[u8],
+        clinic: Uuid,
+        owner: Uuid,
+        secret: &[u8],
+    ) -> AppResult<Vec<u8>> {
         let mut nonce = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let aad = Self::aad(clinic, user);
+        let aad = Self::aad(purpose, clinic, owner);
         let sealed = self
             .current
             .encrypt(
@@ -80,15 +98,26 @@ impl SecretSeal {
         user: Uuid,
         sealed: &[u8],
     ) -> AppResult<(Vec<u8>, Option<Vec<u8>>)> {
+        self.open_for(b"", clinic, user, sealed)
+    }
+
+    /// Opens a secret sealed by [`SecretSeal::seal_for`], as [`SecretSeal::open`] does.
+    pub(crate) fn open_for(
+        &self,
+        purpose: &[u8],
+        clinic: Uuid,
+        owner: Uuid,
+        sealed: &[u8],
+    ) -> AppResult<(Vec<u8>, Option<Vec<u8>>)> {
         let failed = || {
-            AppError::Internal(anyhow::anyhow!("a TOTP secret does not open (was SECRET_KEY replaced without keeping the old one in JWT_PREVIOUS_SECRET_KEYS?)"))
+            AppError::Internal(anyhow::anyhow!("a sealed secret does not open (was SECRET_KEY replaced without keeping the old one in JWT_PREVIOUS_SECRET_KEYS?)"))
         };
         if sealed.len() < 24 {
             return Err(failed());
         }
         let (nonce, body) = sealed.split_at(24);
         let nonce: [u8; 24] = nonce.try_into().map_err(|_| failed())?;
-        let aad = Self::aad(clinic, user);
+        let aad = Self::aad(purpose, clinic, owner);
         let open = |k: &XChaCha20Poly1305| {
             k.decrypt(
                 &XNonce::from(nonce),
@@ -103,7 +132,7 @@ impl SecretSeal {
             return Ok((secret, None));
         }
         let secret = self.previous.iter().find_map(open).ok_or_else(failed)?;
-        let resealed = self.seal(clinic, user, &secret)?;
+        let resealed = self.seal_for(purpose, clinic, owner, &secret)?;
         Ok((secret, Some(resealed)))
     }
 }

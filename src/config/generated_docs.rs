@@ -21,6 +21,15 @@ fn permission_matrix_is_current() {
     );
 }
 
+#[test]
+fn webhook_events_are_current() {
+    check_section(
+        "docs/webhooks.md",
+        "webhook-events",
+        &crate::webhooks::events_markdown(),
+    );
+}
+
 fn check_section(file: &str, name: &str, rendered: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {file}: {e}"));

@@ -119,6 +119,7 @@ pub struct Config {
     pub public_app_url: String,
     pub password_reset_rate_limit_per_hour: u32,
     pub email_verification_grace_hours: u32,
+    pub webhook_allow_private: bool,
 
     pub appointment_max_minutes: u32,
     pub calendar_max_days: u32,
@@ -306,6 +307,9 @@ impl Config {
                 &r::EMAIL_VERIFICATION_GRACE_HOURS,
                 s.email_verification_grace_hours,
             ),
+            webhook_allow_private: check
+                .value(&r::WEBHOOK_ALLOW_PRIVATE, s.webhook_allow_private)
+                .unwrap_or_default(),
 
             appointment_max_minutes: check
                 .number(&r::APPOINTMENT_MAX_MINUTES, s.appointment_max_minutes),

@@ -469,6 +469,13 @@ pub const PASSWORD_RESET_RATE_LIMIT_PER_HOUR: Setting = number(
     1000,
     "reset requests per address per hour (ten times as many per client address)",
 );
+pub const WEBHOOK_ALLOW_PRIVATE: Setting = setting(
+    "WEBHOOK_ALLOW_PRIVATE",
+    Is("false"),
+    Flag,
+    "let webhooks reach private, loopback and link-local addresses and plain `http://` (tests, \
+     closed networks); off, such addresses are refused at subscription and at every delivery",
+);
 pub const EMAIL_VERIFICATION_GRACE_HOURS: Setting = number(
     "EMAIL_VERIFICATION_GRACE_HOURS",
     "72",
@@ -663,6 +670,7 @@ pub const SETTINGS: &[Group] = &[
             PUBLIC_APP_URL,
             PASSWORD_RESET_RATE_LIMIT_PER_HOUR,
             EMAIL_VERIFICATION_GRACE_HOURS,
+            WEBHOOK_ALLOW_PRIVATE,
         ],
     },
     Group {

@@ -108,6 +108,7 @@ pub struct Settings {
     pub public_app_url: String,
     pub password_reset_rate_limit_per_hour: Parsed<u32>,
     pub email_verification_grace_hours: Parsed<u32>,
+    pub webhook_allow_private: Parsed<bool>,
 
     // Clinic rules
     pub appointment_max_minutes: Parsed<u32>,
@@ -189,6 +190,7 @@ impl Default for Settings {
             public_app_url: "http://localhost:3000".into(),
             password_reset_rate_limit_per_hour: 5.into(),
             email_verification_grace_hours: 72.into(),
+            webhook_allow_private: false.into(),
 
             appointment_max_minutes: 480.into(),
             calendar_max_days: 62.into(),

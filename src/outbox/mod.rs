@@ -8,18 +8,23 @@
 //! ends (delivery is at least once). A failed attempt is retried with exponential back-off
 //! and jitter until the row's give-up time (a day by default), then given up and logged.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use uuid::Uuid;
 
+use futures_util::StreamExt;
+
 use crate::db::{Db, Tx};
-use crate::mail::{Email, Mailer};
+use crate::mail::Email;
+use crate::state::AppState;
+use crate::webhooks::deliver::Deliverer;
 
 /// Rows claimed per round.
-const BATCH: i32 = 10;
+const BATCH: i32 = 20;
+/// Rows of a round delivered at once (a slow receiver does not hold the others up).
+const CONCURRENT: usize = 8;
 /// How long a due row may wait when the outbox is idle.
 const POLL: Duration = Duration::from_secs(1);
 /// How long a leased row is left to its worker: longer than delivering a batch can take
@@ -58,16 +63,27 @@ pub fn back_off(attempts: i32) -> Duration {
     Duration::from_secs(base + jitter)
 }
 
+/// What became of an attempt.
+pub enum Outcome {
+    /// Delivered; the row keeps this instead of its payload.
+    Delivered(serde_json::Value),
+    /// Failed; tried again after a back-off until the row's give-up time.
+    Retry(String),
+    /// Failed for good (a deleted subscription, say).
+    GiveUp(String),
+}
+
 /// Delivers what is due, one batch at a time, until none is; returns how many rows were
 /// handled.
-pub async fn deliver_due(db: &Db, mailer: &Mailer) -> Result<usize, sqlx::Error> {
+pub async fn deliver_due(state: &AppState, webhooks: &Deliverer) -> Result<usize, sqlx::Error> {
+    let db = &state.db;
     let mut handled = 0;
     loop {
         let mut tx = db.unscoped_tx().await?;
         let rows = sqlx::query!(
-            r#"SELECT clinic_id AS "clinic_id!", id AS "id!", payload AS "payload!",
-                      attempts AS "attempts!", give_up_at AS "give_up_at!"
-               FROM outbox_claim(ARRAY['email'], $1, make_interval(secs => $2))"#,
+            r#"SELECT clinic_id AS "clinic_id!", id AS "id!", topic AS "topic!",
+                      payload AS "payload!", attempts AS "attempts!", give_up_at AS "give_up_at!"
+               FROM outbox_claim(ARRAY['email', 'webhook'], $1, make_interval(secs => $2))"#,
             BATCH,
             LEASE_SECONDS
         )
@@ -77,22 +93,38 @@ pub async fn deliver_due(db: &Db, mailer: &Mailer) -> Result<usize, sqlx::Error>
         if rows.is_empty() {
             return Ok(handled);
         }
-        for row in &rows {
-            let outcome = match serde_json::from_value::<Email>(row.payload.clone()) {
-                Ok(email) => mailer.send(&email).await.map(|()| email.receipt()),
-                Err(_) => Err("the payload is not an email".to_owned()),
-            };
-            record(
-                db,
-                row.clinic_id,
-                row.id,
-                row.attempts,
-                row.give_up_at,
-                outcome,
-            )
-            .await?;
-        }
         handled += rows.len();
+        let results: Vec<Result<(), sqlx::Error>> = futures_util::stream::iter(rows)
+            .map(|row| async move {
+                let outcome = match row.topic.as_str() {
+                    "email" => match serde_json::from_value::<Email>(row.payload) {
+                        Ok(email) => match state.mailer.send(&email).await {
+                            Ok(()) => Outcome::Delivered(email.receipt()),
+                            Err(why) => Outcome::Retry(why),
+                        },
+                        Err(_) => Outcome::GiveUp("the payload is not an email".to_owned()),
+                    },
+                    "webhook" => {
+                        webhooks
+                            .deliver(state, row.clinic_id, &row.payload, row.attempts)
+                            .await
+                    }
+                    other => Outcome::GiveUp(format!("no worker delivers the topic {other}")),
+                };
+                record(
+                    db,
+                    row.clinic_id,
+                    row.id,
+                    row.attempts,
+                    row.give_up_at,
+                    outcome,
+                )
+                .await
+            })
+            .buffer_unordered(CONCURRENT)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
     }
 }
 
@@ -102,11 +134,20 @@ async fn record(
     id: Uuid,
     attempts: i32,
     give_up_at: DateTime<Utc>,
-    outcome: Result<serde_json::Value, String>,
+    outcome: Outcome,
 ) -> Result<(), sqlx::Error> {
     let (delivered, error, next, keep) = match outcome {
-        Ok(keep) => (true, None, None, Some(keep)),
-        Err(why) => {
+        Outcome::Delivered(keep) => (true, None, None, Some(keep)),
+        Outcome::GiveUp(why) => {
+            tracing::error!(outbox = %id, error = %why, attempts = attempts + 1, "gave up delivering an outbox message");
+            (
+                false,
+                Some(why),
+                None,
+                Some(serde_json::json!({ "gave_up": true })),
+            )
+        }
+        Outcome::Retry(why) => {
             let next =
                 Utc::now() + chrono::Duration::from_std(back_off(attempts)).unwrap_or_default();
             if next > give_up_at {
@@ -140,13 +181,13 @@ async fn record(
 }
 
 /// The worker of this instance: delivers what is due every second.
-pub fn spawn_worker(db: Db, mailer: Arc<Mailer>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_worker(state: AppState, webhooks: Deliverer) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = deliver_due(&db, &mailer).await {
+            if let Err(e) = deliver_due(&state, &webhooks).await {
                 tracing::warn!(error = %crate::error::loggable(&e), "the outbox worker could not reach the database");
             }
         }

@@ -32,3 +32,4 @@ mod treatment_procedures;
 mod treatment_recalls;
 mod treatment_roles;
 mod verify_email;
+mod webhooks;

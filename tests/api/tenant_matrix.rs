@@ -59,6 +59,7 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("documents", Kind::Document),
     ("document", Kind::Document),
     ("sessions", Kind::Session),
+    ("subscriptions", Kind::WebhookSubscription),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +84,7 @@ enum Kind {
     Document,
     /// A sign-in of the clinic's owner.
     Session,
+    WebhookSubscription,
 }
 
 /// The fixture an operation works on for `kind`: the presented plan for acceptance, the
@@ -329,7 +331,19 @@ async fn clinic(app: &TestApp, name: &str) -> Clinic {
         .as_str()
         .expect("a session")
         .to_owned();
+    // Inactive, at a public address literal (nothing is resolved or sent).
+    let subscription = created(
+        app.post(
+            "/api/v2/webhooks/subscriptions",
+            o,
+            json!({"url": "https://93.184.215.14/hook", "events": ["patient.*"], "active": false}),
+        )
+        .await,
+        "webhook subscription",
+    )
+    .await;
     let ids = HashMap::from([
+        (Kind::WebhookSubscription, subscription),
         (Kind::Session, session),
         (Kind::Document, document),
         (Kind::Patient, patient),
