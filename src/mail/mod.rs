@@ -119,105 +119,118 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-/// The password-reset message: a link to the front-end with the token, valid 30 minutes.
-pub fn password_reset(to: &str, name: &str, link: &str) -> Email {
-    let text = format!(
-        "Hello {name},\n\n\
-         someone (hopefully you) asked to reset the password of your Molar account.\n\
-         Choose a new password here within 30 minutes:\n\n{link}\n\n\
-         The link works once. If you did not ask for this, ignore this message: your \
-         password stays as it is.\n"
-    );
-    let html = format!(
-        "<p>Hello {name},</p>\
-         <p>someone (hopefully you) asked to reset the password of your Molar account. \
-         Choose a new password within 30 minutes:</p>\
-         <p><a href=\"{href}\">Reset your password</a></p>\
-         <p>The link works once. If you did not ask for this, ignore this message: your \
-         password stays as it is.</p>",
-        name = html_escape(name),
-        href = html_escape(link),
-    );
+/// One paragraph of a message: text, or a link with its label (the plain-text part shows
+/// the address itself).
+enum Part<'a> {
+    Text(String),
+    Link { label: &'a str, href: &'a str },
+}
+
+/// A message greeting `name`, with the same paragraphs in its plain-text and HTML parts.
+fn compose(to: &str, subject: &str, name: &str, parts: &[Part<'_>]) -> Email {
+    let mut text = format!("Hello {name},\n");
+    let mut html = format!("<p>Hello {},</p>", html_escape(name));
+    for part in parts {
+        match part {
+            Part::Text(t) => {
+                text.push_str(&format!("\n{t}\n"));
+                html.push_str(&format!("<p>{}</p>", html_escape(t)));
+            }
+            Part::Link { label, href } => {
+                text.push_str(&format!("\n{href}\n"));
+                html.push_str(&format!(
+                    "<p><a href=\"{}\">{}</a></p>",
+                    html_escape(href),
+                    html_escape(label)
+                ));
+            }
+        }
+    }
     Email {
         to: to.to_owned(),
-        subject: "Reset your Molar password".into(),
+        subject: subject.to_owned(),
         text,
         html,
     }
+}
+
+/// The password-reset message: a link to the front-end with the token, valid 30 minutes.
+pub fn password_reset(to: &str, name: &str, link: &str) -> Email {
+    compose(
+        to,
+        "Reset your Molar password",
+        name,
+        &[
+            Part::Text(
+                "someone (hopefully you) asked to reset the password of your Molar account. \
+                 Choose a new password here within 30 minutes:"
+                    .into(),
+            ),
+            Part::Link {
+                label: "Reset your password",
+                href: link,
+            },
+            Part::Text(
+                "The link works once. If you did not ask for this, ignore this message: your \
+                 password stays as it is."
+                    .into(),
+            ),
+        ],
+    )
 }
 
 /// The verification message: a link to the front-end with the token, valid
 /// `hours` hours, to the address being verified.
 pub fn verify_email(to: &str, name: &str, link: &str, hours: i64) -> Email {
-    let text = format!(
-        "Hello {name},\n\n\
-         please confirm that this address ({to}) is yours, to sign in to Molar with it:\n\n\
-         {link}\n\n\
-         The link works once, for {hours} hours. If you did not expect this message, ignore \
-         it: the address is not used until it is confirmed.\n"
-    );
-    let html = format!(
-        "<p>Hello {name},</p>\
-         <p>please confirm that this address ({to}) is yours, to sign in to Molar with it:</p>\
-         <p><a href=\"{href}\">Confirm your address</a></p>\
-         <p>The link works once, for {hours} hours. If you did not expect this message, ignore \
-         it: the address is not used until it is confirmed.</p>",
-        name = html_escape(name),
-        to = html_escape(to),
-        href = html_escape(link),
-    );
-    Email {
-        to: to.to_owned(),
-        subject: "Confirm your email address for Molar".into(),
-        text,
-        html,
-    }
+    compose(
+        to,
+        "Confirm your email address for Molar",
+        name,
+        &[
+            Part::Text(format!(
+                "please confirm that this address ({to}) is yours, to sign in to Molar with it:"
+            )),
+            Part::Link {
+                label: "Confirm your address",
+                href: link,
+            },
+            Part::Text(format!(
+                "The link works once, for {hours} hours. If you did not expect this message, \
+                 ignore it: the address is not used until it is confirmed."
+            )),
+        ],
+    )
 }
 
 /// The notice to an old address that the account now signs in with another.
 pub fn email_changed(to: &str, name: &str, new_address: &str) -> Email {
-    let text = format!(
-        "Hello {name},\n\n\
-         your Molar account now signs in with {new_address} instead of this address.\n\
-         If you did not make this change, tell your clinic's owner at once.\n"
-    );
-    let html = format!(
-        "<p>Hello {name},</p>\
-         <p>your Molar account now signs in with {new_address} instead of this address.</p>\
-         <p>If you did not make this change, tell your clinic's owner at once.</p>",
-        name = html_escape(name),
-        new_address = html_escape(new_address),
-    );
-    Email {
-        to: to.to_owned(),
-        subject: "Your Molar sign-in address has changed".into(),
-        text,
-        html,
-    }
+    compose(
+        to,
+        "Your Molar sign-in address has changed",
+        name,
+        &[
+            Part::Text(format!(
+                "your Molar account now signs in with {new_address} instead of this address."
+            )),
+            Part::Text("If you did not make this change, tell your clinic's owner at once.".into()),
+        ],
+    )
 }
 
 /// The notice that an owner turned a user's two-factor sign-in off.
 pub fn mfa_reset(to: &str, name: &str, by: &str) -> Email {
-    let text = format!(
-        "Hello {name},\n\n\
-         {by} turned off two-factor sign-in for your Molar account, and your sessions have \
-         ended. Sign in with your password and set it up again with your new device.\n\
-         If you did not ask for this, tell your clinic's owner at once.\n"
-    );
-    let html = format!(
-        "<p>Hello {name},</p>\
-         <p>{by} turned off two-factor sign-in for your Molar account, and your sessions have \
-         ended. Sign in with your password and set it up again with your new device.</p>\
-         <p>If you did not ask for this, tell your clinic's owner at once.</p>",
-        name = html_escape(name),
-        by = html_escape(by),
-    );
-    Email {
-        to: to.to_owned(),
-        subject: "Two-factor sign-in was turned off for your Molar account".into(),
-        text,
-        html,
-    }
+    compose(
+        to,
+        "Two-factor sign-in was turned off for your Molar account",
+        name,
+        &[
+            Part::Text(format!(
+                "{by} turned off two-factor sign-in for your Molar account, and your sessions \
+                 have ended. Sign in with your password and set it up again with your new device."
+            )),
+            Part::Text("If you did not ask for this, tell your clinic's owner at once.".into()),
+        ],
+    )
 }
 
 #[cfg(test)]
