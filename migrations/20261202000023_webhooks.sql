@@ -51,4 +51,6 @@ CREATE POLICY clinic_isolation ON webhook_deliveries
 GRANT SELECT, INSERT ON webhook_deliveries TO molar_app;
 
 ALTER TABLE outbox DROP CONSTRAINT outbox_topic_check;
-ALTER TABLE outbox ADD CONSTRAINT outbox_topic_check CHECK (topic IN ('email', 'webhook'));
+-- Stripe's incoming events are queued there too, and recorded by the worker.
+ALTER TABLE outbox ADD CONSTRAINT outbox_topic_check
+    CHECK (topic IN ('email', 'webhook', 'stripe'));

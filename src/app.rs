@@ -48,6 +48,7 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(billing::adjustments::router())
         .merge(billing::invoices::router())
         .merge(billing::stripe::router())
+        .merge(billing::stripe_events::router())
         .merge(documents::routes::router())
 }
 

@@ -13,6 +13,7 @@ pub mod invoices;
 pub mod payments;
 pub mod pdf;
 pub mod stripe;
+pub mod stripe_events;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

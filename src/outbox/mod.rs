@@ -1,6 +1,8 @@
-//! The transactional outbox: what must reach the outside world because of a change is
-//! written by [`enqueue_email`] in the transaction that makes the change, and delivered by
-//! [`spawn_worker`], which runs in every instance. A worker leases due rows (`FOR UPDATE
+//! The transactional outbox: what must happen outside the request because of a change is
+//! written by [`enqueue`] in the transaction that makes the change, and handled by
+//! [`spawn_worker`], which runs in every instance. Topics: `email` (sent over SMTP),
+//! `webhook` (an event for a clinic's subscription, see `webhooks`) and `stripe` (an
+//! incoming Stripe event, recorded by `billing::stripe_events::process`). A worker leases due rows (`FOR UPDATE
 //! SKIP LOCKED`, then their next attempt pushed past the lease) in a short transaction,
 //! delivers them holding no lock or connection, and records each outcome in a short
 //! transaction of its own: each row is delivered by one instance, a slow mail server holds
@@ -40,11 +42,23 @@ pub async fn enqueue_email(
     give_up_after: chrono::Duration,
 ) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_value(email).unwrap_or_default();
+    enqueue(tx, clinic_id, "email", &payload, give_up_after).await
+}
+
+/// Queues `payload` under `topic` in the caller's transaction (its clinic).
+pub async fn enqueue(
+    tx: &mut Tx,
+    clinic_id: Uuid,
+    topic: &str,
+    payload: &serde_json::Value,
+    give_up_after: chrono::Duration,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO outbox (clinic_id, id, topic, payload, give_up_at) \
-         VALUES ($1, $2, 'email', $3, now() + make_interval(secs => $4))",
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
         clinic_id,
         Uuid::now_v7(),
+        topic,
         payload,
         give_up_after.num_seconds() as f64
     )
@@ -83,7 +97,7 @@ pub async fn deliver_due(state: &AppState, webhooks: &Deliverer) -> Result<usize
         let rows = sqlx::query!(
             r#"SELECT clinic_id AS "clinic_id!", id AS "id!", topic AS "topic!",
                       payload AS "payload!", attempts AS "attempts!", give_up_at AS "give_up_at!"
-               FROM outbox_claim(ARRAY['email', 'webhook'], $1, make_interval(secs => $2))"#,
+               FROM outbox_claim(ARRAY['email', 'webhook', 'stripe'], $1, make_interval(secs => $2))"#,
             BATCH,
             LEASE_SECONDS
         )
@@ -107,6 +121,10 @@ pub async fn deliver_due(state: &AppState, webhooks: &Deliverer) -> Result<usize
                     "webhook" => {
                         webhooks
                             .deliver(state, row.clinic_id, &row.payload, row.attempts)
+                            .await
+                    }
+                    "stripe" => {
+                        crate::billing::stripe_events::process(state, row.clinic_id, row.payload)
                             .await
                     }
                     other => Outcome::GiveUp(format!("no worker delivers the topic {other}")),

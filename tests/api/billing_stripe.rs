@@ -99,9 +99,36 @@ async fn stripe_refund_ids(app: &TestApp) -> Vec<Option<String>> {
         .expect("refunds")
 }
 
-async fn answered(res: Response, result: &str) {
+/// The webhook's answer; an event it takes is `queued`, and `"recorded"` here waits until
+/// the outbox worker has recorded it.
+async fn answered(app: &TestApp, res: Response, result: &str) {
     let body = expect_json(res, StatusCode::OK).await;
-    assert_eq!(body, json!({ "result": result }));
+    if result == "recorded" {
+        assert_eq!(body, json!({ "result": "queued" }));
+        settle(app).await;
+    } else {
+        assert_eq!(body, json!({ "result": result }));
+    }
+}
+
+/// Waits until every queued Stripe event is recorded.
+async fn settle(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let owed = count(
+            app,
+            "SELECT count(*) FROM outbox WHERE topic = 'stripe' AND delivered_at IS NULL",
+        )
+        .await;
+        if owed == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{owed} Stripe events not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -287,7 +314,7 @@ async fn a_succeeded_intent_records_one_card_payment_that_pays_its_invoice() {
     let pi = intent(&d, 9500, Some(&invoice)).await;
     assert!(payments(&d).await.is_empty(), "nothing is paid yet");
     let succeeded = stripe.succeed(&pi);
-    answered(stripe.deliver(&d.app, &succeeded).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &succeeded).await, "recorded").await;
 
     let payment = the_payment(&d).await;
     assert_eq!(payment["method"], "card");
@@ -316,7 +343,12 @@ async fn a_succeeded_intent_records_one_card_payment_that_pays_its_invoice() {
     assert_eq!(sheet["collections"]["total_cents"], 9500);
 
     // Stripe delivers at least once: the same event again records nothing.
-    answered(stripe.deliver(&d.app, &succeeded).await, "duplicate").await;
+    answered(
+        &d.app,
+        stripe.deliver(&d.app, &succeeded).await,
+        "duplicate",
+    )
+    .await;
     the_payment(&d).await;
     assert!(unbalanced(&d.app).await.is_empty());
 }
@@ -333,6 +365,7 @@ async fn two_events_for_one_intent_at_once_record_one_payment() {
     );
     assert_eq!(a.status(), StatusCode::OK, "{:?}", a.text().await);
     assert_eq!(b.status(), StatusCode::OK, "{:?}", b.text().await);
+    settle(&d.app).await;
     let payment = the_payment(&d).await;
     assert_eq!(payment["amount_cents"], 4000);
     assert_eq!(
@@ -347,6 +380,7 @@ async fn two_events_for_one_intent_at_once_record_one_payment() {
     );
     assert_eq!(a.status(), StatusCode::OK);
     assert_eq!(b.status(), StatusCode::OK);
+    settle(&d.app).await;
     the_payment(&d).await;
     assert_eq!(count(&d.app, "SELECT count(*) FROM stripe_events").await, 3);
     assert!(unbalanced(&d.app).await.is_empty());
@@ -359,14 +393,14 @@ async fn an_event_for_an_intent_the_server_never_created_is_ignored() {
     let mut foreign = stripe.foreign_success(7000);
     foreign["data"]["object"]["metadata"] =
         json!({"clinic_id": d.owner.clinic_id, "patient_id": d.patient});
-    answered(stripe.deliver(&d.app, &foreign).await, "ignored").await;
+    answered(&d.app, stripe.deliver(&d.app, &foreign).await, "ignored").await;
     assert!(payments(&d).await.is_empty());
     assert_eq!(count(&d.app, "SELECT count(*) FROM stripe_events").await, 0);
     assert_eq!(count(&d.app, "SELECT count(*) FROM payments").await, 0);
     // Other event types are acknowledged and ignored.
     let pi = intent(&d, 7000, None).await;
     let created = crate::stripe_fake::event("payment_intent.created", stripe.intent(&pi), None);
-    answered(stripe.deliver(&d.app, &created).await, "ignored").await;
+    answered(&d.app, stripe.deliver(&d.app, &created).await, "ignored").await;
     assert!(payments(&d).await.is_empty());
 }
 
@@ -419,7 +453,7 @@ async fn a_missing_wrong_tampered_or_stale_signature_is_400_and_records_nothing(
             Some(FakeStripe::signature(&stripe.webhook_secret, now, &body)),
         )
         .await;
-    answered(res, "recorded").await;
+    answered(&d.app, res, "recorded").await;
     assert_eq!(the_payment(&d).await["amount_cents"], 6000);
 }
 
@@ -429,13 +463,14 @@ async fn a_refund_made_at_stripe_is_recorded_once() {
     let invoice = invoiced(&d, 9500).await;
     let pi = intent(&d, 9500, Some(&invoice)).await;
     answered(
+        &d.app,
         stripe.deliver(&d.app, &stripe.succeed(&pi)).await,
         "recorded",
     )
     .await;
     let (refund, refunded) = stripe.refund_outside(&pi, 3000);
-    answered(stripe.deliver(&d.app, &refunded).await, "recorded").await;
-    answered(stripe.deliver(&d.app, &refunded).await, "duplicate").await;
+    answered(&d.app, stripe.deliver(&d.app, &refunded).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &refunded).await, "duplicate").await;
     let payment = the_payment(&d).await;
     let refunds = payment["refunds"].as_array().expect("refunds");
     assert_eq!(refunds.len(), 1, "{payment}");
@@ -459,9 +494,9 @@ async fn a_refund_arriving_before_the_success_ends_with_one_payment_and_one_refu
     let pi = intent(&d, 8000, None).await;
     let succeeded = stripe.succeed(&pi);
     let (refund, refunded) = stripe.refund_outside(&pi, 2000);
-    answered(stripe.deliver(&d.app, &refunded).await, "recorded").await;
-    answered(stripe.deliver(&d.app, &succeeded).await, "recorded").await;
-    answered(stripe.deliver(&d.app, &refunded).await, "duplicate").await;
+    answered(&d.app, stripe.deliver(&d.app, &refunded).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &succeeded).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &refunded).await, "duplicate").await;
     let payment = the_payment(&d).await;
     assert_eq!(payment["amount_cents"], 8000);
     assert_eq!(payment["method"], "card");
@@ -482,6 +517,7 @@ async fn refunding_a_card_payment_refunds_it_at_stripe_and_the_event_that_follow
     let invoice = invoiced(&d, 9500).await;
     let pi = intent(&d, 9500, Some(&invoice)).await;
     answered(
+        &d.app,
         stripe.deliver(&d.app, &stripe.succeed(&pi)).await,
         "recorded",
     )
@@ -525,6 +561,7 @@ async fn refunding_a_card_payment_refunds_it_at_stripe_and_the_event_that_follow
 
     // Stripe then reports the refund it made; it is recorded already.
     answered(
+        &d.app,
         stripe.deliver(&d.app, &stripe.charge_refunded(&pi)).await,
         "recorded",
     )
@@ -560,6 +597,7 @@ async fn a_card_payment_on_a_connected_account_is_refunded_on_that_account() {
     .await;
     let pi = intent(&d, 3000, None).await;
     answered(
+        &d.app,
         stripe.deliver(&d.app, &stripe.succeed(&pi)).await,
         "recorded",
     )
@@ -585,6 +623,7 @@ async fn when_stripe_refuses_a_refund_nothing_is_recorded() {
     let (d, stripe) = card_desk().await;
     let pi = intent(&d, 3000, None).await;
     answered(
+        &d.app,
         stripe.deliver(&d.app, &stripe.succeed(&pi)).await,
         "recorded",
     )
@@ -651,6 +690,7 @@ async fn a_refund_event_without_its_refund_list_is_recorded_from_the_refunded_to
     let (d, stripe) = card_desk().await;
     let pi = intent(&d, 9000, None).await;
     answered(
+        &d.app,
         stripe.deliver(&d.app, &stripe.succeed(&pi)).await,
         "recorded",
     )
@@ -660,16 +700,16 @@ async fn a_refund_event_without_its_refund_list_is_recorded_from_the_refunded_to
         .as_object_mut()
         .expect("a charge")
         .remove("refunds");
-    answered(stripe.deliver(&d.app, &first).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &first).await, "recorded").await;
     let (_, mut second) = stripe.refund_outside(&pi, 500);
     second["data"]["object"]
         .as_object_mut()
         .expect("a charge")
         .remove("refunds");
     // A new event id each time: the totals, not the ids, keep it from counting twice.
-    answered(stripe.deliver(&d.app, &second).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &second).await, "recorded").await;
     first["id"] = json!(stripe_id("evt"));
-    answered(stripe.deliver(&d.app, &first).await, "recorded").await;
+    answered(&d.app, stripe.deliver(&d.app, &first).await, "recorded").await;
     let payment = the_payment(&d).await;
     let amounts: Vec<i64> = payment["refunds"]
         .as_array()
