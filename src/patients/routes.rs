@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_patients, create_patient))
         .routes(routes!(get_patient, update_patient, archive_patient))
+        .merge(super::break_glass::router())
 }
 
 fn patient_response(status: StatusCode, patient: &Patient) -> Response {
