@@ -403,3 +403,62 @@ pub async fn check_patient_ref(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<
         .map(|_| ())
         .ok_or_else(|| AppError::validation(field, "does not exist in your clinic"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn caller(role: Role, provider: bool) -> Caller {
+        Caller {
+            user_id: Uuid::nil(),
+            clinic_id: Uuid::nil(),
+            role,
+            auth_version: 1,
+            session_id: None,
+            provider,
+            ip: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn notes_chart_perio_and_documents_are_the_clinical_record_for_every_role() {
+        for role in Role::ALL {
+            for p in [
+                Permission::ClinicalRead,
+                Permission::NotesWrite,
+                Permission::DocumentsRead,
+                Permission::DocumentsForms,
+            ] {
+                assert!(
+                    opens_clinical_record(&caller(role, false), p),
+                    "{role:?} {p:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn procedures_and_plans_are_clinical_only_for_those_who_see_clinical_detail() {
+        let read = Permission::TreatmentRead;
+        assert!(opens_clinical_record(&caller(Role::Dentist, false), read));
+        assert!(opens_clinical_record(&caller(Role::Owner, false), read));
+        assert!(!opens_clinical_record(&caller(Role::Billing, false), read));
+        assert!(!opens_clinical_record(
+            &caller(Role::Receptionist, false),
+            Permission::TreatmentConsent
+        ));
+    }
+
+    #[test]
+    fn demographics_scheduling_and_the_ledger_never_are() {
+        for p in [
+            Permission::PatientsRead,
+            Permission::AppointmentsWrite,
+            Permission::LedgerRead,
+        ] {
+            assert!(!opens_clinical_record(&caller(Role::Dentist, false), p));
+        }
+    }
+}

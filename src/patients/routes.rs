@@ -630,3 +630,32 @@ pub async fn archive_patient(
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_care_team_keeps_each_user_once_in_the_order_given() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(distinct(&[a, b, a, b]), vec![a, b]);
+        assert!(distinct(&[]).is_empty());
+    }
+
+    #[test]
+    fn access_changes_name_the_restriction_and_who_joined_or_left() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(access_change((true, &[a, b]), (true, &[b, a])), None);
+        assert_eq!(
+            access_change((false, &[]), (true, &[a])),
+            Some(serde_json::json!({
+                "restricted": {"from": false, "to": true},
+                "care_team": {"added": [a], "removed": []}
+            }))
+        );
+        assert_eq!(
+            access_change((true, &[a, b]), (true, &[b, c])),
+            Some(serde_json::json!({"care_team": {"added": [c], "removed": [a]}}))
+        );
+    }
+}
