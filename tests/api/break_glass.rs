@@ -270,6 +270,35 @@ async fn the_front_desk_and_billing_keep_demographics_scheduling_and_procedures(
             .await;
         assert_eq!(res.status(), StatusCode::OK);
     }
+    // The care team completes a procedure; billing invoices it and reads the ledger.
+    expect_json(
+        app.post(
+            &format!("/api/v2/procedures/{}/complete", v.procedure),
+            Some(&v.carer.access),
+            json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let invoice = expect_json(
+        app.post(
+            "/api/v2/invoices",
+            Some(&v.billing.access),
+            json!({"patient_id": v.patient}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(invoice["lines"][0]["procedure_id"], json!(v.procedure));
+    let res = app
+        .get(
+            &format!("/api/v2/patients/{}/ledger", v.patient),
+            Some(&v.billing.access),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
     // Booking an appointment for the patient.
     let op: Value = expect_json(
         app.post(
