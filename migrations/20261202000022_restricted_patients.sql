@@ -71,7 +71,8 @@ GRANT EXECUTE ON FUNCTION app_user_id() TO molar_app;
 --     purging and key re-wrapping, which handle content, not people): then none.
 -- Runs as the caller (molar_app), under the clinic policies of patients and grants, so it
 -- never reaches beyond the clinic. Policies call it as `(SELECT app_hidden_patients())`,
--- an init plan evaluated once per statement, not once per row.
+-- an init plan evaluated once per statement, not once per row; the `::uuid[]` cast makes
+-- `<> ALL` compare with the array's elements rather than with a sub-query's rows.
 CREATE FUNCTION app_hidden_patients() RETURNS uuid[]
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
