@@ -82,6 +82,42 @@ $$;
 ALTER FUNCTION public.app_clinic_id() OWNER TO molar_owner;
 
 --
+-- Name: app_hidden_patients(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.app_hidden_patients() RETURNS uuid[]
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT coalesce(array_agg(p.id), '{}')
+    FROM patients p
+    WHERE p.clinic_id = app_clinic_id()
+      AND p.restricted
+      AND (CASE
+               WHEN app_user_id() IS NULL
+                   THEN current_setting('app.maintenance', true) IS DISTINCT FROM 'on'
+               ELSE NOT (app_user_id() = ANY (p.care_team))
+                    AND NOT EXISTS (
+                        SELECT 1 FROM break_glass_grants g
+                        WHERE g.clinic_id = p.clinic_id AND g.user_id = app_user_id()
+                          AND g.patient_id = p.id AND g.expires_at > now())
+           END)
+$$;
+
+ALTER FUNCTION public.app_hidden_patients() OWNER TO molar_owner;
+
+--
+-- Name: app_user_id(); Type: FUNCTION; Schema: public; Owner: molar_owner
+--
+
+CREATE FUNCTION public.app_user_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT nullif(current_setting('app.user_id', true), '')::uuid
+$$;
+
+ALTER FUNCTION public.app_user_id() OWNER TO molar_owner;
+
+--
 -- Name: audit_ensure_partitions(integer); Type: FUNCTION; Schema: public; Owner: molar_owner
 --
 
@@ -1185,6 +1221,26 @@ ALTER TABLE ONLY public.auth_tokens FORCE ROW LEVEL SECURITY;
 ALTER TABLE public.auth_tokens OWNER TO molar_owner;
 
 --
+-- Name: break_glass_grants; Type: TABLE; Schema: public; Owner: molar_owner
+--
+
+CREATE TABLE public.break_glass_grants (
+    clinic_id uuid NOT NULL,
+    id uuid NOT NULL,
+    patient_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    reason text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT break_glass_grants_reason_check CHECK (((length(btrim(reason)) >= 1) AND (length(btrim(reason)) <= 500))),
+    CONSTRAINT break_glass_grants_time_boxed CHECK (((expires_at > created_at) AND (expires_at <= (created_at + '24:00:00'::interval))))
+);
+
+ALTER TABLE ONLY public.break_glass_grants FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.break_glass_grants OWNER TO molar_owner;
+
+--
 -- Name: chart_entries; Type: TABLE; Schema: public; Owner: molar_owner
 --
 
@@ -1539,6 +1595,9 @@ CREATE TABLE public.patients (
     search_name text GENERATED ALWAYS AS (lower(((first_name || ' '::text) || last_name))) STORED,
     phone_digits text GENERATED ALWAYS AS (regexp_replace(COALESCE(phone, ''::text), '[^0-9]'::text, ''::text, 'g'::text)) STORED,
     email_lower text GENERATED ALWAYS AS (lower(email)) STORED,
+    restricted boolean DEFAULT false NOT NULL,
+    care_team uuid[] DEFAULT '{}'::uuid[] NOT NULL,
+    CONSTRAINT patients_care_team_size CHECK ((cardinality(care_team) <= 50)),
     CONSTRAINT patients_email_check CHECK ((length(email) <= 254)),
     CONSTRAINT patients_first_name_check CHECK (((length(first_name) >= 1) AND (length(first_name) <= 100))),
     CONSTRAINT patients_last_name_check CHECK (((length(last_name) >= 1) AND (length(last_name) <= 100))),
@@ -2154,6 +2213,13 @@ ALTER TABLE ONLY public.auth_tokens
     ADD CONSTRAINT auth_tokens_pkey PRIMARY KEY (token_hash);
 
 --
+-- Name: break_glass_grants break_glass_grants_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.break_glass_grants
+    ADD CONSTRAINT break_glass_grants_pkey PRIMARY KEY (clinic_id, id);
+
+--
 -- Name: chart_entries chart_entries_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
 --
 
@@ -2555,6 +2621,18 @@ CREATE INDEX audit_events_default_clinic_id_user_id_at_idx ON public.audit_event
 CREATE INDEX auth_tokens_user ON public.auth_tokens USING btree (clinic_id, user_id) WHERE (used_at IS NULL);
 
 --
+-- Name: break_glass_grants_holder; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX break_glass_grants_holder ON public.break_glass_grants USING btree (clinic_id, user_id, patient_id, expires_at);
+
+--
+-- Name: break_glass_grants_recent; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX break_glass_grants_recent ON public.break_glass_grants USING btree (clinic_id, created_at DESC, id DESC);
+
+--
 -- Name: chart_entries_patient; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
@@ -2691,6 +2769,12 @@ CREATE INDEX patients_email ON public.patients USING btree (clinic_id, email_low
 --
 
 CREATE INDEX patients_responsible ON public.patients USING btree (clinic_id, responsible_party_id) WHERE (responsible_party_id IS NOT NULL);
+
+--
+-- Name: patients_restricted; Type: INDEX; Schema: public; Owner: molar_owner
+--
+
+CREATE INDEX patients_restricted ON public.patients USING btree (clinic_id) WHERE restricted;
 
 --
 -- Name: patients_search_phone; Type: INDEX; Schema: public; Owner: molar_owner
@@ -2957,6 +3041,27 @@ ALTER TABLE ONLY public.appointments
 
 ALTER TABLE ONLY public.auth_tokens
     ADD CONSTRAINT auth_tokens_clinic_id_user_id_fkey FOREIGN KEY (clinic_id, user_id) REFERENCES public.users(clinic_id, id);
+
+--
+-- Name: break_glass_grants break_glass_grants_clinic_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.break_glass_grants
+    ADD CONSTRAINT break_glass_grants_clinic_id_fkey FOREIGN KEY (clinic_id) REFERENCES public.clinics(id);
+
+--
+-- Name: break_glass_grants break_glass_grants_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.break_glass_grants
+    ADD CONSTRAINT break_glass_grants_clinic_id_patient_id_fkey FOREIGN KEY (clinic_id, patient_id) REFERENCES public.patients(clinic_id, id);
+
+--
+-- Name: break_glass_grants break_glass_grants_clinic_id_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE ONLY public.break_glass_grants
+    ADD CONSTRAINT break_glass_grants_clinic_id_user_id_fkey FOREIGN KEY (clinic_id, user_id) REFERENCES public.users(clinic_id, id);
 
 --
 -- Name: chart_entries chart_entries_clinic_id_patient_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: molar_owner
@@ -3542,6 +3647,12 @@ CREATE POLICY auth_session_check ON public.refresh_tokens FOR SELECT TO molar_au
 ALTER TABLE public.auth_tokens ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: break_glass_grants; Type: ROW SECURITY; Schema: public; Owner: molar_owner
+--
+
+ALTER TABLE public.break_glass_grants ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: chart_entries; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -3582,6 +3693,12 @@ CREATE POLICY clinic_isolation ON public.audit_seals USING ((clinic_id = ( SELEC
 --
 
 CREATE POLICY clinic_isolation ON public.auth_tokens USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
+
+--
+-- Name: break_glass_grants clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY clinic_isolation ON public.break_glass_grants USING ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id))) WITH CHECK ((clinic_id = ( SELECT public.app_clinic_id() AS app_clinic_id)));
 
 --
 -- Name: chart_entries clinic_isolation; Type: POLICY; Schema: public; Owner: molar_owner
@@ -3950,6 +4067,30 @@ ALTER TABLE public.refresh_tokens ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.refunds ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: chart_entries restricted_record; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY restricted_record ON public.chart_entries AS RESTRICTIVE TO molar_app USING ((patient_id <> ALL (( SELECT public.app_hidden_patients() AS app_hidden_patients)::uuid[])));
+
+--
+-- Name: clinical_notes restricted_record; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY restricted_record ON public.clinical_notes AS RESTRICTIVE TO molar_app USING ((patient_id <> ALL (( SELECT public.app_hidden_patients() AS app_hidden_patients)::uuid[])));
+
+--
+-- Name: documents restricted_record; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY restricted_record ON public.documents AS RESTRICTIVE TO molar_app USING ((patient_id <> ALL (( SELECT public.app_hidden_patients() AS app_hidden_patients)::uuid[])));
+
+--
+-- Name: perio_exams restricted_record; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY restricted_record ON public.perio_exams AS RESTRICTIVE TO molar_app USING ((patient_id <> ALL (( SELECT public.app_hidden_patients() AS app_hidden_patients)::uuid[])));
+
+--
 -- Name: audit_events sealer; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
@@ -4095,6 +4236,20 @@ GRANT USAGE ON SCHEMA public TO molar_auth;
 REVOKE ALL ON FUNCTION public.app_clinic_id() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.app_clinic_id() TO molar_app;
 GRANT ALL ON FUNCTION public.app_clinic_id() TO molar_auth;
+
+--
+-- Name: FUNCTION app_hidden_patients(); Type: ACL; Schema: public; Owner: molar_owner
+--
+
+REVOKE ALL ON FUNCTION public.app_hidden_patients() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.app_hidden_patients() TO molar_app;
+
+--
+-- Name: FUNCTION app_user_id(); Type: ACL; Schema: public; Owner: molar_owner
+--
+
+REVOKE ALL ON FUNCTION public.app_user_id() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.app_user_id() TO molar_app;
 
 --
 -- Name: FUNCTION audit_ensure_partitions(months_ahead integer); Type: ACL; Schema: public; Owner: molar_owner
@@ -4282,6 +4437,12 @@ GRANT SELECT ON TABLE public.auth_tokens TO molar_auth;
 
 GRANT UPDATE(used_at) ON TABLE public.auth_tokens TO molar_app;
 GRANT UPDATE(used_at) ON TABLE public.auth_tokens TO molar_auth;
+
+--
+-- Name: TABLE break_glass_grants; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT,INSERT ON TABLE public.break_glass_grants TO molar_app;
 
 --
 -- Name: TABLE chart_entries; Type: ACL; Schema: public; Owner: molar_owner

@@ -429,6 +429,7 @@ pub const LINKS: &[Links] = &[
             ("create_adjustment", "body.patient_id"),
             ("list_documents", "path.id"),
             ("upload_document", "path.id"),
+            ("break_glass", "path.id"),
         ],
     ),
     (

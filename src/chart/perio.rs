@@ -323,7 +323,7 @@ pub async fn create_perio_exam(
     let stored = validate(&body, &mut errors);
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-    let mut tx = patients::begin_on(&state, &caller, id).await?;
+    let mut tx = patients::begin_on(&state, &caller, id, Permission::ClinicalWrite).await?;
     let exam_id = Uuid::now_v7();
     let row = sqlx::query_as!(
         ExamRow,

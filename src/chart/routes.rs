@@ -308,7 +308,7 @@ pub async fn add_chart_entry(
     errors.finish()?;
     let tooth = tooth.ok_or_else(|| AppError::validation("tooth", "is invalid"))?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-    let mut tx = patients::begin_on(&state, &caller, id).await?;
+    let mut tx = patients::begin_on(&state, &caller, id, Permission::ClinicalWrite).await?;
     let entry_id = Uuid::now_v7();
     let row = sqlx::query_as!(
         EntryRow,

@@ -136,6 +136,8 @@ pub struct Config {
     pub upload_timeout: Duration,
     pub document_retention_days: u32,
     pub audit_retention_months: u32,
+    /// How long a break-glass grant opens a restricted patient's clinical record.
+    pub break_glass_minutes: u32,
 }
 
 /// Why the configuration was refused. Never carries a secret's value.
@@ -330,6 +332,7 @@ impl Config {
                 .number(&r::DOCUMENT_RETENTION_DAYS, s.document_retention_days),
             audit_retention_months: check
                 .number(&r::AUDIT_RETENTION_MONTHS, s.audit_retention_months),
+            break_glass_minutes: check.number(&r::BREAK_GLASS_MINUTES, s.break_glass_minutes),
         };
 
         let mut problems = check.problems;

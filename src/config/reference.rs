@@ -569,6 +569,14 @@ pub const DOCUMENT_RETENTION_DAYS: Setting = number(
     36_500,
     "how long a deleted document's content is kept before `molar documents purge` removes it",
 );
+pub const BREAK_GLASS_MINUTES: Setting = number(
+    "BREAK_GLASS_MINUTES",
+    "60",
+    1,
+    24 * 60,
+    "how long breaking the glass opens a restricted patient's clinical record \
+     ([restricted patients](roles-and-permissions.md#restricted-patients-and-break-glass))",
+);
 pub const AUDIT_RETENTION_MONTHS: Setting = number(
     "AUDIT_RETENTION_MONTHS",
     "72",
@@ -694,6 +702,7 @@ pub const SETTINGS: &[Group] = &[
             UPLOAD_TIMEOUT_SECONDS,
             DOCUMENT_RETENTION_DAYS,
             AUDIT_RETENTION_MONTHS,
+            BREAK_GLASS_MINUTES,
         ],
     },
 ];

@@ -128,6 +128,7 @@ pub struct Settings {
     pub upload_timeout_seconds: Parsed<u64>,
     pub document_retention_days: Parsed<u32>,
     pub audit_retention_months: Parsed<u32>,
+    pub break_glass_minutes: Parsed<u32>,
 }
 
 /// The defaults that do not depend on the environment, set once; the reference table shows
@@ -204,6 +205,7 @@ impl Default for Settings {
             upload_timeout_seconds: 900.into(),
             document_retention_days: 3650.into(),
             audit_retention_months: 72.into(),
+            break_glass_minutes: 60.into(),
         }
     }
 }

@@ -83,10 +83,26 @@ impl Db {
             None => "NULL".to_owned(),
         };
         // Not a macro: several statements in one simple query (one round trip), which the
-        // macros, being prepared statements, cannot express.
+        // macros, being prepared statements, cannot express. `app.user_id` rides in the same
+        // SELECT as `app.clinic_id`: row-level security hides restricted patients' clinical
+        // records from users outside their care team (see `app_hidden_patients()`).
         let sql = format!(
             "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}', \
-             {session}::uuid); BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true)"
+             {session}::uuid); BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true), \
+             set_config('app.user_id', '{user_id}', true)"
+        );
+        self.begin_counted(&self.pool, sql).await
+    }
+
+    /// [`Db::clinic_tx`] for maintenance that handles stored content rather than people
+    /// (document purging and key re-wrapping): no user, and `app.maintenance` on, so that
+    /// restricted patients' documents stay within reach. Any other transaction without a
+    /// user sees no restricted patient's clinical record (see `app_hidden_patients()`).
+    pub async fn maintenance_tx(&self, clinic_id: Uuid) -> Result<Tx, sqlx::Error> {
+        // A Uuid is safe inside the literal; one round trip as in `begin_scoped`.
+        let sql = format!(
+            "BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true), \
+             set_config('app.maintenance', 'on', true)"
         );
         self.begin_counted(&self.pool, sql).await
     }

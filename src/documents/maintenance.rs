@@ -123,7 +123,7 @@ pub async fn rewrap(db: &Db, docs: &Documents) -> anyhow::Result<u64> {
     for clinic in clinics(db).await? {
         let mut in_clinic = 0;
         loop {
-            let mut tx = db.clinic_tx(clinic).await?;
+            let mut tx = db.maintenance_tx(clinic).await?;
             let rows = sqlx::query!(
                 "SELECT id, key_id, wrapped_key FROM documents \
                  WHERE key_id <> $1 AND purged_at IS NULL ORDER BY id LIMIT $2 FOR UPDATE",
@@ -172,7 +172,7 @@ pub async fn purge(db: &Db, docs: &Documents, before: DateTime<Utc>) -> anyhow::
     let mut total = 0;
     for clinic in clinics(db).await? {
         loop {
-            let mut tx = db.clinic_tx(clinic).await?;
+            let mut tx = db.maintenance_tx(clinic).await?;
             let ids = sqlx::query_scalar!(
                 "SELECT id FROM documents \
                  WHERE deleted_at < $1 AND purged_at IS NULL ORDER BY id LIMIT $2 FOR UPDATE",
@@ -226,7 +226,7 @@ pub async fn sweep(db: &Db, docs: &Documents, grace: Duration) -> anyhow::Result
             .map(|(id, _)| id)
             .collect();
         for batch in old.chunks(1000) {
-            let mut tx = db.clinic_tx(clinic).await?;
+            let mut tx = db.maintenance_tx(clinic).await?;
             let known = sqlx::query_scalar!(
                 "SELECT id FROM documents WHERE id = ANY($1) AND purged_at IS NULL",
                 batch

@@ -100,7 +100,7 @@ pub async fn list_documents(
     }
     let limit = pagination::limit(p.limit)?;
     let before = state.cursors.decode_opt(p.cursor.as_deref())?;
-    let mut tx = crate::patients::begin_on(&state, &caller, id).await?;
+    let mut tx = crate::patients::begin_on(&state, &caller, id, Permission::DocumentsRead).await?;
     let docs = super::list(&mut tx, id, &kinds, before, pagination::overfetch(limit)).await?;
     let ids: Vec<Uuid> = docs.iter().take(limit as usize).map(|d| d.id).collect();
     audit::record(
@@ -162,7 +162,8 @@ pub async fn upload_document(
     let docs = documents(&state)?;
     // The patient is confirmed before any byte is stored.
     {
-        let tx = crate::patients::begin_on(&state, &caller, patient).await?;
+        let tx =
+            crate::patients::begin_on(&state, &caller, patient, Permission::DocumentsWrite).await?;
         tx.rollback().await?;
     }
     let is_form_data = request
@@ -269,7 +270,8 @@ async fn record(
     let recorded = Arc::new(AtomicBool::new(false));
     let flag = recorded.clone();
     let response = idempotency::run(state, caller, headers, &hash, || async move {
-        let mut tx = crate::patients::begin_on(state, caller, patient).await?;
+        let mut tx =
+            crate::patients::begin_on(state, caller, patient, Permission::DocumentsWrite).await?;
         let doc = super::insert(
             &mut tx,
             super::NewRow {

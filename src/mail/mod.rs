@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
+mod break_glass;
+pub use break_glass::{break_glass_notice, BreakGlassNotice};
+
 /// One message, as the outbox keeps it until it is sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Email {

@@ -106,7 +106,7 @@ pub async fn create_note(
     let text = errors.text("body", &body.body, 20_000);
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-        let mut tx = patients::begin_on(&state, &caller, id).await?;
+        let mut tx = patients::begin_on(&state, &caller, id, Permission::NotesWrite).await?;
         if let Some(target) = body.addendum_to {
             let t: Option<(Uuid, Option<DateTime<Utc>>)> = sqlx::query!(
                 "SELECT patient_id, signed_at FROM clinical_notes WHERE id = $1",

@@ -3,7 +3,12 @@
 //! archived patient is kept, and listed with `include_archived=true`, but is gone from
 //! `/patients/{id}` and everything under it (404), as after any DELETE.
 //! Every read, list and change is audited in the same transaction.
+//!
+//! A restricted patient's clinical record is open only to their care team and to
+//! break-glass grants (`break_glass.rs`); [`begin_on`] and [`guard_record`] answer 404
+//! to everyone else, and row-level security hides the rows beneath.
 
+pub mod break_glass;
 pub mod routes;
 pub mod search;
 
@@ -128,6 +133,11 @@ pub struct Patient {
     pub guardian: Option<Contact>,
     /// Another patient who pays (a family account).
     pub responsible_party_id: Option<Uuid>,
+    /// The clinical record (notes, chart, perio, documents, procedures and plans) is open
+    /// only to the `care_team` and to break-glass grants; demographics stay visible.
+    pub restricted: bool,
+    /// Users of the clinic who may open a restricted patient's clinical record.
+    pub care_team: Vec<Uuid>,
     pub archived: bool,
     pub archived_at: Option<DateTime<Utc>>,
     pub version: i32,
@@ -150,6 +160,8 @@ pub struct PatientRow {
     emergency_contact: Option<SqlJson<Contact>>,
     guardian: Option<SqlJson<Contact>>,
     responsible_party_id: Option<Uuid>,
+    restricted: bool,
+    care_team: Vec<Uuid>,
     archived_at: Option<DateTime<Utc>>,
     version: i32,
     created_at: DateTime<Utc>,
@@ -160,7 +172,7 @@ pub struct PatientRow {
 /// time; the macros' statements spell them out.
 const PATIENT_COLUMNS: &str = "id, first_name, last_name, date_of_birth, sex, email, phone, \
     address, preferred_provider_id, medical_alerts, emergency_contact, guardian, \
-    responsible_party_id, archived_at, version, created_at, updated_at";
+    responsible_party_id, restricted, care_team, archived_at, version, created_at, updated_at";
 
 impl From<PatientRow> for Patient {
     fn from(r: PatientRow) -> Patient {
@@ -178,6 +190,8 @@ impl From<PatientRow> for Patient {
             emergency_contact: r.emergency_contact.map(|c| c.0),
             guardian: r.guardian.map(|c| c.0),
             responsible_party_id: r.responsible_party_id,
+            restricted: r.restricted,
+            care_team: r.care_team,
             archived: r.archived_at.is_some(),
             archived_at: r.archived_at,
             version: r.version,
@@ -210,7 +224,8 @@ macro_rules! select_patient {
                 medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
                 emergency_contact AS "emergency_contact: SqlJson<Contact>",
                 guardian AS "guardian: SqlJson<Contact>",
-                responsible_party_id, archived_at, version, created_at, updated_at
+                responsible_party_id, restricted, care_team, archived_at, version,
+                created_at, updated_at
                FROM patients WHERE id = $1 AND archived_at IS NULL"#
                 + $lock,
             $id
@@ -233,7 +248,8 @@ pub async fn load(tx: &mut Tx, id: Uuid, lock: bool) -> AppResult<Patient> {
 }
 
 /// Opens a patient's record for `p`: authorizes the caller (a denial is audited as
-/// `event`), begins the caller's transaction and confirms the patient is there (404).
+/// `event`), begins the caller's transaction and confirms the patient is there and, when
+/// `p` reaches the clinical record, open to the caller (404 otherwise, see [`begin_on`]).
 pub async fn open_record(
     state: &AppState,
     caller: &Caller,
@@ -242,14 +258,96 @@ pub async fn open_record(
     event: impl FnOnce() -> Event,
 ) -> AppResult<Tx> {
     caller.authorize(state, p, event).await?;
-    begin_on(state, caller, id).await
+    begin_on(state, caller, id, p).await
 }
 
-/// The caller's transaction, once the patient is confirmed in their clinic (404).
-pub async fn begin_on(state: &AppState, caller: &Caller, id: Uuid) -> AppResult<Tx> {
+/// The caller's transaction, once the patient is confirmed in their clinic (404) and,
+/// when `p` reaches the clinical record ([`opens_clinical_record`]), not restricted away
+/// from the caller: a restricted patient's record is 404 outside the care team and
+/// break-glass grants, like a patient that is not there, and the attempt is audited as
+/// `patient.record_denied`.
+pub async fn begin_on(state: &AppState, caller: &Caller, id: Uuid, p: Permission) -> AppResult<Tx> {
     let mut tx = caller.begin(state).await?;
-    ensure_exists(&mut tx, id).await?;
+    if !opens_clinical_record(caller, p) {
+        ensure_exists(&mut tx, id).await?;
+        return Ok(tx);
+    }
+    let hidden = sqlx::query_scalar!(
+        r#"SELECT id = ANY (app_hidden_patients()) AS "hidden!"
+           FROM patients WHERE id = $1 AND archived_at IS NULL"#,
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AppError::not_found("patient"))?;
+    if hidden {
+        return Err(deny_record(state, caller, tx, id, p, "patient").await);
+    }
     Ok(tx)
+}
+
+/// For a route that reaches a patient's record through another resource (a procedure, a
+/// treatment plan): 404 `what` when `p` reaches the clinical record and the patient's is
+/// restricted away from the caller, as [`begin_on`] does; else the transaction back.
+pub async fn guard_record(
+    state: &AppState,
+    caller: &Caller,
+    mut tx: Tx,
+    patient: Uuid,
+    p: Permission,
+    what: &'static str,
+) -> AppResult<Tx> {
+    if !opens_clinical_record(caller, p) {
+        return Ok(tx);
+    }
+    let hidden = sqlx::query_scalar!(
+        r#"SELECT $1::uuid = ANY (app_hidden_patients()) AS "hidden!""#,
+        patient
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if hidden {
+        return Err(deny_record(state, caller, tx, patient, p, what).await);
+    }
+    Ok(tx)
+}
+
+/// Whether exercising `p` on a patient reads or changes their clinical record, which a
+/// restricted patient keeps to their care team. Notes, chart, perio and documents always
+/// do. Procedures and treatment plans do for callers who see clinical detail
+/// (`clinical.read`); the front desk and billing, who see them without clinical notes
+/// for consent and invoices, keep them. Demographics, scheduling and the ledger never do.
+pub fn opens_clinical_record(caller: &Caller, p: Permission) -> bool {
+    use Permission::*;
+    match p {
+        ClinicalRead | ClinicalWrite | NotesWrite | NotesSign | DocumentsRead | DocumentsWrite
+        | DocumentsForms => true,
+        TreatmentRead | TreatmentWrite | TreatmentConsent => caller.can(ClinicalRead),
+        _ => false,
+    }
+}
+
+/// The 404 for a restricted record, after auditing the attempt in a transaction of its
+/// own (the work's is rolled back first).
+async fn deny_record(
+    state: &AppState,
+    caller: &Caller,
+    tx: Tx,
+    patient: Uuid,
+    p: Permission,
+    what: &'static str,
+) -> AppError {
+    drop(tx);
+    crate::audit::record_failure(
+        &state.db,
+        &caller.audit(),
+        Event::new("patient.record_denied", "patient")
+            .resource(patient)
+            .patient(patient)
+            .details(serde_json::json!({ "permission": p.as_str(), "restricted": true })),
+    )
+    .await;
+    AppError::not_found(what)
 }
 
 /// 404 unless the patient exists in the transaction's clinic and is not archived.
@@ -304,4 +402,63 @@ pub async fn check_patient_ref(tx: &mut Tx, id: Uuid, field: &str) -> AppResult<
         .await?
         .map(|_| ())
         .ok_or_else(|| AppError::validation(field, "does not exist in your clinic"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn caller(role: Role, provider: bool) -> Caller {
+        Caller {
+            user_id: Uuid::nil(),
+            clinic_id: Uuid::nil(),
+            role,
+            auth_version: 1,
+            session_id: None,
+            provider,
+            ip: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn notes_chart_perio_and_documents_are_the_clinical_record_for_every_role() {
+        for role in Role::ALL {
+            for p in [
+                Permission::ClinicalRead,
+                Permission::NotesWrite,
+                Permission::DocumentsRead,
+                Permission::DocumentsForms,
+            ] {
+                assert!(
+                    opens_clinical_record(&caller(role, false), p),
+                    "{role:?} {p:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn procedures_and_plans_are_clinical_only_for_those_who_see_clinical_detail() {
+        let read = Permission::TreatmentRead;
+        assert!(opens_clinical_record(&caller(Role::Dentist, false), read));
+        assert!(opens_clinical_record(&caller(Role::Owner, false), read));
+        assert!(!opens_clinical_record(&caller(Role::Billing, false), read));
+        assert!(!opens_clinical_record(
+            &caller(Role::Receptionist, false),
+            Permission::TreatmentConsent
+        ));
+    }
+
+    #[test]
+    fn demographics_scheduling_and_the_ledger_never_are() {
+        for p in [
+            Permission::PatientsRead,
+            Permission::AppointmentsWrite,
+            Permission::LedgerRead,
+        ] {
+            assert!(!opens_clinical_record(&caller(Role::Dentist, false), p));
+        }
+    }
 }

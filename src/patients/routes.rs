@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_patients, create_patient))
         .routes(routes!(get_patient, update_patient, archive_patient))
+        .merge(super::break_glass::router())
 }
 
 fn patient_response(status: StatusCode, patient: &Patient) -> Response {
@@ -197,7 +198,7 @@ pub async fn get_patient(
         PatientRow,
         r#"WITH p AS (SELECT id, first_name, last_name, date_of_birth, sex, email, phone, address,
             preferred_provider_id, medical_alerts, emergency_contact, guardian, responsible_party_id,
-            archived_at, version, created_at, updated_at FROM patients
+            restricted, care_team, archived_at, version, created_at, updated_at FROM patients
             WHERE id = $1 AND archived_at IS NULL),
          audit AS (INSERT INTO audit_events
             (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details)
@@ -207,7 +208,7 @@ pub async fn get_patient(
             medical_alerts AS "medical_alerts: SqlJson<Vec<MedicalAlert>>",
             emergency_contact AS "emergency_contact: SqlJson<Contact>",
             guardian AS "guardian: SqlJson<Contact>",
-            responsible_party_id, archived_at, version, created_at, updated_at
+            responsible_party_id, restricted, care_team, archived_at, version, created_at, updated_at
            FROM p"#,
         id,
         ctx.clinic_id,
@@ -283,6 +284,18 @@ pub struct PatientPatch {
     #[serde(default, deserialize_with = "patch_field")]
     #[schema(value_type = Option<Uuid>)]
     responsible_party_id: Option<Option<Uuid>>,
+    /// Keeps the clinical record to the `care_team` and break-glass grants; cannot be
+    /// cleared. Changing it or the care team needs `clinical.write` or `users.manage`;
+    /// for a patient who is restricted already, also a place on the care team, unless
+    /// `users.manage` (else 403).
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = bool)]
+    restricted: Option<Option<bool>>,
+    /// Replaces the care team (`null` or `[]` empties it): at most 50 active users of
+    /// your clinic (else 422). Needs what `restricted` needs.
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Vec<Uuid>>, max_items = 50)]
+    care_team: Option<Option<Vec<Uuid>>>,
 }
 
 impl PatientPatch {
@@ -299,6 +312,65 @@ impl PatientPatch {
             || self.guardian.is_some()
             || self.responsible_party_id.is_some()
     }
+
+    /// Whether the patch changes who may open the clinical record.
+    fn touches_access(&self) -> bool {
+        self.restricted.is_some() || self.care_team.is_some()
+    }
+}
+
+/// The most users a care team holds (the schema checks it too).
+pub const MAX_CARE_TEAM: usize = 50;
+
+/// Who may change a patient's restriction or care team: the clinical roles and the
+/// managers, never the front desk or billing alone.
+fn may_set_access(caller: &Caller) -> bool {
+    caller.can(Permission::ClinicalWrite) || caller.can(Permission::UsersManage)
+}
+
+/// The care team without repeats, in the order given.
+fn distinct(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut out: Vec<Uuid> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !out.contains(id) {
+            out.push(*id);
+        }
+    }
+    out
+}
+
+/// The audit details of a change of access: the restriction before and after, and who
+/// joined or left the care team; `None` when neither changed.
+fn access_change(before: (bool, &[Uuid]), after: (bool, &[Uuid])) -> Option<serde_json::Value> {
+    let added: Vec<Uuid> = after
+        .1
+        .iter()
+        .filter(|u| !before.1.contains(u))
+        .copied()
+        .collect();
+    let removed: Vec<Uuid> = before
+        .1
+        .iter()
+        .filter(|u| !after.1.contains(u))
+        .copied()
+        .collect();
+    if before.0 == after.0 && added.is_empty() && removed.is_empty() {
+        return None;
+    }
+    let mut details = serde_json::Map::new();
+    if before.0 != after.0 {
+        details.insert(
+            "restricted".into(),
+            serde_json::json!({ "from": before.0, "to": after.0 }),
+        );
+    }
+    if !added.is_empty() || !removed.is_empty() {
+        details.insert(
+            "care_team".into(),
+            serde_json::json!({ "added": added, "removed": removed }),
+        );
+    }
+    Some(serde_json::Value::Object(details))
 }
 
 /// Updates a patient (`If-Match` honoured).
@@ -307,10 +379,10 @@ impl PatientPatch {
     request_body = PatientPatch,
     responses(
         (status = 200, description = "The updated patient", body = Patient),
-        (status = 403, description = "Role may not change these fields", body = Problem),
+        (status = 403, description = "Role may not change these fields, or only the care team, an owner or an admin changes this restricted patient's access", body = Problem),
         (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 412, description = "If-Match does not match", body = Problem),
-        (status = 422, description = "Invalid fields", body = Problem)))]
+        (status = 422, description = "Invalid fields, or care team members who are not active users of your clinic", body = Problem)))]
 pub async fn update_patient(
     State(state): State<AppState>,
     caller: Caller,
@@ -333,6 +405,15 @@ pub async fn update_patient(
         caller
             .authorize(&state, Permission::MedicalAlertsWrite, event)
             .await?;
+    }
+    if patch.touches_access() && !may_set_access(&caller) {
+        return Err(caller
+            .deny(
+                &state,
+                event(),
+                "changing a patient's restriction or care team needs a clinical or managing role",
+            )
+            .await);
     }
     let mut errors = Errors::default();
     for (field, v) in [
@@ -373,11 +454,60 @@ pub async fn update_patient(
     if patch.responsible_party_id == Some(Some(id)) {
         errors.add("responsible_party_id", "must be another patient");
     }
+    if let Some(None) = patch.restricted {
+        errors.add("restricted", "is required and cannot be cleared");
+    }
+    if let Some(Some(team)) = &patch.care_team {
+        if team.len() > MAX_CARE_TEAM {
+            errors.add("care_team", "at most 50 users");
+        }
+    }
+    let care_team = patch
+        .care_team
+        .as_ref()
+        .map(|t| distinct(t.as_deref().unwrap_or_default()));
     errors.finish()?;
 
     let mut tx = caller.begin(&state).await?;
     let current = load(&mut tx, id, true).await?;
     etag::check(&headers, current.version)?;
+    // A restricted patient's access is theirs to change who treat them, or a manager's:
+    // anyone else would otherwise lift the restriction instead of breaking the glass.
+    if patch.touches_access()
+        && current.restricted
+        && !caller.can(Permission::UsersManage)
+        && !current.care_team.contains(&caller.user_id)
+    {
+        drop(tx);
+        return Err(caller
+            .deny(
+                &state,
+                event(),
+                "only the care team, an owner or an admin changes a restricted patient's \
+                 restriction or care team",
+            )
+            .await);
+    }
+    if let Some(team) = care_team.as_ref().filter(|t| !t.is_empty()) {
+        let active = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM users WHERE id = ANY ($1) AND active"#,
+            team
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if usize::try_from(active).ok() != Some(team.len()) {
+            return Err(AppError::validation(
+                "care_team",
+                "must list active users of your clinic",
+            ));
+        }
+    }
+    let restricted = patch.restricted.flatten().unwrap_or(current.restricted);
+    let care_team = care_team.unwrap_or_else(|| current.care_team.clone());
+    let access = access_change(
+        (current.restricted, &current.care_team),
+        (restricted, &care_team),
+    );
     // Nested objects merge into what is stored; the result must still be valid.
     let nested = |v: &Option<Option<serde_json::Value>>| {
         v.clone().map(|x| x.unwrap_or(serde_json::Value::Null))
@@ -427,6 +557,7 @@ pub async fn update_patient(
         "UPDATE patients SET first_name = $2, last_name = $3, date_of_birth = $4, sex = $5, email = $6, \
          phone = $7, address = $8, preferred_provider_id = $9, medical_alerts = $10, \
          emergency_contact = $11, guardian = $12, responsible_party_id = $13, \
+         restricted = $14, care_team = $15, \
          version = version + 1, updated_at = now() WHERE id = $1",
         id,
         first_name.unwrap_or(current.first_name.clone()),
@@ -448,10 +579,16 @@ pub async fn update_patient(
         pick(&emergency, current.emergency_contact.clone()).map(SqlJson) as _,
         pick(&guardian, current.guardian.clone()).map(SqlJson) as _,
         pick(&patch.responsible_party_id, current.responsible_party_id),
+        restricted,
+        &care_team,
     )
     .execute(&mut *tx)
     .await?;
-    audit::record(&mut tx, &caller.audit(), event()).await?;
+    let event = match access {
+        Some(details) => event().details(details),
+        None => event(),
+    };
+    audit::record(&mut tx, &caller.audit(), event).await?;
     let updated = load(&mut tx, id, false).await?.for_role(caller.role);
     tx.commit().await?;
     Ok(patient_response(StatusCode::OK, &updated))
@@ -492,4 +629,33 @@ pub async fn archive_patient(
     audit::record(&mut tx, &caller.audit(), event()).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_care_team_keeps_each_user_once_in_the_order_given() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(distinct(&[a, b, a, b]), vec![a, b]);
+        assert!(distinct(&[]).is_empty());
+    }
+
+    #[test]
+    fn access_changes_name_the_restriction_and_who_joined_or_left() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(access_change((true, &[a, b]), (true, &[b, a])), None);
+        assert_eq!(
+            access_change((false, &[]), (true, &[a])),
+            Some(serde_json::json!({
+                "restricted": {"from": false, "to": true},
+                "care_team": {"added": [a], "removed": []}
+            }))
+        );
+        assert_eq!(
+            access_change((true, &[a, b]), (true, &[b, c])),
+            Some(serde_json::json!({"care_team": {"added": [c], "removed": [a]}}))
+        );
+    }
 }

@@ -140,7 +140,8 @@ pub async fn list_patients(
                 "WITH page AS (SELECT row_number() OVER (ORDER BY s.score DESC, s.id DESC) AS n, \
                  s.score, p.id, p.first_name, p.last_name, p.date_of_birth, p.sex, p.email, p.phone, \
                  p.address, p.preferred_provider_id, p.medical_alerts, p.emergency_contact, p.guardian, \
-                 p.responsible_party_id, p.archived_at, p.version, p.created_at, p.updated_at \
+                 p.responsible_party_id, p.restricted, p.care_team, p.archived_at, p.version, \
+                 p.created_at, p.updated_at \
                  FROM patient_search($1, $2, $3, $4, $5) s \
                  JOIN patients p ON p.id = s.id), \
                  audit AS (INSERT INTO audit_events \
@@ -183,6 +184,8 @@ pub async fn list_patients(
                             .transpose()?,
                         guardian: r.guardian.map(|v| json_column("guardian", v)).transpose()?,
                         responsible_party_id: r.responsible_party_id,
+                        restricted: r.restricted,
+                        care_team: r.care_team,
                         archived_at: r.archived_at,
                         version: r.version,
                         created_at: r.created_at,

@@ -406,7 +406,7 @@ pub async fn create_plan(
     }
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-        let mut tx = patients::begin_on(&state, &caller, id).await?;
+        let mut tx = patients::begin_on(&state, &caller, id, Permission::TreatmentWrite).await?;
         let plan_id = Uuid::now_v7();
         sqlx::query!(
             "INSERT INTO treatment_plans (clinic_id, id, patient_id, title, created_by) \
@@ -459,6 +459,15 @@ pub async fn get_plan(
         .await?;
     let mut tx = caller.begin(&state).await?;
     let plan = load(&mut tx, id).await?;
+    let tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        plan.patient_id,
+        Permission::TreatmentRead,
+        "treatment plan",
+    )
+    .await?;
     respond(tx, &caller, event().patient(plan.patient_id), plan).await
 }
 
@@ -521,6 +530,15 @@ pub async fn update_plan(
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
     let current = plan_row(&mut tx, id, true).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        current.patient_id,
+        Permission::TreatmentWrite,
+        "treatment plan",
+    )
+    .await?;
     if PlanStatus::parse(&current.status) != PlanStatus::Draft {
         return Err(AppError::conflict(
             "only a draft plan is edited; revise a presented or declined plan first",
@@ -547,10 +565,9 @@ pub async fn update_plan(
     respond(tx, &caller, event().patient(current.patient_id), plan).await
 }
 
-/// Moves a plan on: checks the status it must be in (409 otherwise) under the plan's row
-/// lock, which serialises every transition of one plan.
-async fn transition(tx: &mut Tx, id: Uuid, from: &[PlanStatus], what: &str) -> AppResult<PlanRow> {
-    let row = plan_row(tx, id, true).await?;
+/// Whether a plan may move on: checks the status it must be in (409 otherwise) on the row
+/// read with `plan_row(.., true)`, whose lock serialises every transition of one plan.
+fn transition(row: &PlanRow, from: &[PlanStatus], what: &str) -> AppResult<()> {
     let status = PlanStatus::parse(&row.status);
     if !from.contains(&status) {
         return Err(AppError::conflict(format!(
@@ -558,7 +575,7 @@ async fn transition(tx: &mut Tx, id: Uuid, from: &[PlanStatus], what: &str) -> A
             status.as_str().replace('_', " ")
         )));
     }
-    Ok(row)
+    Ok(())
 }
 
 async fn set_status(tx: &mut Tx, id: Uuid, status: PlanStatus, version: i32) -> AppResult<()> {
@@ -593,7 +610,17 @@ pub async fn present_plan(
         .authorize(&state, Permission::TreatmentWrite, event)
         .await?;
     let mut tx = caller.begin(&state).await?;
-    let row = transition(&mut tx, id, &[PlanStatus::Draft], "presented").await?;
+    let row = plan_row(&mut tx, id, true).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        row.patient_id,
+        Permission::TreatmentWrite,
+        "treatment plan",
+    )
+    .await?;
+    transition(&row, &[PlanStatus::Draft], "presented")?;
     let plan = load(&mut tx, id).await?;
     if plan.items.is_empty() {
         return Err(AppError::validation(
@@ -708,7 +735,17 @@ pub async fn accept_plan(
     }
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let row = transition(&mut tx, id, &[PlanStatus::Presented], "accepted").await?;
+    let row = plan_row(&mut tx, id, true).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        row.patient_id,
+        Permission::TreatmentConsent,
+        "treatment plan",
+    )
+    .await?;
+    transition(&row, &[PlanStatus::Presented], "accepted")?;
     let frozen = sqlx::query!(
         "SELECT item_id, fee_cents FROM treatment_plan_version_items WHERE plan_id = $1 AND version = $2",
         id,
@@ -800,7 +837,17 @@ pub async fn decline_plan(
     let reason = errors.text("reason", &body.reason, 500);
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let row = transition(&mut tx, id, &[PlanStatus::Presented], "declined").await?;
+    let row = plan_row(&mut tx, id, true).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        row.patient_id,
+        Permission::TreatmentConsent,
+        "treatment plan",
+    )
+    .await?;
+    transition(&row, &[PlanStatus::Presented], "declined")?;
     sqlx::query!(
         "INSERT INTO treatment_plan_decisions (clinic_id, plan_id, version, decision, reason, recorded_by) \
          VALUES ($1, $2, $3, 'declined', $4, $5)",
@@ -845,13 +892,21 @@ pub async fn revise_plan(
     let reason = errors.text("reason", &body.reason, 500);
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
-    let row = transition(
-        &mut tx,
-        id,
-        &[PlanStatus::Presented, PlanStatus::Declined],
-        "revised",
+    let row = plan_row(&mut tx, id, true).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        row.patient_id,
+        Permission::TreatmentWrite,
+        "treatment plan",
     )
     .await?;
+    transition(
+        &row,
+        &[PlanStatus::Presented, PlanStatus::Declined],
+        "revised",
+    )?;
     set_status(&mut tx, id, PlanStatus::Draft, row.version + 1).await?;
     let plan = load(&mut tx, id).await?;
     let event = event().patient(row.patient_id).details(serde_json::json!({
@@ -932,6 +987,15 @@ pub async fn get_version(
         .await?;
     let mut tx = caller.begin(&state).await?;
     let plan = plan_row(&mut tx, id, false).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        plan.patient_id,
+        Permission::TreatmentRead,
+        "treatment plan",
+    )
+    .await?;
     let head = sqlx::query!(
         "SELECT title, presented_at, presented_by, total_cents FROM treatment_plan_versions \
          WHERE plan_id = $1 AND version = $2",

@@ -146,6 +146,20 @@ pub async fn load(tx: &mut Tx, id: Uuid) -> AppResult<ProcedureRow> {
         .ok_or_else(|| AppError::not_found("procedure"))
 }
 
+/// [`load`], and 404 when the procedure's patient is restricted away from the caller (see
+/// [`patients::guard_record`]).
+async fn load_open(
+    state: &AppState,
+    caller: &Caller,
+    mut tx: Tx,
+    id: Uuid,
+    p: Permission,
+) -> AppResult<(Tx, ProcedureRow)> {
+    let row = load(&mut tx, id).await?;
+    let tx = patients::guard_record(state, caller, tx, row.patient_id, p, "procedure").await?;
+    Ok((tx, row))
+}
+
 async fn load_for_update(tx: &mut Tx, id: Uuid) -> AppResult<ProcedureRow> {
     select_procedure!(tx, "WHERE p.id = $1 FOR UPDATE OF p", id)
         .fetch_optional(&mut **tx)
@@ -397,7 +411,7 @@ pub async fn create_procedure(
     }
     errors.finish()?;
     idempotency::run(&state, &caller, &headers, &hash, || async {
-        let mut tx = patients::begin_on(&state, &caller, id).await?;
+        let mut tx = patients::begin_on(&state, &caller, id, Permission::TreatmentWrite).await?;
         let rules = code_rules(&mut tx, body.procedure_code_id)
             .await?
             .ok_or_else(|| {
@@ -550,8 +564,8 @@ pub async fn get_procedure(
     caller
         .authorize(&state, Permission::TreatmentRead, event)
         .await?;
-    let mut tx = caller.begin(&state).await?;
-    let row = load(&mut tx, id).await?;
+    let tx = caller.begin(&state).await?;
+    let (tx, row) = load_open(&state, &caller, tx, id, Permission::TreatmentRead).await?;
     respond(
         tx,
         &caller,
@@ -661,6 +675,15 @@ pub async fn update_procedure(
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
     let current = load_for_update(&mut tx, id).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        current.patient_id,
+        Permission::TreatmentWrite,
+        "procedure",
+    )
+    .await?;
     let event = || event().patient(current.patient_id);
     if current.status == ProcedureStatus::Completed.as_str() {
         return Err(AppError::conflict(
@@ -780,6 +803,15 @@ pub async fn complete_procedure(
         .await?;
     let mut tx = caller.begin(&state).await?;
     let current = load_for_update(&mut tx, id).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        current.patient_id,
+        Permission::TreatmentWrite,
+        "procedure",
+    )
+    .await?;
     match ProcedureStatus::parse(&current.status) {
         Some(ProcedureStatus::Planned) => {}
         Some(ProcedureStatus::Completed) => {
@@ -854,6 +886,15 @@ pub async fn reverse_procedure(
     errors.finish()?;
     let mut tx = caller.begin(&state).await?;
     let current = load_for_update(&mut tx, id).await?;
+    let mut tx = patients::guard_record(
+        &state,
+        &caller,
+        tx,
+        current.patient_id,
+        Permission::TreatmentWrite,
+        "procedure",
+    )
+    .await?;
     if current.status != ProcedureStatus::Completed.as_str() {
         return Err(AppError::conflict(
             "only a completed procedure is reversed; edit a planned one instead",

@@ -9,6 +9,7 @@ mod billing_invoices;
 mod billing_payments;
 mod billing_properties;
 mod billing_stripe;
+mod break_glass;
 mod clinical;
 mod documents;
 mod faults;

@@ -30,6 +30,7 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("providers", Kind::User),
     ("provider", Kind::User),
     ("preferred_provider", Kind::User),
+    ("care_team", Kind::User),
     ("operatories", Kind::Operatory),
     ("operatory", Kind::Operatory),
     ("appointments", Kind::Appointment),
