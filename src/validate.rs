@@ -188,6 +188,21 @@ pub fn merge_nested<T: serde::Serialize + serde::de::DeserializeOwned>(
         None => None,
         Some(serde_json::Value::Null) => Some(None),
         Some(p) => {
+            // A key the object does not have is refused even as `null` (which would
+            // otherwise remove nothing and pass unnoticed).
+            let fields = field_names::<T>();
+            if let (false, Some(keys)) = (fields.is_empty(), p.as_object()) {
+                let unknown: Vec<&String> = keys
+                    .keys()
+                    .filter(|k| !fields.contains(&k.as_str()))
+                    .collect();
+                if !unknown.is_empty() {
+                    for k in unknown {
+                        errors.add(format!("{field}.{k}"), "is not a field of this object");
+                    }
+                    return None;
+                }
+            }
             let mut base = current
                 .and_then(|c| serde_json::to_value(c).ok())
                 .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
@@ -205,6 +220,36 @@ pub fn merge_nested<T: serde::Serialize + serde::de::DeserializeOwned>(
             }
         }
     }
+}
+
+/// The field names of the struct `T` as serde reads them (empty for anything else): a
+/// deserializer that only records what `deserialize_struct` is asked for.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only structs are probed"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// Applies an RFC 7396 merge patch to a JSON document.
@@ -233,6 +278,44 @@ pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_nested_patch_names_only_the_objects_fields_even_with_null() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        struct Place {
+            city: String,
+            line2: Option<String>,
+        }
+        let current = Place {
+            city: "Bonn".into(),
+            line2: Some("Hof".into()),
+        };
+        let mut errors = Errors::default();
+        let merged = merge_nested(
+            Some(&current),
+            &Some(json!({"line2": null})),
+            "address",
+            &mut errors,
+        );
+        assert_eq!(
+            merged,
+            Some(Some(Place {
+                city: "Bonn".into(),
+                line2: None
+            }))
+        );
+        assert!(errors.finish().is_ok());
+        let mut errors = Errors::default();
+        let merged = merge_nested(
+            Some(&current),
+            &Some(json!({"w": null})),
+            "address",
+            &mut errors,
+        );
+        assert_eq!(merged, None);
+        assert!(errors.finish().is_err());
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7396() {

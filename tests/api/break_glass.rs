@@ -335,7 +335,7 @@ async fn the_front_desk_and_billing_keep_demographics_scheduling_and_procedures(
 
 #[tokio::test]
 async fn breaking_the_glass_opens_the_record_audits_notifies_and_is_listed_for_review() {
-    let sink = SmtpSink::start().await;
+    let sink = SmtpSink::keeping("Break-glass access to a restricted patient record").await;
     let url = sink.url();
     let v = vip_with(move |vars| {
         vars.insert("SMTP_URL".into(), url);
