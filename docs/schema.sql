@@ -1547,7 +1547,7 @@ CREATE TABLE public.outbox (
     failed_at timestamp with time zone,
     CONSTRAINT outbox_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT outbox_last_error_check CHECK ((length(last_error) <= 1000)),
-    CONSTRAINT outbox_topic_check CHECK ((topic = ANY (ARRAY['email'::text, 'webhook'::text])))
+    CONSTRAINT outbox_topic_check CHECK ((topic = ANY (ARRAY['email'::text, 'webhook'::text, 'stripe'::text])))
 );
 
 ALTER TABLE ONLY public.outbox FORCE ROW LEVEL SECURITY;
