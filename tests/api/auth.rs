@@ -1455,12 +1455,13 @@ async fn logging_out_ends_that_sign_ins_access_token_at_once() {
 
 #[tokio::test]
 async fn password_changes_hold_no_connection_while_hashing() {
-    // One connection, a one-second wait for it, and more hashes allowed at once than
-    // there are connections: if a change held the connection while it hashed, the
-    // requests queued behind it would time out (503).
+    // One connection, a two-second wait for it, and more hashes allowed at once than
+    // there are connections: if a change held the connection while it verified and hashed
+    // (two argon2id runs, ~0.1 s), the forty requests would queue for seconds and time out
+    // (503); done right, each holds it for two short statements.
     let app = spawn_with(|v| {
         v.insert("DB_POOL_SIZE".into(), "1".into());
-        v.insert("DB_POOL_TIMEOUT".into(), "1".into());
+        v.insert("DB_POOL_TIMEOUT".into(), "2".into());
         v.insert("PASSWORD_HASH_CONCURRENCY".into(), "4".into());
         v.insert("LOGIN_IP_RATE_LIMIT_PER_MINUTE".into(), "1000".into());
         v.insert("RATE_LIMIT_ANON_PER_MINUTE".into(), "1000".into());
