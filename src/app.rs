@@ -50,6 +50,7 @@ fn areas() -> OpenApiRouter<AppState> {
         .merge(billing::stripe::router())
         .merge(billing::stripe_events::router())
         .merge(documents::routes::router())
+        .merge(crate::fhir::router())
 }
 
 /// The API routes and the OpenAPI document describing exactly them.

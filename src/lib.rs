@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod documents;
 pub mod error;
+pub mod fhir;
 pub mod health;
 pub mod http;
 pub mod ledger;

@@ -36,7 +36,8 @@ use crate::scheduling::appointments::Conflict;
         (name = "reports", description = "The day sheet"),
         (name = "billing", description = "Patient accounts, payments, refunds, adjustments and invoices"),
         (name = "documents", description = "X-rays, photos, consent forms and letters: streamed uploads and downloads, encrypted at rest"),
-        (name = "webhooks", description = "Signed event deliveries to the clinic's own systems, from a transactional outbox")
+        (name = "webhooks", description = "Signed event deliveries to the clinic's own systems, from a transactional outbox"),
+        (name = "fhir", description = "A read-only FHIR R4 view of the records (`application/fhir+json`; errors are OperationOutcomes)")
     )
 )]
 pub struct ApiDoc;
@@ -181,6 +182,10 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, settings: DocSettings) -> Value {
         }
         // A problem document may carry members of its own: it stays open.
         schemas.insert("Problem".into(), problem_schema());
+        // FHIR resources are defined by the standard; the document names what every one has.
+        for (name, schema) in fhir_schemas() {
+            schemas.insert(name.into(), schema);
+        }
     }
     // Resources with an integer `version` are answered with their strong ETag.
     let versioned: Vec<String> = doc
@@ -204,6 +209,9 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, settings: DocSettings) -> Value {
         for (method, op) in item.iter_mut() {
             if let Some(op) = op.as_object_mut() {
                 complete_operation(path, method, op);
+                if path.starts_with(crate::fhir::PREFIX) {
+                    fhir_errors(op);
+                }
                 add_etags(op, &versioned);
                 apply_settings(op, settings);
             }
@@ -248,6 +256,79 @@ fn problem_schema() -> Value {
             }
         }
     })
+}
+
+/// The FHIR view's schemas: a resource, a search's bundle and the error outcome, each open
+/// to the elements FHIR R4 defines.
+fn fhir_schemas() -> [(&'static str, Value); 3] {
+    [
+        (
+            "FhirResource",
+            json!({
+                "type": "object",
+                "description": "A FHIR R4 resource (https://hl7.org/fhir/R4/resourcelist.html)",
+                "required": ["resourceType"],
+                "properties": {
+                    "resourceType": {"type": "string", "pattern": "^[A-Z][A-Za-z]+$"},
+                    "id": {"type": "string"}
+                }
+            }),
+        ),
+        (
+            "FhirBundle",
+            json!({
+                "type": "object",
+                "description": "A FHIR R4 `searchset` Bundle; `link` holds `self` and, when more \
+                                follows, `next`",
+                "required": ["resourceType", "type"],
+                "properties": {
+                    "resourceType": {"type": "string", "enum": ["Bundle"]},
+                    "type": {"type": "string", "enum": ["searchset"]},
+                    "link": {"type": "array", "items": {"type": "object"}},
+                    "entry": {"type": "array", "items": {"type": "object"}}
+                }
+            }),
+        ),
+        (
+            "FhirOperationOutcome",
+            json!({
+                "type": "object",
+                "description": "A FHIR R4 OperationOutcome: every error of the FHIR view",
+                "required": ["resourceType", "issue"],
+                "properties": {
+                    "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+                    "issue": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["severity", "code"],
+                            "properties": {
+                                "severity": {"type": "string"},
+                                "code": {"type": "string"},
+                                "diagnostics": {"type": "string"}
+                            }
+                        }
+                    }
+                }
+            }),
+        ),
+    ]
+}
+
+/// A FHIR route's errors, whatever answers them, are OperationOutcomes
+/// ([`crate::fhir::outcome`]).
+fn fhir_errors(op: &mut Map<String, Value>) {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (status, response) in responses.iter_mut() {
+        if status.starts_with('4') || status.starts_with('5') {
+            response["content"] = json!({
+                crate::fhir::FHIR_JSON: {"schema": {"$ref": "#/components/schemas/FhirOperationOutcome"}}
+            });
+        }
+    }
 }
 
 /// An error response: the problem document, with `description`.

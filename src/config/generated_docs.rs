@@ -30,6 +30,15 @@ fn webhook_events_are_current() {
     );
 }
 
+#[test]
+fn fhir_capabilities_are_current() {
+    check_section(
+        "docs/fhir.md",
+        "fhir-capabilities",
+        &crate::fhir::capability::markdown_table(),
+    );
+}
+
 fn check_section(file: &str, name: &str, rendered: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {file}: {e}"));

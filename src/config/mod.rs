@@ -117,6 +117,8 @@ pub struct Config {
     pub mail_from: String,
     /// The front-end's address, for links in emails (no trailing slash).
     pub public_app_url: String,
+    /// Without a trailing slash.
+    pub public_api_url: String,
     pub password_reset_rate_limit_per_hour: u32,
     pub email_verification_grace_hours: u32,
     pub webhook_allow_private: bool,
@@ -301,6 +303,7 @@ impl Config {
             smtp_url: s.smtp_url,
             mail_from: s.mail_from,
             public_app_url: s.public_app_url.trim_end_matches('/').to_owned(),
+            public_api_url: s.public_api_url.trim_end_matches('/').to_owned(),
             password_reset_rate_limit_per_hour: check.number(
                 &r::PASSWORD_RESET_RATE_LIMIT_PER_HOUR,
                 s.password_reset_rate_limit_per_hour,
@@ -416,6 +419,11 @@ impl Config {
             || self.public_app_url.starts_with("https://"))
         {
             problems.push("PUBLIC_APP_URL must be an http:// or https:// address".into());
+        }
+        if !(self.public_api_url.starts_with("http://")
+            || self.public_api_url.starts_with("https://"))
+        {
+            problems.push("PUBLIC_API_URL must be an http:// or https:// address".into());
         }
         if let Some(url) = &self.document_store_url {
             let bucket = url.strip_prefix("s3://").unwrap_or_default();

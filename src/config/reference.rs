@@ -462,6 +462,13 @@ pub const PUBLIC_APP_URL: Setting = setting(
     "the front-end's address, for links in emails (`/reset-password?token=…`); production \
      warns when it is not `https://`",
 );
+pub const PUBLIC_API_URL: Setting = setting(
+    "PUBLIC_API_URL",
+    Is("http://localhost:8000"),
+    Text("URL"),
+    "the API's public address (before `/api/v2`), for the absolute links of the FHIR view \
+     (`fullUrl`, paging)",
+);
 pub const PASSWORD_RESET_RATE_LIMIT_PER_HOUR: Setting = number(
     "PASSWORD_RESET_RATE_LIMIT_PER_HOUR",
     "5",
@@ -595,6 +602,7 @@ pub const SETTINGS: &[Group] = &[
             ENVIRONMENT,
             HOST,
             PORT,
+            PUBLIC_API_URL,
             LOG_LEVEL,
             LOG_FORMAT,
             REQUEST_TIMEOUT_SECONDS,

@@ -106,6 +106,8 @@ pub struct Settings {
     pub mail_from: String,
     #[serde(deserialize_with = "de::text")]
     pub public_app_url: String,
+    #[serde(deserialize_with = "de::text")]
+    pub public_api_url: String,
     pub password_reset_rate_limit_per_hour: Parsed<u32>,
     pub email_verification_grace_hours: Parsed<u32>,
     pub webhook_allow_private: Parsed<bool>,
@@ -189,6 +191,7 @@ impl Default for Settings {
             smtp_url: None,
             mail_from: "Molar <no-reply@molar.invalid>".into(),
             public_app_url: "http://localhost:3000".into(),
+            public_api_url: "http://localhost:8000".into(),
             password_reset_rate_limit_per_hour: 5.into(),
             email_verification_grace_hours: 72.into(),
             webhook_allow_private: false.into(),

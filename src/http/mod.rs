@@ -74,6 +74,10 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
             limits::api_rate_limit,
         ))
         .layer(axum::middleware::from_fn(middleware::problem_fallback))
+        // Outside every layer that answers an error: FHIR clients get OperationOutcomes.
+        .layer(axum::middleware::from_fn(
+            crate::fhir::outcome::rewrite_errors,
+        ))
         .layer(axum::middleware::from_fn(middleware::record_metrics));
     if let Some(hsts) = hsts {
         router = router.layer(hsts);

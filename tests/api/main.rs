@@ -13,6 +13,7 @@ mod break_glass;
 mod clinical;
 mod documents;
 mod faults;
+mod fhir;
 mod foundation;
 mod mfa;
 mod migrations;
