@@ -489,6 +489,7 @@ pub const LINKS: &[Links] = &[
         "201",
         &[
             ("get_patient", "path.id"),
+            ("read_patient", "path.id"),
             ("update_patient", "path.id"),
             ("archive_patient", "path.id"),
             ("get_chart", "path.id"),
@@ -556,6 +557,7 @@ pub const LINKS: &[Links] = &[
         "201",
         &[
             ("get_appointment", "path.id"),
+            ("read_appointment", "path.id"),
             ("reschedule_appointment", "path.id"),
             ("change_status", "path.id"),
             ("appointment_history", "path.id"),

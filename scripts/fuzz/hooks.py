@@ -5,8 +5,8 @@ a JSON Schema cannot say (the document says them in words). Cases meant to be va
 them as a client would, so that they reach the logic behind them; cases meant to be
 invalid are left exactly as drawn, and must still be refused.
 
-- A list cursor is opaque: only a `next_cursor` the server issued is one, and anything else
-  is a 400 whatever its shape. A valid case carries no invented cursor (the server's own
+- A list cursor is opaque: only a `next_cursor` (or a FHIR `next` link's `_cursor`) the
+  server issued is one, and anything else is a 400 whatever its shape. A valid case carries no invented cursor (the server's own
   cursors are covered by the integration tests).
 - An `Idempotency-Key` promises that a request with it is the same request again: reusing
   one with another body is a 422 by contract, and generated cases reuse the few keys they
@@ -45,6 +45,7 @@ def map_case(context, case):
         return case
     if case.query:
         case.query.pop("cursor", None)
+        case.query.pop("_cursor", None)
     if case.headers:
         for name in list(case.headers):
             if name.lower() == "idempotency-key":

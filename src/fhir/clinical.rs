@@ -41,8 +41,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct ByPatient {
     /// Required: `Patient/<id>` or the id (a patient of another clinic, or one whose
     /// record is restricted away from you, is a 404).
-    #[param(max_length = 100)]
-    patient: Option<String>,
+    #[param(max_length = 100, pattern = "^(Patient/)?[^/]+$")]
+    patient: String,
 }
 
 /// The patient a clinical search is about: required, and a well-formed id (else 404, as an

@@ -63,11 +63,17 @@ pub struct Paging {
 pub struct PatientSearch {
     /// The start of the family name, the given name or the whole name, ignoring case;
     /// repeated, each must match.
-    #[param(max_length = 200)]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     name: Option<Vec<String>>,
     /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, prefixed by `eq` (default), `ge`, `gt`, `le`,
     /// `lt`, `sa` or `eb`; repeated, each must hold.
-    #[param(pattern = "^(eq|ge|gt|le|lt|sa|eb)?[0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?$")]
+    #[param(
+        pattern = "^(eq|ge|gt|le|lt|sa|eb)?[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?)?$"
+    )]
     birthdate: Option<Vec<String>>,
     /// `urn:ietf:rfc:3986|urn:uuid:<id>` (or without the system).
     identifier: Option<String>,
@@ -277,7 +283,11 @@ pub async fn search_patients(
 #[allow(dead_code)]
 pub struct PractitionerSearch {
     /// The start of any word of the name, ignoring case; repeated, each must match.
-    #[param(max_length = 200)]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     name: Option<Vec<String>>,
     /// `urn:ietf:rfc:3986|urn:uuid:<id>` (or without the system).
     identifier: Option<String>,

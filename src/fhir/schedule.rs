@@ -142,13 +142,15 @@ pub struct AppointmentSearch {
     /// The start: a day of the clinic (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) or an instant with
     /// its offset, prefixed by `eq` (default), `ge`, `gt`, `le`, `lt`, `sa` or `eb`;
     /// repeated, each must hold (`date=ge2026-12-01&date=lt2026-12-08`).
-    #[param(max_length = 40)]
+    #[param(
+        pattern = "^(eq|ge|gt|le|lt|sa|eb)?[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))?)?)?$"
+    )]
     date: Option<Vec<String>>,
     /// `Patient/<id>` or the id.
-    #[param(max_length = 100)]
+    #[param(max_length = 100, pattern = "^(Patient/)?[^/]+$")]
     patient: Option<String>,
     /// `Practitioner/<id>` or the id.
-    #[param(max_length = 100)]
+    #[param(max_length = 100, pattern = "^(Practitioner/)?[^/]+$")]
     practitioner: Option<String>,
 }
 

@@ -171,7 +171,7 @@ fn moment(v: &str) -> Option<Moment> {
         (s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.parse().ok())
             .flatten()
-            .filter(|y| (1..=9998).contains(y))
+            .filter(|y| (0..=9999).contains(y))
     };
     let two = |s: &str| -> Option<u32> {
         (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()))
@@ -180,7 +180,7 @@ fn moment(v: &str) -> Option<Moment> {
     };
     if v.contains('T') {
         let at = DateTime::parse_from_rfc3339(v).ok()?.with_timezone(&Utc);
-        if at.year() < 1 || at.year() > 9998 {
+        if at.year() < 0 || at.year() > 9999 {
             return None;
         }
         let start = at.with_nanosecond_floor();
@@ -338,6 +338,9 @@ pub fn reference(q: &Query, name: &str, resource_type: &str) -> AppResult<Option
         }
         None => v,
     };
+    if id.is_empty() || v.chars().count() > 100 {
+        return Err(bad(format!("`{name}` must be 1 to 100 characters")));
+    }
     Ok(Some(Uuid::parse_str(id).ok()))
 }
 
@@ -360,11 +363,11 @@ pub fn identifier(q: &Query) -> AppResult<Option<Option<Uuid>>> {
 }
 
 /// Every value of a string parameter (`name`), lower-cased, as `LIKE` prefixes: FHIR's
-/// string search matches the start of a name part, ignoring case. An empty value is a 400.
+/// string search matches the start of a name part, ignoring case. An empty value, or one with
+/// control characters, is a 400.
 pub fn string_prefixes(q: &Query, name: &str) -> AppResult<Vec<String>> {
     q.all(name)
         .map(|v| {
-            let v = v.trim();
             if v.is_empty() || v.chars().count() > 200 || v.chars().any(char::is_control) {
                 return Err(bad(format!(
                     "`{name}` must be 1 to 200 characters without control characters"
@@ -483,6 +486,8 @@ mod tests {
             reference(&q("patient=nope"), "patient", "Patient").expect("ok"),
             Some(None)
         );
+        assert!(reference(&q("patient="), "patient", "Patient").is_err());
+        assert!(reference(&q("patient=Patient/"), "patient", "Patient").is_err());
         let token = format!("identifier=urn:ietf:rfc:3986%7Curn:uuid:{id}");
         assert_eq!(identifier(&q(&token)).expect("ok"), Some(Some(id)));
         assert_eq!(
@@ -498,7 +503,8 @@ mod tests {
     fn string_search_escapes_like_wildcards() {
         let p = string_prefixes(&q("name=50%25_o%5C"), "name").expect("ok");
         assert_eq!(p, vec!["50\\%\\_o\\\\%".to_owned()]);
-        assert!(string_prefixes(&q("name=%20"), "name").is_err());
+        assert!(string_prefixes(&q("name="), "name").is_err());
+        assert!(string_prefixes(&q("name=a%01"), "name").is_err());
     }
 
     #[test]
