@@ -189,6 +189,8 @@ async fn documented_operations_name_their_errors_and_security() {
                     "/api/v2/startup-check",
                     // Authenticated by Stripe's signature, not a bearer token.
                     "/api/v2/webhooks/stripe",
+                    // FHIR's capability statement is public, as FHIR servers' are.
+                    "/api/v2/fhir/metadata",
                 ]
                 .contains(&path.as_str());
             if !public {
@@ -274,6 +276,20 @@ async fn parameters_are_where_the_document_says_and_errors_are_problems() {
                     continue;
                 }
                 let content = response["content"].as_object().expect("content");
+                // The FHIR view answers its errors as OperationOutcomes.
+                if path.starts_with("/api/v2/fhir/") {
+                    assert_eq!(
+                        content.keys().collect::<Vec<_>>(),
+                        vec!["application/fhir+json"],
+                        "{label} {status}"
+                    );
+                    assert_eq!(
+                        content["application/fhir+json"]["schema"]["$ref"],
+                        "#/components/schemas/FhirOperationOutcome",
+                        "{label} {status}"
+                    );
+                    continue;
+                }
                 assert_eq!(
                     content.keys().collect::<Vec<_>>(),
                     vec!["application/problem+json"],

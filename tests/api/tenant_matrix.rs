@@ -61,6 +61,10 @@ const ID_NAMES: &[(&str, Kind)] = &[
     ("document", Kind::Document),
     ("sessions", Kind::Session),
     ("subscriptions", Kind::WebhookSubscription),
+    // The FHIR view's resource types.
+    ("Patient", Kind::Patient),
+    ("Practitioner", Kind::User),
+    ("Appointment", Kind::Appointment),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
