@@ -131,10 +131,17 @@ impl Db {
 
     /// Begins with `sql`, counted in [`Db::waiting`] while a connection is awaited.
     async fn begin_counted(&self, pool: &PgPool, sql: String) -> Result<Tx, sqlx::Error> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let tx = pool.begin_with(sql).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        tx
+        let _waiting = Waiting::count(&self.waiting);
+        // The begin runs to its end on a task of its own. A request that goes away while its
+        // `BEGIN` is on the wire drops its future; sqlx (0.8) then counts no transaction yet
+        // and queues no rollback, and the connection goes back to the pool with the server's
+        // transaction still open, for the next request to join (with that transaction's
+        // `now()`). Finished on its own task, the begin yields a transaction whose drop rolls
+        // it back before the connection is used again.
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.begin_with(sql).await })
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("the begin's task failed: {e}")))?
     }
 
     /// For health checks and pool statistics only; never for tenant data.
@@ -149,6 +156,23 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
         self.read.close().await;
+    }
+}
+
+/// Counts a caller waiting for a connection for as long as it lives, so that a request that
+/// goes away while waiting is not counted for ever.
+struct Waiting<'a>(&'a AtomicI64);
+
+impl<'a> Waiting<'a> {
+    fn count(counter: &'a AtomicI64) -> Waiting<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

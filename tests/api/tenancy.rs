@@ -219,3 +219,61 @@ async fn alternating_clinics_on_one_connection_never_see_each_other() {
     }
     assert_eq!(db.pool().size(), 1);
 }
+
+#[tokio::test]
+async fn a_begin_abandoned_midway_leaves_no_transaction_open_for_the_next_request() {
+    // A request that goes away while its `BEGIN` is on the wire (the client hung up, the
+    // request timed out) must not leave the server's transaction open on the pooled
+    // connection: the next request given that connection would join it, and take its
+    // `now()` — every timestamp it writes — from the abandoned one's start. The begin is
+    // held on the server by a lock on `users` (the session check reads it) while the
+    // caller gives up; one connection, so the next transaction gets the same one.
+    let app = spawn().await;
+    let owner = app.register_clinic("Abandoned").await;
+    let mut vars = app.vars.clone();
+    vars.insert("DB_POOL_SIZE".into(), "1".into());
+    let config = Config::from_map(vars).expect("config");
+    let db = Db::connect_lazy(&config, &server_url(&app.db_name), None).expect("pool");
+    let clinic: Uuid = owner.clinic_id.parse().expect("uuid");
+    let user: Uuid = owner.user_id.parse().expect("uuid");
+    let mut admin = app.admin_db().await;
+    let version: i32 = sqlx::query_scalar("SELECT auth_version FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_one(&mut admin)
+        .await
+        .expect("version");
+    sqlx::query("BEGIN")
+        .execute(&mut admin)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut admin)
+        .await
+        .expect("lock");
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        db.session_tx(clinic, user, version, "owner", None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the begin waited for the lock");
+    sqlx::query("COMMIT")
+        .execute(&mut admin)
+        .await
+        .expect("unlock");
+    // The abandoned begin has finished on the server by now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut tx = db
+        .session_tx(clinic, user, version, "owner", None)
+        .await
+        .expect("begin");
+    let lag_ms: f64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp() - now()) * 1000)::float8")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("clock");
+    tx.rollback().await.expect("rollback");
+    assert!(
+        lag_ms < 200.0,
+        "the transaction began {lag_ms:.0} ms before it was asked for: it joined the abandoned one"
+    );
+}
