@@ -705,7 +705,7 @@ read from the outbox table after the load; the booking figures above include thi
 
 | figure | value |
 |---|---|
-| bookings answered 201 (both scenarios) | {ob['bookings']} |
+| bookings answered 201 (both scenarios; a booking still in flight when the load generator stopped commits unanswered) | {ob['bookings']} |
 | events written / delivered / failed / left undelivered | {ob['events']} / {ob['delivered']} / {ob['failed']} / {ob['undelivered']} |
 | events that needed more than one attempt | {ob['retried']} |
 | successful deliveries in the delivery log (one per event when none was sent twice) | {ob['successful_attempts']} |
@@ -845,11 +845,13 @@ def main():
         ("Zero 5xx in every scenario", f"{total_5xx}", total_5xx == 0, ""),
     ]
     if outbox:
-        whole = (outbox["events"] == outbox["bookings"] == outbox["delivered"]
-                 == outbox["successful_attempts"])
+        # Bookings still in flight when the load generator stopped may commit unanswered:
+        # at most one per connection of each scenario.
+        whole = (outbox["events"] == outbox["delivered"] == outbox["successful_attempts"]
+                 and outbox["bookings"] <= outbox["events"] <= outbox["bookings"] + 2 * 64)
         targets[-1:-1] = [
             ("Outbox: each booking's webhook event delivered, once", f"{outbox['delivered']} of {outbox['events']} events "
-             f"for {outbox['bookings']} bookings", whole, OUTBOX),
+             f"for {outbox['bookings']} bookings answered 201", whole, OUTBOX),
         ]
     if doc:
         targets[-1:-1] = [

@@ -195,7 +195,7 @@ async fn record_event(state: &AppState, clinic: Uuid, event: &StripeEvent) -> Ap
         return Ok(());
     };
     let object = &event.data.object;
-    let mut tx = state.db.clinic_tx(clinic).await?;
+    let mut tx = state.db.worker_tx(Some(clinic)).await?;
     let intent = sqlx::query!(
         "SELECT id, patient_id, invoice_id, amount_cents, payment_id, created_by FROM stripe_intents \
          WHERE intent_id = $1 FOR UPDATE",

@@ -39,8 +39,15 @@ pub fn is_session_invalid(e: &sqlx::Error) -> bool {
 pub struct Db {
     pool: PgPool,
     read: PgPool,
+    /// The outbox worker's own connections ([`WORKER_CONNECTIONS`]).
+    worker: PgPool,
     waiting: Arc<AtomicI64>,
 }
+
+/// The connections the outbox worker has to itself, beside `DB_POOL_SIZE`: under a storm of
+/// requests it would otherwise wait behind them for each of its short transactions, and
+/// deliver a few dozen events a second while they are written by the hundred.
+pub const WORKER_CONNECTIONS: u32 = 4;
 
 impl Db {
     pub fn connect_lazy(config: &Config, url: &str, read_url: Option<&str>) -> anyhow::Result<Db> {
@@ -49,9 +56,13 @@ impl Db {
             Some(u) => pool_options(config).connect_lazy_with(connect_options(u)?),
             None => pool.clone(),
         };
+        let worker = pool_options(config)
+            .max_connections(WORKER_CONNECTIONS)
+            .connect_lazy_with(connect_options(url)?);
         Ok(Db {
             pool,
             read,
+            worker,
             waiting: Arc::new(AtomicI64::new(0)),
         })
     }
@@ -107,6 +118,12 @@ impl Db {
         self.begin_counted(&self.pool, sql).await
     }
 
+    /// For the outbox worker, on its own connections: a transaction in `clinic` (or, with
+    /// `None`, in no clinic, as [`Db::unscoped_tx`]).
+    pub async fn worker_tx(&self, clinic: Option<Uuid>) -> Result<Tx, sqlx::Error> {
+        self.begin_scoped(&self.worker, clinic).await
+    }
+
     /// The same on the read replica (or the primary when none is configured).
     pub async fn clinic_read_tx(&self, clinic_id: Uuid) -> Result<Tx, sqlx::Error> {
         self.begin_scoped(&self.read, Some(clinic_id)).await
@@ -156,6 +173,7 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
         self.read.close().await;
+        self.worker.close().await;
     }
 }
 

@@ -93,7 +93,7 @@ pub async fn deliver_due(state: &AppState, webhooks: &Deliverer) -> Result<usize
     let db = &state.db;
     let mut handled = 0;
     loop {
-        let mut tx = db.unscoped_tx().await?;
+        let mut tx = db.worker_tx(None).await?;
         let rows = sqlx::query!(
             r#"SELECT clinic_id AS "clinic_id!", id AS "id!", topic AS "topic!",
                       payload AS "payload!", attempts AS "attempts!", give_up_at AS "give_up_at!"
@@ -182,7 +182,7 @@ async fn record(
             }
         }
     };
-    let mut tx = db.unscoped_tx().await?;
+    let mut tx = db.worker_tx(None).await?;
     sqlx::query!(
         r#"SELECT outbox_record($1, $2, $3, $4, $5, $6) AS "changed!""#,
         clinic_id,

@@ -144,7 +144,7 @@ impl Deliverer {
         id: Uuid,
     ) -> Result<Option<Target>, String> {
         let row = async {
-            let mut tx = state.db.clinic_tx(clinic_id).await?;
+            let mut tx = state.db.worker_tx(Some(clinic_id)).await?;
             let row = sqlx::query!(
                 "SELECT url, secret FROM webhook_subscriptions WHERE id = $1 AND active",
                 id
@@ -213,7 +213,7 @@ async fn log(
     error: Option<&str>,
     duration_ms: i32,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = state.db.clinic_tx(clinic_id).await?;
+    let mut tx = state.db.worker_tx(Some(clinic_id)).await?;
     sqlx::query!(
         "INSERT INTO webhook_deliveries (clinic_id, id, subscription_id, event_id, event_type, \
          attempt, status_code, error, duration_ms, delivered) \
