@@ -178,14 +178,14 @@ ALTER TABLE public.audit_events OWNER TO molar_owner;
 --
 
 CREATE FUNCTION public.audit_event_digest(e public.audit_events) RETURNS bytea
-    LANGUAGE sql IMMUTABLE
-    SET search_path TO 'public', 'pg_temp'
+    LANGUAGE sql STABLE
     AS $$
-    SELECT sha256(convert_to(concat_ws('|',
-        e.clinic_id, e.id, to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+    SELECT pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.concat_ws('|',
+        e.clinic_id, e.id,
+        pg_catalog.to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
         coalesce(e.user_id::text, ''), e.action, e.resource_type,
         coalesce(e.resource_id::text, ''), coalesce(e.patient_id::text, ''),
-        coalesce(e.request_id, ''), coalesce(host(e.ip), ''), e.outcome,
+        coalesce(e.request_id, ''), coalesce(pg_catalog.host(e.ip), ''), e.outcome,
         coalesce(e.details::text, '')), 'UTF8'))
 $$;
 
@@ -227,10 +227,10 @@ $_$;
 ALTER FUNCTION public.audit_prune(before timestamp with time zone) OWNER TO molar_owner;
 
 --
--- Name: audit_seal(interval); Type: FUNCTION; Schema: public; Owner: molar_auth
+-- Name: audit_seal_chunk(interval, uuid, integer, integer); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.audit_seal(settle interval) RETURNS integer
+CREATE FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) RETURNS record
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -238,55 +238,74 @@ DECLARE
     c uuid;
     last audit_seals;
     cutoff timestamptz := now() - greatest(settle, interval '0');
-    since timestamptz;
     h bytea;
     n integer;
-    first_e audit_events;
-    last_e audit_events;
-    e audit_events;
-    sealed integer := 0;
+    first_at timestamptz;
+    first_id uuid;
+    last_at timestamptz;
+    last_id uuid;
+    e record;
+    visited integer := 0;
 BEGIN
+    next_clinic := NULL;
+    seals := 0;
+    events := 0;
+    busy := false;
     IF NOT pg_try_advisory_xact_lock(7262012) THEN
-        RETURN 0;
-    END IF;
-    SELECT s.sealed_until INTO since FROM audit_seal_state s;
-    IF since IS NOT NULL AND since >= cutoff THEN
-        RETURN 0;
+        busy := true;
+        RETURN;
     END IF;
     FOR c IN
-        SELECT DISTINCT ae.clinic_id FROM audit_events ae
-        WHERE ae.at < cutoff AND (since IS NULL OR ae.at >= since)
+        SELECT cl.id FROM clinics cl
+        WHERE from_clinic IS NULL OR cl.id >= from_clinic
+        ORDER BY cl.id
     LOOP
+        IF visited >= max_clinics THEN
+            next_clinic := c;
+            RETURN;
+        END IF;
+        visited := visited + 1;
         SELECT * INTO last FROM audit_seals s WHERE s.clinic_id = c ORDER BY s.seq DESC LIMIT 1;
         h := coalesce(last.hash, '\x'::bytea);
         n := 0;
-        first_e := NULL;
+        -- Without an OR, so that the primary key (clinic_id, at, id) bounds the scan in a
+        -- generic plan too.
         FOR e IN
-            SELECT * FROM audit_events ae
+            SELECT ae.at, ae.id, audit_event_digest(ae) AS digest
+            FROM audit_events ae
             WHERE ae.clinic_id = c AND ae.at < cutoff
-              AND (last.seq IS NULL OR (ae.at, ae.id) > (last.to_at, last.to_id))
+              AND (ae.at, ae.id) > (coalesce(last.to_at, '-infinity'::timestamptz),
+                                    coalesce(last.to_id, '00000000-0000-0000-0000-000000000000'::uuid))
             ORDER BY ae.at, ae.id
+            LIMIT max_events - events
         LOOP
-            IF n = 0 THEN first_e := e; END IF;
-            h := sha256(h || audit_event_digest(e));
+            IF n = 0 THEN
+                first_at := e.at;
+                first_id := e.id;
+            END IF;
+            h := sha256(h || e.digest);
             n := n + 1;
-            last_e := e;
+            last_at := e.at;
+            last_id := e.id;
         END LOOP;
         IF n > 0 THEN
             INSERT INTO audit_seals (clinic_id, seq, from_at, from_id, to_at, to_id,
                                      event_count, prev_hash, hash)
-            VALUES (c, coalesce(last.seq, 0) + 1, first_e.at, first_e.id, last_e.at, last_e.id,
+            VALUES (c, coalesce(last.seq, 0) + 1, first_at, first_id, last_at, last_id,
                     n, coalesce(last.hash, '\x'::bytea), h);
-            sealed := sealed + 1;
+            seals := seals + 1;
+            events := events + n;
+        END IF;
+        IF events >= max_events THEN
+            -- This clinic may have more: the next chunk starts with it.
+            next_clinic := c;
+            RETURN;
         END IF;
     END LOOP;
-    INSERT INTO audit_seal_state (singleton, sealed_until) VALUES (true, cutoff)
-    ON CONFLICT (singleton) DO UPDATE SET sealed_until = excluded.sealed_until;
-    RETURN sealed;
 END
 $$;
 
-ALTER FUNCTION public.audit_seal(settle interval) OWNER TO molar_auth;
+ALTER FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) OWNER TO molar_auth;
 
 --
 -- Name: audit_verify(); Type: FUNCTION; Schema: public; Owner: molar_auth
@@ -1160,20 +1179,6 @@ CREATE TABLE public.audit_retention (
 ALTER TABLE ONLY public.audit_retention FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.audit_retention OWNER TO molar_owner;
-
---
--- Name: audit_seal_state; Type: TABLE; Schema: public; Owner: molar_owner
---
-
-CREATE TABLE public.audit_seal_state (
-    singleton boolean DEFAULT true NOT NULL,
-    sealed_until timestamp with time zone NOT NULL,
-    CONSTRAINT audit_seal_state_singleton_check CHECK (singleton)
-);
-
-ALTER TABLE ONLY public.audit_seal_state FORCE ROW LEVEL SECURITY;
-
-ALTER TABLE public.audit_seal_state OWNER TO molar_owner;
 
 --
 -- Name: audit_seals; Type: TABLE; Schema: public; Owner: molar_owner
@@ -2190,13 +2195,6 @@ ALTER TABLE ONLY public.audit_events_default
 
 ALTER TABLE ONLY public.audit_retention
     ADD CONSTRAINT audit_retention_pkey PRIMARY KEY (singleton);
-
---
--- Name: audit_seal_state audit_seal_state_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
---
-
-ALTER TABLE ONLY public.audit_seal_state
-    ADD CONSTRAINT audit_seal_state_pkey PRIMARY KEY (singleton);
 
 --
 -- Name: audit_seals audit_seals_pkey; Type: CONSTRAINT; Schema: public; Owner: molar_owner
@@ -3605,12 +3603,6 @@ ALTER TABLE public.audit_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.audit_retention ENABLE ROW LEVEL SECURITY;
 
 --
--- Name: audit_seal_state; Type: ROW SECURITY; Schema: public; Owner: molar_owner
---
-
-ALTER TABLE public.audit_seal_state ENABLE ROW LEVEL SECURITY;
-
---
 -- Name: audit_seals; Type: ROW SECURITY; Schema: public; Owner: molar_owner
 --
 
@@ -4097,16 +4089,16 @@ CREATE POLICY restricted_record ON public.perio_exams AS RESTRICTIVE TO molar_ap
 CREATE POLICY sealer ON public.audit_events FOR SELECT TO molar_auth USING (true);
 
 --
--- Name: audit_seal_state sealer; Type: POLICY; Schema: public; Owner: molar_owner
---
-
-CREATE POLICY sealer ON public.audit_seal_state TO molar_auth USING (true) WITH CHECK (true);
-
---
 -- Name: audit_seals sealer; Type: POLICY; Schema: public; Owner: molar_owner
 --
 
 CREATE POLICY sealer ON public.audit_seals TO molar_auth USING (true) WITH CHECK (true);
+
+--
+-- Name: clinics sealer; Type: POLICY; Schema: public; Owner: molar_owner
+--
+
+CREATE POLICY sealer ON public.clinics FOR SELECT TO molar_auth USING (true);
 
 --
 -- Name: name_lexicon search; Type: POLICY; Schema: public; Owner: molar_owner
@@ -4272,11 +4264,11 @@ GRANT SELECT ON TABLE public.audit_events TO molar_auth;
 REVOKE ALL ON FUNCTION public.audit_prune(before timestamp with time zone) FROM PUBLIC;
 
 --
--- Name: FUNCTION audit_seal(settle interval); Type: ACL; Schema: public; Owner: molar_auth
+-- Name: FUNCTION audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean); Type: ACL; Schema: public; Owner: molar_auth
 --
 
-REVOKE ALL ON FUNCTION public.audit_seal(settle interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.audit_seal(settle interval) TO molar_app;
+REVOKE ALL ON FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) TO molar_app;
 
 --
 -- Name: FUNCTION audit_verify(); Type: ACL; Schema: public; Owner: molar_auth
@@ -4412,12 +4404,6 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.appointments TO molar_app;
 GRANT SELECT ON TABLE public.audit_retention TO molar_auth;
 
 --
--- Name: TABLE audit_seal_state; Type: ACL; Schema: public; Owner: molar_owner
---
-
-GRANT SELECT,INSERT,UPDATE ON TABLE public.audit_seal_state TO molar_auth;
-
---
 -- Name: TABLE audit_seals; Type: ACL; Schema: public; Owner: molar_owner
 --
 
@@ -4479,6 +4465,12 @@ GRANT SELECT,INSERT,UPDATE ON TABLE public.clinical_notes TO molar_app;
 --
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.clinics TO molar_app;
+
+--
+-- Name: COLUMN clinics.id; Type: ACL; Schema: public; Owner: molar_owner
+--
+
+GRANT SELECT(id) ON TABLE public.clinics TO molar_auth;
 
 --
 -- Name: TABLE documents; Type: ACL; Schema: public; Owner: molar_owner

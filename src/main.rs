@@ -340,8 +340,14 @@ async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Prune { .. } => Ok(()),
         AuditCommand::Seal => {
             let settle = server.state().config.request_timeout * 2;
-            let n = molar::audit::seal(db, settle).await?;
-            println!("sealed events of {n} clinic(s)");
+            let round = molar::audit::seal(db, settle).await?;
+            println!(
+                "sealed {} event(s) in {} seal(s), {} transaction(s), the longest {:.1} ms",
+                round.events,
+                round.seals,
+                round.transactions,
+                round.longest.as_secs_f64() * 1e3
+            );
             Ok(())
         }
     }

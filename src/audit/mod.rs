@@ -6,7 +6,8 @@
 pub mod routes;
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -257,19 +258,64 @@ pub async fn record_security_event(
     }
 }
 
-/// Seals events older than `settle` into each clinic's hash chain. Safe to run on every
-/// instance: one seals at a time under a transaction-level advisory lock.
-pub async fn seal(db: &Db, settle: Duration) -> Result<i32, sqlx::Error> {
-    let mut tx = db.unscoped_tx().await?;
+/// The most events one sealing transaction hashes.
+pub const SEAL_CHUNK_EVENTS: i32 = 1000;
+/// The most clinics one sealing transaction visits.
+pub const SEAL_CHUNK_CLINICS: i32 = 200;
+
+/// One sealing round: how many seals and events, in how many transactions, the longest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sealed {
+    /// Seals appended (a clinic with new events gets one per transaction that reaches it).
+    pub seals: i64,
+    pub events: i64,
+    pub transactions: u32,
+    /// The longest transaction, from its `BEGIN` to its `COMMIT`.
+    pub longest: Duration,
+}
+
+/// The longest sealing transaction since the process started, in microseconds.
+static LONGEST_SEAL_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// Seals events older than `settle` into each clinic's hash chain, in transactions of at
+/// most [`SEAL_CHUNK_EVENTS`] events and [`SEAL_CHUNK_CLINICS`] clinics each, so that no
+/// transaction holds a minute of events. Safe to run on every instance: each transaction
+/// takes a transaction-level advisory lock, and a round ends when another instance holds
+/// it (that one is sealing).
+pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
     let secs = settle.as_secs_f64();
-    let sealed = sqlx::query_scalar!(
-        r#"SELECT audit_seal(make_interval(secs => $1)) AS "sealed!""#,
-        secs
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(sealed)
+    let mut from: Option<Uuid> = None;
+    let mut round = Sealed::default();
+    loop {
+        let mut tx = db.unscoped_tx().await?;
+        let started = Instant::now();
+        let chunk = sqlx::query!(
+            r#"SELECT next_clinic, seals AS "seals!", events AS "events!", busy AS "busy!"
+               FROM audit_seal_chunk(make_interval(secs => $1), $2, $3, $4)"#,
+            secs,
+            from,
+            SEAL_CHUNK_EVENTS,
+            SEAL_CHUNK_CLINICS
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let took = started.elapsed();
+        metrics::histogram!("audit_seal_transaction_seconds").record(took.as_secs_f64());
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let longest = LONGEST_SEAL_MICROS
+            .fetch_max(micros, Ordering::Relaxed)
+            .max(micros);
+        metrics::gauge!("audit_seal_transaction_longest_seconds").set(longest as f64 / 1e6);
+        round.transactions += 1;
+        round.longest = round.longest.max(took);
+        round.seals += i64::from(chunk.seals);
+        round.events += i64::from(chunk.events);
+        match chunk.next_clinic {
+            Some(next) if !chunk.busy => from = Some(next),
+            _ => return Ok(round),
+        }
+    }
 }
 
 /// Keeps monthly partitions three months ahead.
@@ -334,7 +380,12 @@ pub fn spawn_maintenance(db: Db, settle: Duration, every: Duration) -> tokio::ta
                 }
             }
             match seal(&db, settle).await {
-                Ok(n) if n > 0 => tracing::debug!(clinics = n, "audit events sealed"),
+                Ok(round) if round.events > 0 => tracing::debug!(
+                    events = round.events,
+                    transactions = round.transactions,
+                    longest_ms = round.longest.as_secs_f64() * 1e3,
+                    "audit events sealed"
+                ),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %crate::error::loggable(&e), "could not seal audit events")

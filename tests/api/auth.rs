@@ -1017,7 +1017,8 @@ async fn the_hash_chain_detects_an_edit_made_by_the_owner_role() {
     assert_eq!(
         molar::audit::seal(&db, std::time::Duration::ZERO)
             .await
-            .expect("seal"),
+            .expect("seal")
+            .seals,
         1
     );
     assert!(molar::audit::verify(&db).await.expect("verify").is_empty());
@@ -1026,7 +1027,8 @@ async fn the_hash_chain_detects_an_edit_made_by_the_owner_role() {
     assert_eq!(
         molar::audit::seal(&db, std::time::Duration::ZERO)
             .await
-            .expect("seal"),
+            .expect("seal")
+            .seals,
         1
     );
     assert!(molar::audit::verify(&db).await.expect("verify").is_empty());

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audit_sealing;
 mod auth;
 mod billing;
 mod billing_invoices;

@@ -13,7 +13,6 @@ const GLOBAL_TABLES: &[&str] = &[
     "_sqlx_migrations",
     "security_events",
     "audit_retention",
-    "audit_seal_state",
     // Name words linked to no clinic or patient; only the search function reads it.
     "name_lexicon",
 ];

@@ -1,0 +1,118 @@
+//! Sealing the audit trail in bounded transactions: a backlog larger than one transaction
+//! takes several, each within its bounds, the chain stays whole, and two instances sealing
+//! at once seal every event exactly once.
+
+use molar::audit::{seal, verify, SEAL_CHUNK_EVENTS};
+use molar::config::Config;
+use molar::db::Db;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `n` events of `clinic`, written `age` seconds ago (under a minute: too new for the
+/// server's own sealing round, which waits a minute, and settled for a seal that does not
+/// wait).
+async fn backlog(admin: &mut sqlx::PgConnection, clinic: &str, n: i32, age: i32) {
+    sqlx::query(
+        "INSERT INTO audit_events (clinic_id, id, at, action, resource_type, outcome, details) \
+         SELECT $1::uuid, gen_random_uuid(), now() - make_interval(secs => $3) + g * interval '1 microsecond', \
+                'patient.read', 'patient', 'success', jsonb_build_object('n', g) \
+         FROM generate_series(1, $2) g",
+    )
+    .bind(clinic)
+    .bind(n)
+    .bind(age)
+    .execute(admin)
+    .await
+    .expect("backlog");
+}
+
+async fn unsealed(admin: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events e WHERE NOT EXISTS (SELECT 1 FROM audit_seals s \
+         WHERE s.clinic_id = e.clinic_id AND (e.at, e.id) <= (s.to_at, s.to_id))",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("count")
+}
+
+fn db_of(app: &TestApp) -> Db {
+    let config = Config::from_map(app.vars.clone()).expect("config");
+    Db::connect_lazy(&config, &server_url(&app.db_name), None).expect("db")
+}
+
+#[tokio::test]
+async fn a_backlog_is_sealed_in_bounded_transactions_and_the_chain_holds() {
+    let app = spawn().await;
+    let big = app.register_clinic("Backlog").await;
+    let small = app.register_clinic("Quiet").await;
+    let mut admin = app.admin_db().await;
+    let many = SEAL_CHUNK_EVENTS * 2 + SEAL_CHUNK_EVENTS / 2;
+    backlog(&mut admin, &big.clinic_id, many, 30).await;
+    backlog(&mut admin, &small.clinic_id, 7, 30).await;
+    let waiting = unsealed(&mut admin).await;
+    assert!(waiting >= i64::from(many) + 7);
+
+    let db = db_of(&app);
+    let round = seal(&db, Duration::ZERO).await.expect("seal");
+    assert_eq!(round.events, waiting, "every settled event, once");
+    assert!(round.transactions >= 3, "{round:?}");
+    assert_eq!(unsealed(&mut admin).await, 0);
+    let largest: i32 = sqlx::query_scalar("SELECT max(event_count) FROM audit_seals")
+        .fetch_one(&mut admin)
+        .await
+        .expect("largest seal");
+    assert!(largest <= SEAL_CHUNK_EVENTS, "a seal of {largest} events");
+    let seals_of_big: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_seals WHERE clinic_id = $1::uuid")
+            .bind(&big.clinic_id)
+            .fetch_one(&mut admin)
+            .await
+            .expect("seals");
+    assert!(
+        seals_of_big >= 3,
+        "the backlog is chained over several seals"
+    );
+    assert!(verify(&db).await.expect("verify").is_empty());
+
+    // Nothing new, nothing sealed; new events extend the chain.
+    assert_eq!(seal(&db, Duration::ZERO).await.expect("seal").events, 0);
+    backlog(&mut admin, &small.clinic_id, 3, 0).await;
+    assert_eq!(seal(&db, Duration::ZERO).await.expect("seal").events, 3);
+    assert!(verify(&db).await.expect("verify").is_empty());
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn two_instances_sealing_at_once_seal_each_event_once() {
+    let app = spawn().await;
+    let mut clinics = vec![];
+    for name in ["One", "Two", "Three"] {
+        clinics.push(app.register_clinic(name).await);
+    }
+    let mut admin = app.admin_db().await;
+    for c in &clinics {
+        backlog(&mut admin, &c.clinic_id, SEAL_CHUNK_EVENTS, 30).await;
+    }
+    let waiting = unsealed(&mut admin).await;
+    let (a, b) = (db_of(&app), db_of(&app));
+    let (first, second) = tokio::join!(seal(&a, Duration::ZERO), seal(&b, Duration::ZERO));
+    let (first, second) = (first.expect("seal"), second.expect("seal"));
+    assert_eq!(
+        first.events + second.events,
+        waiting,
+        "{first:?} {second:?}"
+    );
+    assert_eq!(unsealed(&mut admin).await, 0);
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_seals a JOIN audit_seals b ON a.clinic_id = b.clinic_id \
+         AND a.seq < b.seq AND (a.to_at, a.to_id) >= (b.from_at, b.from_id)",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("overlaps");
+    assert_eq!(duplicates, 0, "no event in two seals");
+    assert!(verify(&a).await.expect("verify").is_empty());
+    app.stop().await.expect("stop");
+}
