@@ -1,7 +1,6 @@
 -- What POST /api/v2/procedures/{id}/complete with the body {} sends (pgbench -M prepared),
--- signed in as the dentist the planned procedure names: the session check (with the
--- sign-in's family, as the server sends it since migration 0013), BEGIN and the clinic
--- setting in one round trip; the procedure with its code, locked; the provider's standing;
+-- signed in as the dentist the planned procedure names: BEGIN, then the clinic
+-- and user settings with the session check (with the sign-in's family), in one round trip; the procedure with its code, locked; the provider's standing;
 -- the completion; the charge and its two journal lines; the procedure read again; its
 -- audit event; COMMIT, where the journal's deferred balance trigger runs. The clinic's
 -- time zone comes from the server's cache (Redis), so no statement here.
@@ -15,9 +14,8 @@
 \set n :pbase + 1 + :client_id + :conns * :k
 \set k :k + 1
 \startpipeline
-SELECT auth_check_session(:clinic, :dentist, 1, 'dentist', :dentist_sid);
 BEGIN;
-SELECT set_config('app.clinic_id', :clinic, true);
+SELECT set_config('app.clinic_id', :clinic, true), set_config('app.user_id', :dentist, true), auth_check_session(:clinic, :dentist, 1, 'dentist', :dentist_sid);
 \endpipeline
 SELECT p.id, p.patient_id, p.procedure_code_id, c.code, c.description, p.tooth, p.surfaces, p.provider_id, p.status, p.fee_cents, p.appointment_id, p.completed_on, p.note, p.reversed_at, p.reversed_by, p.reversal_reason, p.version, p.created_by, p.created_at, p.updated_at FROM procedures p JOIN procedure_codes c ON c.clinic_id = p.clinic_id AND c.id = p.procedure_code_id WHERE p.id = ('00000007-0000-7000-8000-' || lpad(to_hex(:n::bigint), 12, '0'))::uuid FOR UPDATE OF p \gset p_
 SELECT is_provider, active FROM users WHERE id = :p_provider_id;

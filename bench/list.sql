@@ -1,10 +1,9 @@
--- What GET /api/v2/patients?limit=50 sends (pgbench -M prepared): the session check, BEGIN
--- and the clinic setting in one round trip, the page and its audit event (the ids shown)
+-- What GET /api/v2/patients?limit=50 sends (pgbench -M prepared): BEGIN, then
+-- the clinic and user settings with the session check, in one round trip; the page and its audit event (the ids shown)
 -- in one statement, and COMMIT.
 \startpipeline
-SELECT auth_check_session(:clinic, :user, 1, 'owner');
 BEGIN;
-SELECT set_config('app.clinic_id', :clinic, true);
+SELECT set_config('app.clinic_id', :clinic, true), set_config('app.user_id', :user, true), auth_check_session(:clinic, :user, 1, 'owner', :owner_sid);
 \endpipeline
 WITH page AS (SELECT row_number() OVER () AS n, t.* FROM (SELECT id, first_name, last_name, date_of_birth, sex, email, phone, address, preferred_provider_id, medical_alerts, emergency_contact, guardian, responsible_party_id, archived_at, version, created_at, updated_at FROM patients WHERE archived_at IS NULL  ORDER BY lower(last_name), lower(first_name), id LIMIT 51) t), audit AS (INSERT INTO audit_events (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) SELECT :clinic::uuid, gen_random_uuid(), :user::uuid, 'patient.list', 'patient', NULL, NULL, 'pgbench', '127.0.0.1'::inet, 'success', jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) FROM page WHERE n < 51), '[]'::jsonb)) FROM (SELECT 1) AS one) SELECT * FROM page ORDER BY n;
 COMMIT;

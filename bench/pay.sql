@@ -1,7 +1,7 @@
 -- What POST /api/v2/payments sends for a payment with no allocations under a fresh
 -- Idempotency-Key (pgbench -M prepared), signed in as the owner, in the server's order.
--- Two transactions, each opened as the server opens it: the session check (with the
--- sign-in's family) before BEGIN and the clinic setting, in one round trip.
+-- Two transactions, each opened as the server opens it: BEGIN, then the clinic and
+-- user settings with the session check (with the sign-in's family), in one round trip.
 --   1. The key's claim: expired claims of the key deleted, the key inserted, COMMIT.
 --   2. The work: the payer looked up; the payer's family (check_allocations asks for it
 --      even when there are no allocations); the journal transaction and its two lines
@@ -25,17 +25,15 @@
 \set amount 1000 + random(0, 49) * 100
 \set k :k + 1
 \startpipeline
-SELECT auth_check_session(:clinic, :user, 1, 'owner', :owner_sid);
 BEGIN;
-SELECT set_config('app.clinic_id', :clinic, true);
+SELECT set_config('app.clinic_id', :clinic, true), set_config('app.user_id', :user, true), auth_check_session(:clinic, :user, 1, 'owner', :owner_sid);
 \endpipeline
 DELETE FROM idempotency_keys WHERE user_id = :user AND key = :key AND (created_at < now() - interval '24 hours' OR (status IS NULL AND created_at < now() - interval '10 minutes'));
 INSERT INTO idempotency_keys (clinic_id, user_id, key, request_hash) VALUES (:clinic, :user, :key, :payhash) ON CONFLICT DO NOTHING;
 COMMIT;
 \startpipeline
-SELECT auth_check_session(:clinic, :user, 1, 'owner', :owner_sid);
 BEGIN;
-SELECT set_config('app.clinic_id', :clinic, true);
+SELECT set_config('app.clinic_id', :clinic, true), set_config('app.user_id', :user, true), auth_check_session(:clinic, :user, 1, 'owner', :owner_sid);
 \endpipeline
 SELECT id AS pat FROM patients WHERE id = ('00000004-0000-7000-8000-' || lpad(to_hex(:n::bigint), 12, '0'))::uuid AND archived_at IS NULL \gset
 SELECT id FROM patients WHERE id = :pat OR responsible_party_id = :pat;

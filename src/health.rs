@@ -349,9 +349,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
 }
 
 pub fn render_metrics(state: &AppState) -> impl IntoResponse {
-    let pool = state.db.pool();
-    metrics::gauge!("db_pool_connections").set(pool.size() as f64);
-    metrics::gauge!("db_pool_idle").set(pool.num_idle() as f64);
+    let pool = state.db.stats();
+    metrics::gauge!("db_pool_connections").set(pool.size as f64);
+    metrics::gauge!("db_pool_idle").set(pool.available as f64);
     metrics::gauge!("db_pool_waiting").set(state.db.waiting() as f64);
     metrics::gauge!("db_pool_max").set(state.config.db_pool_size as f64);
     let body = state.metrics.render();

@@ -368,7 +368,8 @@ pub async fn verify(db: &Db) -> Result<Vec<BrokenLink>, sqlx::Error> {
     Ok(broken)
 }
 
-/// Background maintenance: partitions daily, seals every `every`.
+/// Background maintenance: partitions daily; seals, and closes long-idle database
+/// connections, every `every`.
 pub fn spawn_maintenance(db: Db, settle: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks: u64 = 0;
@@ -391,6 +392,7 @@ pub fn spawn_maintenance(db: Db, settle: Duration, every: Duration) -> tokio::ta
                     tracing::warn!(error = %crate::error::loggable(&e), "could not seal audit events")
                 }
             }
+            db.reap_idle();
             ticks += 1;
             tokio::time::sleep(every).await;
         }

@@ -2,6 +2,7 @@
 //! checks that the server's role really is held by row-level security.
 
 pub mod embedded;
+pub mod pool;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -12,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -24,7 +25,7 @@ pub const APP_ROLE: &str = "molar_app";
 /// The NOLOGIN role that owns the narrow cross-clinic lookup functions.
 pub const AUTH_ROLE: &str = "molar_auth";
 
-pub type Tx = Transaction<'static, Postgres>;
+pub use pool::Tx;
 
 /// The SQLSTATE `auth_check_session` raises for a session that is no longer valid.
 pub const SESSION_INVALID: &str = "ML401";
@@ -37,10 +38,14 @@ pub fn is_session_invalid(e: &sqlx::Error) -> bool {
 /// The server's database handles. Tenant data is reached only through [`Db::clinic_tx`].
 #[derive(Clone)]
 pub struct Db {
-    pool: PgPool,
-    read: PgPool,
+    /// Requests' transactions (`DB_POOL_SIZE` connections).
+    requests: pool::Pool,
+    read: pool::Pool,
     /// The outbox worker's own connections ([`WORKER_CONNECTIONS`]).
-    worker: PgPool,
+    worker: pool::Pool,
+    /// Health checks and maintenance lookups ([`PROBE_CONNECTIONS`]), so that a probe
+    /// neither waits behind a storm of requests nor takes a request's connection.
+    probes: PgPool,
     waiting: Arc<AtomicI64>,
 }
 
@@ -49,20 +54,29 @@ pub struct Db {
 /// deliver a few dozen events a second while they are written by the hundred.
 pub const WORKER_CONNECTIONS: u32 = 4;
 
+/// The connections for health checks and maintenance lookups, beside `DB_POOL_SIZE`.
+pub const PROBE_CONNECTIONS: u32 = 2;
+
 impl Db {
     pub fn connect_lazy(config: &Config, url: &str, read_url: Option<&str>) -> anyhow::Result<Db> {
-        let pool = pool_options(config).connect_lazy_with(connect_options(url)?);
+        let requests = pool::build(connect_options(url)?, settings(config, config.db_pool_size))?;
         let read = match read_url {
-            Some(u) => pool_options(config).connect_lazy_with(connect_options(u)?),
-            None => pool.clone(),
+            Some(u) => pool::build(connect_options(u)?, settings(config, config.db_pool_size))?,
+            None => requests.clone(),
         };
-        let worker = pool_options(config)
-            .max_connections(WORKER_CONNECTIONS)
+        let worker = pool::build(connect_options(url)?, settings(config, WORKER_CONNECTIONS))?;
+        let probes = PgPoolOptions::new()
+            .max_connections(PROBE_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(config.db_pool_timeout)
+            .max_lifetime(Some(config.db_pool_recycle))
+            .idle_timeout(Some(std::time::Duration::from_secs(60)))
             .connect_lazy_with(connect_options(url)?);
         Ok(Db {
-            pool,
+            requests,
             read,
             worker,
+            probes,
             waiting: Arc::new(AtomicI64::new(0)),
         })
     }
@@ -70,14 +84,16 @@ impl Db {
     /// Begins a transaction in which row-level security admits exactly one clinic.
     /// The setting is transaction-local and travels with `BEGIN` in one round trip.
     pub async fn clinic_tx(&self, clinic_id: Uuid) -> Result<Tx, sqlx::Error> {
-        self.begin_scoped(&self.pool, Some(clinic_id)).await
+        self.begin_scoped(&self.requests, Some(clinic_id)).await
     }
 
     /// [`Db::clinic_tx`] for a signed-in caller, with the session check in the same round
-    /// trip: `auth_check_session` runs before `BEGIN` in one simple query and raises
-    /// [`SESSION_INVALID`] when the account is inactive, its role or credentials changed,
-    /// or the sign-in (refresh-token family) `session` was revoked (see
-    /// [`is_session_invalid`]). Raising before `BEGIN` leaves the connection idle.
+    /// trip: after `BEGIN`, one `SELECT` sets the clinic and the user and runs
+    /// `auth_check_session`, which raises [`SESSION_INVALID`] when the account is inactive,
+    /// its role or credentials changed, or the sign-in (refresh-token family) `session` was
+    /// revoked (see [`is_session_invalid`]); the refused transaction is rolled back and the
+    /// connection kept. Two statements, not three: each is parsed and planned on every
+    /// request, as a simple query is.
     pub async fn session_tx(
         &self,
         clinic_id: Uuid,
@@ -93,16 +109,16 @@ impl Db {
             // A token from before tokens named their sign-in: no family to check.
             None => "NULL".to_owned(),
         };
-        // Not a macro: several statements in one simple query (one round trip), which the
-        // macros, being prepared statements, cannot express. `app.user_id` rides in the same
-        // SELECT as `app.clinic_id`: row-level security hides restricted patients' clinical
-        // records from users outside their care team (see `app_hidden_patients()`).
+        // Not a macro: two statements in one simple query (one round trip), which the
+        // macros, being prepared statements, cannot express. `app.user_id` rides with
+        // `app.clinic_id`: row-level security hides restricted patients' clinical records
+        // from users outside their care team (see `app_hidden_patients()`).
         let sql = format!(
-            "SELECT auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}', \
-             {session}::uuid); BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true), \
-             set_config('app.user_id', '{user_id}', true)"
+            "BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true), \
+             set_config('app.user_id', '{user_id}', true), \
+             auth_check_session('{clinic_id}', '{user_id}', {auth_version}, '{role}', {session}::uuid)"
         );
-        self.begin_counted(&self.pool, sql).await
+        self.begin_counted(&self.requests, sql).await
     }
 
     /// [`Db::clinic_tx`] for maintenance that handles stored content rather than people
@@ -115,7 +131,7 @@ impl Db {
             "BEGIN; SELECT set_config('app.clinic_id', '{clinic_id}', true), \
              set_config('app.maintenance', 'on', true)"
         );
-        self.begin_counted(&self.pool, sql).await
+        self.begin_counted(&self.requests, sql).await
     }
 
     /// For the outbox worker, on its own connections: a transaction in `clinic` (or, with
@@ -132,10 +148,14 @@ impl Db {
     /// A transaction with no clinic: row-level security shows nothing. Used for the
     /// `SECURITY DEFINER` lookups that cross clinics by design (login, refresh).
     pub async fn unscoped_tx(&self) -> Result<Tx, sqlx::Error> {
-        self.begin_scoped(&self.pool, None).await
+        self.begin_scoped(&self.requests, None).await
     }
 
-    async fn begin_scoped(&self, pool: &PgPool, clinic: Option<Uuid>) -> Result<Tx, sqlx::Error> {
+    async fn begin_scoped(
+        &self,
+        pool: &pool::Pool,
+        clinic: Option<Uuid>,
+    ) -> Result<Tx, sqlx::Error> {
         // A Uuid formats as 36 hex digits and dashes only, so it is safe inside the literal.
         // Not a macro: `BEGIN` and `set_config` in one simple query (one round trip), which
         // the macros, being prepared statements, cannot express.
@@ -146,34 +166,41 @@ impl Db {
         self.begin_counted(pool, sql).await
     }
 
-    /// Begins with `sql`, counted in [`Db::waiting`] while a connection is awaited.
-    async fn begin_counted(&self, pool: &PgPool, sql: String) -> Result<Tx, sqlx::Error> {
+    /// Begins with `sql`, counted in [`Db::waiting`] while a connection is awaited. A
+    /// request that goes away while its `BEGIN` is on the wire leaves a connection that
+    /// is not reused (see [`pool`]), so no later request can join its transaction.
+    async fn begin_counted(&self, pool: &pool::Pool, sql: String) -> Result<Tx, sqlx::Error> {
         let _waiting = Waiting::count(&self.waiting);
-        // The begin runs to its end on a task of its own. A request that goes away while its
-        // `BEGIN` is on the wire drops its future; sqlx (0.8) then counts no transaction yet
-        // and queues no rollback, and the connection goes back to the pool with the server's
-        // transaction still open, for the next request to join (with that transaction's
-        // `now()`). Finished on its own task, the begin yields a transaction whose drop rolls
-        // it back before the connection is used again.
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.begin_with(sql).await })
-            .await
-            .map_err(|e| sqlx::Error::Protocol(format!("the begin's task failed: {e}")))?
+        Tx::begin(pool, sql, is_session_invalid).await
     }
 
-    /// For health checks and pool statistics only; never for tenant data.
+    /// For health checks, start-up checks and maintenance lookups only; never for tenant
+    /// data.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.probes
+    }
+
+    /// The requests' pool: its connections, and how many of them are idle.
+    pub fn stats(&self) -> deadpool::Status {
+        self.requests.status()
     }
 
     pub fn waiting(&self) -> i64 {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Closes the connections idle for longer than the idle time (ten minutes).
+    pub fn reap_idle(&self) {
+        pool::reap_idle(&self.requests);
+        pool::reap_idle(&self.read);
+        pool::reap_idle(&self.worker);
+    }
+
     pub async fn close(&self) {
-        self.pool.close().await;
-        self.read.close().await;
-        self.worker.close().await;
+        self.requests.close();
+        self.read.close();
+        self.worker.close();
+        self.probes.close().await;
     }
 }
 
@@ -194,14 +221,13 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn pool_options(config: &Config) -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(config.db_pool_size)
-        .min_connections(0)
-        .acquire_timeout(config.db_pool_timeout)
-        .max_lifetime(Some(config.db_pool_recycle))
-        .idle_timeout(Some(std::time::Duration::from_secs(600)))
-        .test_before_acquire(false)
+fn settings(config: &Config, max_size: u32) -> pool::Settings {
+    pool::Settings {
+        max_size: max_size as usize,
+        acquire_timeout: config.db_pool_timeout,
+        lifetime: config.db_pool_recycle,
+        idle: std::time::Duration::from_secs(600),
+    }
 }
 
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {

@@ -21,6 +21,7 @@ mod migrations;
 mod openapi;
 mod password_reset;
 mod patients;
+mod pool;
 mod properties;
 mod scaleout;
 mod scheduling;

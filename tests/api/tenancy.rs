@@ -216,7 +216,7 @@ async fn alternating_clinics_on_one_connection_never_see_each_other() {
         );
         bare.commit().await.expect("commit");
     }
-    assert_eq!(db.pool().size(), 1);
+    assert_eq!(db.stats().size, 1);
 }
 
 #[tokio::test]
