@@ -152,6 +152,57 @@ the database.
 The profile of the server during the closed-loop read is below ("Server profile")."""
 
 
+def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
+    """What a request costs the server and PostgreSQL, against the targets for them: rows
+    of (figure, measured, target, met)."""
+    rows = []
+    if "patient_read" in cpu and "pgbench_read" in cpu:
+        r, b = cpu["patient_read"], cpu["pgbench_read"]
+        ratio = r["postgres_ms_per_request"] / b["postgres_ms_per_request"]
+        rows.append(("PostgreSQL CPU per patient read, through the server ÷ through pgbench",
+                     f"{ratio:.2f}× ({r['postgres_ms_per_request']} ÷ {b['postgres_ms_per_request']} ms)", "≤ 1.15×", ratio <= 1.15))
+        rows.append(("server CPU per patient read", f"{r['server_ms_per_request']} ms", "≤ 0.18 ms",
+                     r["server_ms_per_request"] <= 0.18))
+        per_req = (r["busy_cpu_s"] * 1000) / (s["patient_read"]["rps"] * seconds)
+        per_tx = (b["busy_cpu_s"] * 1000) / (pg["read"]["tps"] * seconds)
+        rows.append(("all CPU per read through the server ÷ pgbench's per transaction",
+                     f"{per_req / per_tx:.2f}× ({per_req:.3f} ÷ {per_tx:.3f} ms)", "≤ 1.6×", per_req / per_tx <= 1.6))
+    if "patient_list" in cpu:
+        l = cpu["patient_list"]
+        rows.append(("server CPU per page of 50", f"{l['server_ms_per_request']} ms", "≤ 0.45 ms",
+                     l["server_ms_per_request"] <= 0.45))
+    if "pgbench_list" in cpu:
+        lb = cpu["pgbench_list"]
+        rows.append(("PostgreSQL CPU per page of 50 through pgbench (the page's own SQL)",
+                     f"{lb['postgres_ms_per_request']} ms", "≤ 0.40 ms", lb["postgres_ms_per_request"] <= 0.40))
+    frac = s["patient_read"]["rps"] / pg["read"]["tps"]
+    rows.append(("patient read, fraction of the pgbench ceiling (32 connections)", f"{frac:.0%}", "≥ 60%", frac >= 0.6))
+    if "read" in pgt:
+        t = s["patient_read_fixed"]["p99_ms"] / pgt["read"]["p99_ms"]
+        rows.append(("read p99 at half rate ÷ PostgreSQL alone at that rate",
+                     f"{t:.2f}× ({s['patient_read_fixed']['p99_ms']} ÷ {pgt['read']['p99_ms']} ms)", "≤ 1.3×", t <= 1.3))
+    rows.append(("name search p95, 100,000-patient clinic, half rate", f"{s['search_fixed']['p95_ms']} ms", "< 20 ms",
+                 s["search_fixed"]["p95_ms"] < 20))
+    if seal:
+        longest = max(v["longest_ms"] for v in seal.values())
+        rows.append(("longest single sealing transaction (under the booking load; over the run)",
+                     " / ".join(f"{seal[k]['longest_ms']} ms" for k in ("booking", "run") if k in seal), "< 20 ms", longest < 20))
+    rows.append(("peak RSS at 256 connections / idle", f"{peak_rss_mb} / {idle_rss_mb} MB", "< 64 / < 30 MB",
+                 peak_rss_mb < 64 and idle_rss_mb < 30))
+    return rows
+
+
+def costs_section(rows):
+    body = "\n".join(f"| {f} | {m} | {t} | {'yes' if ok else 'no'} |" for f, m, t, ok in rows)
+    return f"""Each request's CPU, from `/proc` over the closed-loop runs (see "Where the CPU goes"), and
+the figures that follow from it, against the targets for them:
+
+| figure | measured | target | met |
+|---|---|---|---|
+{body}
+"""
+
+
 PERF_ROW = re.compile(r"^\s*[\d.]+%\s+(\d+)\s+(\d+):(\S+)\s+(.*?)\s*$")
 PERF_HZ = 999
 
@@ -925,6 +976,7 @@ def main():
             ("A 200 MB document download raises the peak RSS by < 16 MB", f"{doc['download_200']['peak_rise_mb']} MB",
              doc["download_200"]["met"], DOCUMENTS),
         ]
+    cost_rows = costs(cpu, pg, s, pgt, seal, round(a.idle_rss_kb / 1024, 1), peak_read, a.seconds)
     stamp = a.at or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     result = {
         "at": stamp, "seconds_per_scenario": a.seconds, "machine": machine,
@@ -939,6 +991,7 @@ def main():
         "documents": doc,
         "outbox": outbox,
         "sealing": seal,
+        "costs": [{"figure": f, "measured": m, "target": t, "met": ok} for f, m, t, ok in cost_rows],
         "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok, _ in targets],
     }
     os.makedirs(a.results, exist_ok=True)
@@ -1094,6 +1147,10 @@ machine in use, and "switches" the machine's context switches per request.
 ## The outbox under the booking load
 
 {outbox_section(outbox, s)}
+
+## What a request costs
+
+{costs_section(cost_rows)}
 
 ## Sealing the audit trail
 
