@@ -816,7 +816,8 @@ def sealing_section(seal):
         within = "\n\nThe server's sealing transactions by duration (at most, cumulative): " + ", ".join(
             f"{k} ms: {v}" for k, v in seal["run"]["within_ms"].items()) + "."
     return f"""Every minute the server seals the audit events older than the settle time into each
-clinic's hash chain, in transactions of at most 1,000 events and 200 clinics each
+clinic's hash chain, in transactions of at most 1,000 events, 200 clinics and about 5 ms of
+hashing each
 ([docs/tenancy.md](docs/tenancy.md#audit-trail)). Each transaction is timed from its
 `BEGIN` to its `COMMIT`.
 

@@ -227,10 +227,10 @@ $_$;
 ALTER FUNCTION public.audit_prune(before timestamp with time zone) OWNER TO molar_owner;
 
 --
--- Name: audit_seal_chunk(interval, uuid, integer, integer); Type: FUNCTION; Schema: public; Owner: molar_auth
+-- Name: audit_seal_chunk(interval, uuid, integer, integer, integer); Type: FUNCTION; Schema: public; Owner: molar_auth
 --
 
-CREATE FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) RETURNS record
+CREATE FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, max_ms integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) RETURNS record
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -246,6 +246,8 @@ DECLARE
     last_id uuid;
     e record;
     visited integer := 0;
+    started timestamptz := clock_timestamp();
+    budget interval := make_interval(secs => max_ms / 1000.0);
 BEGIN
     next_clinic := NULL;
     seals := 0;
@@ -260,7 +262,7 @@ BEGIN
         WHERE from_clinic IS NULL OR cl.id >= from_clinic
         ORDER BY cl.id
     LOOP
-        IF visited >= max_clinics THEN
+        IF visited >= max_clinics OR (visited > 0 AND clock_timestamp() - started > budget) THEN
             next_clinic := c;
             RETURN;
         END IF;
@@ -287,6 +289,7 @@ BEGIN
             n := n + 1;
             last_at := e.at;
             last_id := e.id;
+            EXIT WHEN n % 64 = 0 AND clock_timestamp() - started > budget;
         END LOOP;
         IF n > 0 THEN
             INSERT INTO audit_seals (clinic_id, seq, from_at, from_id, to_at, to_id,
@@ -296,7 +299,7 @@ BEGIN
             seals := seals + 1;
             events := events + n;
         END IF;
-        IF events >= max_events THEN
+        IF events >= max_events OR (n > 0 AND clock_timestamp() - started > budget) THEN
             -- This clinic may have more: the next chunk starts with it.
             next_clinic := c;
             RETURN;
@@ -305,7 +308,7 @@ BEGIN
 END
 $$;
 
-ALTER FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) OWNER TO molar_auth;
+ALTER FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, max_ms integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) OWNER TO molar_auth;
 
 --
 -- Name: audit_verify(); Type: FUNCTION; Schema: public; Owner: molar_auth
@@ -4264,11 +4267,11 @@ GRANT SELECT ON TABLE public.audit_events TO molar_auth;
 REVOKE ALL ON FUNCTION public.audit_prune(before timestamp with time zone) FROM PUBLIC;
 
 --
--- Name: FUNCTION audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean); Type: ACL; Schema: public; Owner: molar_auth
+-- Name: FUNCTION audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, max_ms integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean); Type: ACL; Schema: public; Owner: molar_auth
 --
 
-REVOKE ALL ON FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) TO molar_app;
+REVOKE ALL ON FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, max_ms integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_seal_chunk(settle interval, from_clinic uuid, max_events integer, max_clinics integer, max_ms integer, OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean) TO molar_app;
 
 --
 -- Name: FUNCTION audit_verify(); Type: ACL; Schema: public; Owner: molar_auth

@@ -1,7 +1,9 @@
 -- Sealing in bounded chunks. `audit_seal` hashed every clinic's unsealed events in one
 -- transaction: under load, a minute of events at once. `audit_seal_chunk` seals at most
--- `max_events` events and visits at most `max_clinics` clinics, then says where the next
--- chunk starts; the server calls it until a round is done, one short transaction each.
+-- `max_events` events, visits at most `max_clinics` clinics and works for about `max_ms`
+-- milliseconds (a busy machine gets less done in that time, not a longer transaction),
+-- then says where the next chunk starts; the server calls it until a round is done, one
+-- short transaction each.
 -- Clinics are visited in id order from the `clinics` table, so no chunk scans a window of
 -- the whole trail to find which clinics have new events (the watermark that did so goes).
 
@@ -30,11 +32,12 @@ CREATE POLICY sealer ON clinics FOR SELECT TO molar_auth USING (true);
 GRANT SELECT (id) ON clinics TO molar_auth;
 
 -- Seals the events older than `settle` of the clinics from `from_clinic` (inclusive; NULL
--- for the first) in id order. Returns the clinic the next chunk starts at (NULL when the
+-- for the first) in id order, until one of the bounds is reached (at least one clinic
+-- visited, or 64 events sealed, before the time is looked at, so each chunk gets on). Returns the clinic the next chunk starts at (NULL when the
 -- round is done), the seals written and the events sealed; `busy` when another instance
 -- holds the sealing lock (it is sealing; this round ends).
 CREATE FUNCTION audit_seal_chunk(
-    settle interval, from_clinic uuid, max_events integer, max_clinics integer,
+    settle interval, from_clinic uuid, max_events integer, max_clinics integer, max_ms integer,
     OUT next_clinic uuid, OUT seals integer, OUT events integer, OUT busy boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -49,6 +52,8 @@ DECLARE
     last_id uuid;
     e record;
     visited integer := 0;
+    started timestamptz := clock_timestamp();
+    budget interval := make_interval(secs => max_ms / 1000.0);
 BEGIN
     next_clinic := NULL;
     seals := 0;
@@ -63,7 +68,7 @@ BEGIN
         WHERE from_clinic IS NULL OR cl.id >= from_clinic
         ORDER BY cl.id
     LOOP
-        IF visited >= max_clinics THEN
+        IF visited >= max_clinics OR (visited > 0 AND clock_timestamp() - started > budget) THEN
             next_clinic := c;
             RETURN;
         END IF;
@@ -90,6 +95,7 @@ BEGIN
             n := n + 1;
             last_at := e.at;
             last_id := e.id;
+            EXIT WHEN n % 64 = 0 AND clock_timestamp() - started > budget;
         END LOOP;
         IF n > 0 THEN
             INSERT INTO audit_seals (clinic_id, seq, from_at, from_id, to_at, to_id,
@@ -99,7 +105,7 @@ BEGIN
             seals := seals + 1;
             events := events + n;
         END IF;
-        IF events >= max_events THEN
+        IF events >= max_events OR (n > 0 AND clock_timestamp() - started > budget) THEN
             -- This clinic may have more: the next chunk starts with it.
             next_clinic := c;
             RETURN;
@@ -107,8 +113,8 @@ BEGIN
     END LOOP;
 END
 $$;
-ALTER FUNCTION audit_seal_chunk(interval, uuid, integer, integer) OWNER TO molar_auth;
-REVOKE ALL ON FUNCTION audit_seal_chunk(interval, uuid, integer, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION audit_seal_chunk(interval, uuid, integer, integer) TO molar_app;
+ALTER FUNCTION audit_seal_chunk(interval, uuid, integer, integer, integer) OWNER TO molar_auth;
+REVOKE ALL ON FUNCTION audit_seal_chunk(interval, uuid, integer, integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_seal_chunk(interval, uuid, integer, integer, integer) TO molar_app;
 
 REVOKE CREATE ON SCHEMA public FROM molar_auth;

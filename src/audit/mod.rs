@@ -262,6 +262,9 @@ pub async fn record_security_event(
 pub const SEAL_CHUNK_EVENTS: i32 = 1000;
 /// The most clinics one sealing transaction visits.
 pub const SEAL_CHUNK_CLINICS: i32 = 200;
+/// About how long one sealing transaction hashes, in milliseconds: on a busy machine each
+/// transaction gets less done rather than taking longer.
+pub const SEAL_CHUNK_MILLIS: i32 = 5;
 
 /// One sealing round: how many seals and events, in how many transactions, the longest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -278,8 +281,8 @@ pub struct Sealed {
 static LONGEST_SEAL_MICROS: AtomicU64 = AtomicU64::new(0);
 
 /// Seals events older than `settle` into each clinic's hash chain, in transactions of at
-/// most [`SEAL_CHUNK_EVENTS`] events and [`SEAL_CHUNK_CLINICS`] clinics each, so that no
-/// transaction holds a minute of events. Safe to run on every instance: each transaction
+/// most [`SEAL_CHUNK_EVENTS`] events, [`SEAL_CHUNK_CLINICS`] clinics and about
+/// [`SEAL_CHUNK_MILLIS`] of work each, so that no transaction holds a minute of events. Safe to run on every instance: each transaction
 /// takes a transaction-level advisory lock, and a round ends when another instance holds
 /// it (that one is sealing).
 pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
@@ -291,11 +294,12 @@ pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
         let started = Instant::now();
         let chunk = sqlx::query!(
             r#"SELECT next_clinic, seals AS "seals!", events AS "events!", busy AS "busy!"
-               FROM audit_seal_chunk(make_interval(secs => $1), $2, $3, $4)"#,
+               FROM audit_seal_chunk(make_interval(secs => $1), $2, $3, $4, $5)"#,
             secs,
             from,
             SEAL_CHUNK_EVENTS,
-            SEAL_CHUNK_CLINICS
+            SEAL_CHUNK_CLINICS,
+            SEAL_CHUNK_MILLIS
         )
         .fetch_one(&mut *tx)
         .await?;
