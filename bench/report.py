@@ -782,6 +782,14 @@ def sealing(o):
         if m:
             out["booking"] = {"events": int(m[1]), "seals": int(m[2]), "transactions": int(m[3]),
                               "longest_ms": float(m[4])}
+    # pgbench's per-transaction log: client, transaction, latency (µs), script, epoch, µs.
+    logs = glob.glob(f"{o}/trivial.*")
+    lat = sorted(int(line.split()[2]) / 1000 for f in logs if not f.endswith(".txt")
+                 for line in open(f) if len(line.split()) >= 3)
+    if lat and "booking" in out:
+        out["booking"]["trivial"] = {"count": len(lat), "p50_ms": round(lat[len(lat) // 2], 1),
+                                     "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+                                     "max_ms": round(lat[-1], 1)}
     path = f"{o}/seal_metrics.txt"
     if os.path.exists(path):
         metrics = {}
@@ -811,6 +819,10 @@ def sealing_section(seal):
         r = seal["run"]
         rows.append(f"| the server's own rounds, every minute, over the whole run | – | {r['transactions']} | "
                     f"{r['longest_ms']} ms (mean {r['mean_ms']} ms) |")
+    trivial = seal.get("booking", {}).get("trivial")
+    if trivial:
+        rows.append(f"| beside it, for comparison: an empty transaction (`BEGIN; SELECT 1; COMMIT`) over and over on one connection | – | "
+                    f"{trivial['count']} | {trivial['max_ms']} ms (p50 {trivial['p50_ms']}, p99 {trivial['p99_ms']} ms) |")
     within = ""
     if "run" in seal:
         within = "\n\nThe server's sealing transactions by duration (at most, cumulative): " + ", ".join(

@@ -77,11 +77,13 @@ BEGIN
         h := coalesce(last.hash, '\x'::bytea);
         n := 0;
         -- Without an OR, so that the primary key (clinic_id, at, id) bounds the scan in a
-        -- generic plan too.
+        -- generic plan too; the plain bound on `at` lets the monthly partitions before the
+        -- last seal be pruned (a row comparison does not).
         FOR e IN
             SELECT ae.at, ae.id, audit_event_digest(ae) AS digest
             FROM audit_events ae
             WHERE ae.clinic_id = c AND ae.at < cutoff
+              AND ae.at >= coalesce(last.to_at, '-infinity'::timestamptz)
               AND (ae.at, ae.id) > (coalesce(last.to_at, '-infinity'::timestamptz),
                                     coalesce(last.to_id, '00000000-0000-0000-0000-000000000000'::uuid))
             ORDER BY ae.at, ae.id
