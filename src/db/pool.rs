@@ -11,13 +11,14 @@
 //! its locks go with it; one that cannot be, or was abandoned during its begin or commit,
 //! is closed instead of reused.
 
-use std::borrow::Cow;
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
-use sqlx::postgres::{PgConnectOptions, PgTransactionManager};
-use sqlx::{Connection, PgConnection, TransactionManager};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
 
 /// A pooled connection and whether it is known to be idle and in step with the server.
 pub struct Conn {
@@ -100,6 +101,23 @@ async fn connection(pool: &Pool) -> Result<Object<Manager>, sqlx::Error> {
     pool.get().await.map_err(pool_error)
 }
 
+/// A statement's future, boxed: sqlx's own are generic over the executor's lifetime, and
+/// the compiler cannot show them `Send` inside the futures that await them.
+type Run<'c> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
+
+/// Sends `sql` (a `BEGIN` and what travels with it) as one simple query: a `&str` without
+/// arguments is one.
+fn simple<'c>(conn: &'c mut PgConnection, sql: &'c str) -> Run<'c> {
+    Box::pin(async move { conn.execute(sql).await.map(|_| ()) })
+}
+
+/// Ends the transaction open on `conn`: `COMMIT` or `ROLLBACK` as prepared statements
+/// (parsed once per connection), not as simple queries parsed on every request.
+fn end(conn: &mut PgConnection, commit: bool) -> Run<'_> {
+    let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+    Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
+}
+
 /// An open transaction on a pooled connection. Derefs to the connection, so that queries
 /// run on `&mut *tx`; [`Tx::commit`] or [`Tx::rollback`] ends it, and dropping it rolls
 /// it back.
@@ -120,14 +138,14 @@ impl Tx {
         let mut conn = connection(pool).await?;
         // Unsound until the begin has come back: abandoned midway, it is closed.
         conn.sound = false;
-        match PgTransactionManager::begin(&mut conn.raw, Some(Cow::Owned(sql))).await {
+        match simple(&mut conn.raw, &sql).await {
             Ok(()) => {
                 conn.sound = true;
                 Ok(Tx { conn: Some(conn) })
             }
             Err(e) => {
                 if refused(&e) {
-                    conn.sound = sqlx::query("ROLLBACK").execute(&mut conn.raw).await.is_ok();
+                    conn.sound = end(&mut conn.raw, false).await.is_ok();
                 }
                 Err(e)
             }
@@ -147,11 +165,7 @@ impl Tx {
             return Ok(());
         };
         conn.sound = false;
-        if commit {
-            PgTransactionManager::commit(&mut conn.raw).await?;
-        } else {
-            PgTransactionManager::rollback(&mut conn.raw).await?;
-        }
+        end(&mut conn.raw, commit).await?;
         conn.sound = true;
         Ok(())
     }
@@ -193,7 +207,7 @@ impl Drop for Tx {
         conn.sound = false;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if PgTransactionManager::rollback(&mut conn.raw).await.is_ok() {
+                if end(&mut conn.raw, false).await.is_ok() {
                     conn.sound = true;
                 }
             });
