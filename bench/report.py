@@ -120,6 +120,12 @@ def gaps(cpu, pg, s, seconds):
     else:
         bound_text = ("Were the server, Redis and oha free, the server's path would pass the ceiling "
                       f"({bound:.0%}): the gap is their CPU on the same two cores.")
+    same_rate = ""
+    if "patient_read_fixed" in cpu and "pgbench_read_fixed" in cpu:
+        f, fb = cpu["patient_read_fixed"]["postgres_ms_per_request"], cpu["pgbench_read_fixed"]["postgres_ms_per_request"]
+        same_rate = (f" At one rate, the server's half rate on 32 connections, PostgreSQL spent {f} ms per "
+                     f"read through the server and {fb} ms through pgbench: its cost per transaction depends "
+                     "on how often it is woken, so the closed-loop comparison also compares two rates.")
     list_text = ""
     if "patient_list" in cpu and "pgbench_list" in cpu and "list" in pg:
         l, lb = cpu["patient_list"], cpu["pgbench_list"]
@@ -139,13 +145,13 @@ costs {per_req:.2f} ms of CPU in all: the server {r['server_ms_per_request']} ms
 JSON, token check, rate limiter), PostgreSQL {r['postgres_ms_per_request']} ms,
 Redis {round(1000 * r['redis_cpu_s'] / (s['patient_read']['rps'] * seconds), 3)} ms, and oha with
 the kernel {r['other_ms_per_request']} ms. The same statements through pgbench cost
-{per_tx:.2f} ms per transaction (PostgreSQL {b['postgres_ms_per_request']} ms, the pgbench client
+{per_tx:.2f} ms per transaction (PostgreSQL {b['postgres_ms_per_request']} ms, the pgbench client and the kernel
 {b['other_ms_per_request']} ms). The fraction ({per_tx / per_req:.0%} by this arithmetic) is
 what the server, Redis and the HTTP load generator add next to the database, all on the
 same two cores: the server alone is {server_share:.0%} of the total. PostgreSQL itself
 spends {"more" if pg_srv > pg_b else "less"} CPU per request through the server ({pg_srv} ms)
 than per transaction through pgbench ({pg_b} ms): "PostgreSQL through the server and through
-pgbench" below compares the two function by function. {bound_text} On a deployment
+pgbench" below compares the two function by function.{same_rate} {bound_text} On a deployment
 where PostgreSQL has cores of its own, the server's share does not take throughput from
 the database.
 {list_text}
@@ -170,8 +176,8 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
     if "patient_read_fixed" in cpu and "pgbench_read_fixed" in cpu:
         r, b = cpu["patient_read_fixed"], cpu["pgbench_read_fixed"]
         ratio = r["postgres_ms_per_request"] / b["postgres_ms_per_request"]
-        rows.append(("beside it: the same, both at the server's half rate (32 connections)",
-                     f"{ratio:.2f}× ({r['postgres_ms_per_request']} ÷ {b['postgres_ms_per_request']} ms)", "–", None))
+        rows.insert(1, ("beside it: the same at one rate, the server's half rate (32 connections)",
+                        f"{ratio:.2f}× ({r['postgres_ms_per_request']} ÷ {b['postgres_ms_per_request']} ms)", "–", None))
     if "patient_list" in cpu:
         l = cpu["patient_list"]
         rows.append(("server CPU per page of 50", f"{l['server_ms_per_request']} ms", "≤ 0.45 ms",
@@ -192,10 +198,12 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
                      f"{t:.2f}× ({s['patient_read_fixed']['p99_ms']} ÷ {pgt['read']['p99_ms']} ms)", "≤ 1.3×", t <= 1.3))
     rows.append(("name search p95, 100,000-patient clinic, half rate", f"{s['search_fixed']['p95_ms']} ms", "< 20 ms",
                  s["search_fixed"]["p95_ms"] < 20))
-    if seal:
-        longest = max(v["longest_ms"] for v in seal.values())
-        rows.append(("longest single sealing transaction (under the booking load; over the run)",
-                     " / ".join(f"{seal[k]['longest_ms']} ms" for k in ("booking", "run") if k in seal), "< 20 ms", longest < 20))
+    if "booking" in seal:
+        # The target is the booking load's; the whole run's longest (closed-loop scenarios at
+        # up to 64 connections included) is shown beside it.
+        rows.append(("longest single sealing transaction under the booking load (the whole run's beside it)",
+                     " / ".join(f"{seal[k]['longest_ms']} ms" for k in ("booking", "run") if k in seal), "< 20 ms",
+                     seal["booking"]["longest_ms"] < 20))
     rows.append(("peak RSS at 256 connections / idle", f"{peak_rss_mb} / {idle_rss_mb} MB", "< 64 / < 30 MB",
                  peak_rss_mb < 64 and idle_rss_mb < 30))
     return rows
@@ -934,11 +942,6 @@ def main():
             count = processed(f"{o}/{name}/summary.txt")
         else:
             count = pg[requests]["tps"] * a_seconds
-        client = f"{o}/{name}.client"
-        if os.path.exists(client):
-            # pgbench: its backends exit with it, so PostgreSQL is what the client did not use.
-            c = sum(float(x) for x in open(client).read().split()[:2])
-            d[1] = d[3] - d[0] - d[2] - c
         cpu[name] = {
             "busy_cpu_s": round(d[3], 2), "server_cpu_s": round(d[0], 2), "postgres_cpu_s": round(d[1], 2),
             "redis_cpu_s": round(d[2], 2), "other_cpu_s": round(d[3] - d[0] - d[1] - d[2], 2),
@@ -1004,11 +1007,11 @@ def main():
             ("Outbox: each booking's webhook event delivered, once", f"{outbox['delivered']} of {outbox['events']} events "
              f"for {outbox['bookings']} bookings answered 201", whole, OUTBOX),
         ]
-    if seal:
-        longest = max(v["longest_ms"] for v in seal.values())
+    if "booking" in seal:
         targets[-1:-1] = [
-            ("Longest sealing transaction < 20 ms (under the booking load, and over the whole run)",
-             " / ".join(f"{seal[k]['longest_ms']} ms" for k in ("booking", "run") if k in seal), longest < 20, SEALING),
+            ("Longest sealing transaction < 20 ms under the booking load (the whole run's beside it)",
+             " / ".join(f"{seal[k]['longest_ms']} ms" for k in ("booking", "run") if k in seal),
+             seal["booking"]["longest_ms"] < 20, SEALING),
         ]
     if doc:
         targets[-1:-1] = [
