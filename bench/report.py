@@ -1111,6 +1111,11 @@ not. It writes `bench/results/latest.json` (plus a
 timestamped copy, which git ignores) and this file. After the one-time seed (about three
 and a half minutes) and the release build, a run takes about fourteen minutes.
 
+To try a change before a full run, `bench/quick` (about a minute, on the seeded database)
+prints the server's and PostgreSQL's CPU per patient read and per page of 50, and the idle
+and peak RSS; `BIN=<binary> bench/quick` measures another build for comparison. It writes
+nothing here.
+
 ## Targets
 
 A missed target's last column names the section, computed from this run, that shows why.
