@@ -347,7 +347,9 @@ pub struct RecallParams {
     cursor: Option<String>,
 }
 
-/// Patients due for a recall, earliest due first (front desk and clinical roles).
+/// Patients due for a recall, earliest due first (front desk and clinical roles). A
+/// restricted patient's recalls are listed for the front desk and billing, and for
+/// clinical roles only within the care team (or with a live break-glass grant).
 #[utoipa::path(get, path = "/recalls", tag = "treatment", security(("bearer" = [])),
     params(RecallParams),
     responses(
@@ -376,6 +378,11 @@ pub async fn list_recalls(
             "invalid query parameters: `due_before` must be a date in the years 1 to 9999".into(),
         ));
     }
+    // A recall's dates come from the patient's procedures, which a restricted patient keeps
+    // to their care team for callers who see clinical detail (as the procedure routes do):
+    // those callers outside the team do not see the restricted patient's recalls.
+    let hide_restricted =
+        crate::patients::opens_clinical_record(&caller, Permission::TreatmentRead);
     let mut tx = caller.begin(&state).await?;
     let tz = crate::clinic::timezone(&state, &mut tx, caller.clinic_id).await?;
     let today = crate::clinic::today(tz);
@@ -409,7 +416,8 @@ pub async fn list_recalls(
                FROM patients pt CROSS JOIN types t
                LEFT JOIN last_done ld ON ld.patient_id = pt.id AND ld.recall_type_id = t.id
                LEFT JOIN first_visit fv ON fv.patient_id = pt.id
-               WHERE pt.archived_at IS NULL)
+               WHERE pt.archived_at IS NULL
+                 AND (NOT $9 OR pt.id <> ALL (app_hidden_patients())))
            SELECT d.patient_id AS "patient_id!", d.recall_type_id AS "recall_type_id!",
                   d.last_done_on, d.due_on AS "due_on!", n.id AS "next_appointment_id?"
            FROM due d
@@ -430,7 +438,8 @@ pub async fn list_recalls(
         after_on,
         after_patient,
         after_type,
-        pagination::overfetch(limit)
+        pagination::overfetch(limit),
+        hide_restricted
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -232,6 +232,66 @@ async fn a_future_booking_satisfies_the_recall() {
 }
 
 #[tokio::test]
+async fn a_restricted_patients_recall_is_left_out_for_clinicians_outside_the_care_team() {
+    let p = practice().await;
+    let exam = exam_code(&p.app, &p.owner.access, 4500).await;
+    recall_type(&p, &[&exam]).await;
+    let open = p.app.patient(&p.owner.access, "Open", "Record").await;
+    done(&p, &p.patient, &exam, "2026-01-15").await;
+    done(&p, &open, &exam, "2026-01-20").await;
+    expect_json(
+        p.app
+            .patch(
+                &format!("/api/v2/patients/{}", p.patient),
+                Some(&p.owner.access),
+                json!({"restricted": true, "care_team": [p.dentist.user_id]}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let outsider = p.app.staff(&p.owner.access, "dentist").await;
+    let front_desk = p.app.staff(&p.owner.access, "receptionist").await;
+    let listed = |token: String| {
+        let app = &p.app;
+        async move {
+            let page = expect_json(
+                app.get("/api/v2/recalls?due_before=2100-01-01", Some(&token))
+                    .await,
+                StatusCode::OK,
+            )
+            .await;
+            page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|r| {
+                    (
+                        r["patient_id"].as_str().expect("patient").to_owned(),
+                        r["last_done_on"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let restricted = (p.patient.clone(), json!("2026-01-15"));
+    let unrestricted = (open.clone(), json!("2026-01-20"));
+    // The care team and the front desk (who read procedures without clinical detail).
+    for token in [p.dentist.access.clone(), front_desk.access.clone()] {
+        assert_eq!(
+            listed(token).await,
+            vec![restricted.clone(), unrestricted.clone()]
+        );
+    }
+    // A dentist outside the care team, and the owner (not on it either), see only the
+    // patient whose record is open to them: the restricted one's date would tell when
+    // the procedure was done.
+    for token in [outsider.access.clone(), p.owner.access.clone()] {
+        assert_eq!(listed(token).await, vec![unrestricted.clone()]);
+    }
+}
+
+#[tokio::test]
 async fn a_trigger_code_of_another_clinic_is_422() {
     let p = practice().await;
     let other = p.app.register_clinic("Other").await;
