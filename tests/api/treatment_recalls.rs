@@ -34,9 +34,14 @@ async fn done(p: &Practice, patient: &str, code: &str, on: &str) -> String {
 
 /// (patient, last_done_on, due_on, next_appointment_id) of each recall listed.
 async fn recalls(p: &Practice, query: &str) -> Vec<(String, Value, String, Value)> {
+    recalls_as(p, &p.owner.access, query).await
+}
+
+/// [`recalls`] as the holder of `token` sees them.
+async fn recalls_as(p: &Practice, token: &str, query: &str) -> Vec<(String, Value, String, Value)> {
     let page = expect_json(
         p.app
-            .get(&format!("/api/v2/recalls?{query}"), Some(&p.owner.access))
+            .get(&format!("/api/v2/recalls?{query}"), Some(token))
             .await,
         StatusCode::OK,
     )
@@ -252,27 +257,13 @@ async fn a_restricted_patients_recall_is_left_out_for_clinicians_outside_the_car
     .await;
     let outsider = p.app.staff(&p.owner.access, "dentist").await;
     let front_desk = p.app.staff(&p.owner.access, "receptionist").await;
-    let listed = |token: String| {
-        let app = &p.app;
-        async move {
-            let page = expect_json(
-                app.get("/api/v2/recalls?due_before=2100-01-01", Some(&token))
-                    .await,
-                StatusCode::OK,
-            )
-            .await;
-            page["items"]
-                .as_array()
-                .expect("items")
-                .iter()
-                .map(|r| {
-                    (
-                        r["patient_id"].as_str().expect("patient").to_owned(),
-                        r["last_done_on"].clone(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        }
+    let practice = &p;
+    let listed = move |token: String| async move {
+        recalls_as(practice, &token, "due_before=2100-01-01")
+            .await
+            .into_iter()
+            .map(|r| (r.0, r.1))
+            .collect::<Vec<_>>()
     };
     let restricted = (p.patient.clone(), json!("2026-01-15"));
     let unrestricted = (open.clone(), json!("2026-01-20"));
