@@ -95,7 +95,9 @@ pub async fn list_patients(
             // every execution afresh, since a generic plan cannot know the limit. The page
             // is a materialized CTE, read back in the order its rows went in, for the rows
             // sent and for the ids in the audit event alike: no numbering window and no
-            // second sort, each of which cost PostgreSQL another copy of every row.
+            // second sort, each of which cost PostgreSQL another copy of every row. The
+            // event names the rows shown, not the one more fetched only to learn whether
+            // another page follows.
             let fetch = limit as i64 + 1;
             let sql = format!(
                 "WITH page AS MATERIALIZED (SELECT {PATIENT_COLUMNS} FROM patients \
