@@ -106,6 +106,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// pages. mimalloc reads these options when it first reserves memory, before `main`, so
 /// they are set by an initialiser that runs before mimalloc's own (its priority is 101).
 /// A `MIMALLOC_*` variable in the environment still decides its option.
+/// The options, their environment variables and our values; `mi_option_t` values in
+/// mimalloc v3's mimalloc.h (the bindings do not name all three).
+#[cfg(target_os = "linux")]
+const ALLOCATOR_SETTINGS: [(
+    &std::ffi::CStr,
+    libmimalloc_sys::mi_option_t,
+    std::ffi::c_long,
+); 3] = [
+    (c"MIMALLOC_ARENA_EAGER_COMMIT", 4, 0),
+    (c"MIMALLOC_PURGE_DELAY", 15, 0),
+    (c"MIMALLOC_ALLOW_THP", 43, 0),
+];
+
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array.00100"]
@@ -113,17 +126,7 @@ static ALLOCATOR_OPTIONS: extern "C" fn() = allocator_options;
 
 #[cfg(target_os = "linux")]
 extern "C" fn allocator_options() {
-    // mi_option_t values in mimalloc v3's mimalloc.h (the bindings do not name all three).
-    const OPTIONS: [(
-        &std::ffi::CStr,
-        libmimalloc_sys::mi_option_t,
-        std::ffi::c_long,
-    ); 3] = [
-        (c"MIMALLOC_ARENA_EAGER_COMMIT", 4, 0),
-        (c"MIMALLOC_PURGE_DELAY", 15, 0),
-        (c"MIMALLOC_ALLOW_THP", 43, 0),
-    ];
-    for (variable, option, value) in OPTIONS {
+    for (variable, option, value) in ALLOCATOR_SETTINGS {
         // SAFETY: getenv reads the environment, which nothing writes before main; the
         // option is one of mimalloc's integer options, and any value is valid for it.
         unsafe {
@@ -446,15 +449,12 @@ mod tests {
     /// (where the environment running the tests does not set them).
     #[test]
     fn the_allocator_options_are_set_before_main() {
-        for (variable, option) in [
-            ("MIMALLOC_ARENA_EAGER_COMMIT", 4),
-            ("MIMALLOC_PURGE_DELAY", 15),
-            ("MIMALLOC_ALLOW_THP", 43),
-        ] {
-            if std::env::var_os(variable).is_none() {
+        for (variable, option, expected) in super::ALLOCATOR_SETTINGS {
+            let name = variable.to_str().unwrap_or("?");
+            if std::env::var_os(name).is_none() {
                 // SAFETY: reads one of mimalloc's integer options.
                 let value = unsafe { libmimalloc_sys::mi_option_get(option) };
-                assert_eq!(value, 0, "{variable}");
+                assert_eq!(value, expected, "{name}");
             }
         }
     }
