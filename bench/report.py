@@ -178,6 +178,17 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
         ratio = r["postgres_ms_per_request"] / b["postgres_ms_per_request"]
         rows.insert(1, ("beside it: the same at one rate, the server's half rate (32 connections)",
                         f"{ratio:.2f}× ({r['postgres_ms_per_request']} ÷ {b['postgres_ms_per_request']} ms)", "–", None))
+    if "patient_read" in cpu and "pgbench_read_same" in cpu:
+        r, b = cpu["patient_read"], cpu["pgbench_read_same"]
+        ratio = r["postgres_ms_per_request"] / b["postgres_ms_per_request"]
+        rows.insert(1 + ("patient_read_fixed" in cpu and "pgbench_read_fixed" in cpu),
+                    ("beside it: pgbench held to the server's closed-loop rate (32 connections)",
+                     f"{ratio:.2f}× ({r['postgres_ms_per_request']} ÷ {b['postgres_ms_per_request']} ms)", "–", None))
+        all_srv = (r["busy_cpu_s"] * 1000) / (s["patient_read"]["rps"] * seconds)
+        all_b = 1000 * b["busy_cpu_s"] / b["requests"]
+        rows.insert(rows.index(next(x for x in rows if x[0].startswith("all CPU per read"))) + 1,
+                    ("beside it: the same with pgbench held to the server's closed-loop rate",
+                     f"{all_srv / all_b:.2f}× ({all_srv:.3f} ÷ {all_b:.3f} ms)", "–", None))
     if "patient_list" in cpu:
         l = cpu["patient_list"]
         rows.append(("server CPU per page of 50", f"{l['server_ms_per_request']} ms", "≤ 0.45 ms",
@@ -925,11 +936,10 @@ def main():
                            ("patient_list_fixed", None), ("search_fixed", None), ("day_sheet", None),
                            ("complete", None), ("pay", None), ("pgbench_read", "read"), ("pgbench_list", "list"),
                            ("pgbench_daysheet", "daysheet"), ("pgbench_complete", "complete"),
-                           ("pgbench_pay", "pay"), ("pgbench_read_fixed", "read_fixed"),
-                           ("pgbench_list_fixed", "list_fixed")]:
+                           ("pgbench_pay", "pay"), ("pgbench_read_fixed", "at_rate"),
+                           ("pgbench_list_fixed", "at_rate"), ("pgbench_read_same", "at_rate")]:
         path = f"{o}/{name}.cpu"
-        if not os.path.exists(path) or (requests is not None and not requests.endswith("_fixed")
-                                         and requests not in pg):
+        if not os.path.exists(path) or (requests not in (None, "at_rate") and requests not in pg):
             continue
         v = [float(x) for x in open(path).read().split()]
         before, after = v[:len(v) // 2], v[len(v) // 2:]
@@ -938,12 +948,12 @@ def main():
         d = [(after[i] - before[i]) / tick for i in range(4)]
         if requests is None:
             count = s[name]["rps"] * a_seconds
-        elif requests.endswith("_fixed"):
+        elif requests == "at_rate":  # pgbench -R, its summary in a directory of its own
             count = processed(f"{o}/{name}/summary.txt")
         else:
             count = pg[requests]["tps"] * a_seconds
         cpu[name] = {
-            "busy_cpu_s": round(d[3], 2), "server_cpu_s": round(d[0], 2), "postgres_cpu_s": round(d[1], 2),
+            "requests": count, "busy_cpu_s": round(d[3], 2), "server_cpu_s": round(d[0], 2), "postgres_cpu_s": round(d[1], 2),
             "redis_cpu_s": round(d[2], 2), "other_cpu_s": round(d[3] - d[0] - d[1] - d[2], 2),
             "server_ms_per_request": round(1000 * d[0] / count, 3) if count else None,
             "postgres_ms_per_request": round(1000 * d[1] / count, 3) if count else None,

@@ -78,6 +78,9 @@ pub struct TokenService {
     keys: Vec<Key>,
     issuer: String,
     audience: String,
+    /// What every access or second-step token must satisfy, built once: its sets of
+    /// issuers, audiences and required claims would otherwise be allocated per request.
+    validation: Validation,
     pub access_ttl_secs: i64,
 }
 
@@ -87,6 +90,19 @@ pub fn kid_of(secret: &[u8]) -> String {
     h.update(b"molar-kid:");
     h.update(secret);
     hex::encode(&h.finalize()[..8])
+}
+
+/// HS256 only, from `issuer` for `audience`, within its times (five seconds' leeway for
+/// clocks), with every claim the checks rely on present.
+fn validation(issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation.validate_exp = true;
+    validation.leeway = 5;
+    validation
 }
 
 fn unauthorized() -> AppError {
@@ -117,6 +133,7 @@ impl TokenService {
             keys,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
+            validation: validation(&config.jwt_issuer, &config.jwt_audience),
             access_ttl_secs: config.access_token_expire_minutes * 60,
         })
     }
@@ -231,14 +248,7 @@ impl TokenService {
             .iter()
             .find(|k| k.kid == kid)
             .ok_or_else(unauthorized)?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.validate_exp = true;
-        validation.leeway = 5;
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)
             .map_err(|_| unauthorized())?;
         if data.claims.typ != typ || data.claims.iat > Utc::now().timestamp() + 5 {
             return Err(unauthorized());
