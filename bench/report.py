@@ -1151,7 +1151,9 @@ errors of the load generator.
 force), running exactly the statements the server sends for one request
 (`bench/read.sql`, `bench/list.sql`): the session check, `BEGIN` and the clinic setting
 (one simple query from the server, one pipeline from pgbench), the query with its audit
-insert in the same statement, and `COMMIT`.
+insert in the same statement, and `COMMIT`. The read's and the page's pgbench runs follow
+the server's closed-loop runs of the same request at once, so that each pair sees the
+machine in one state.
 
 | request | pgbench tps | server req/s | fraction |
 |---|---|---|---|
