@@ -251,6 +251,32 @@ async fn metrics_expose_request_counts_by_route() {
     assert!(text.contains("molar_build_info"));
 }
 
+/// The recorder's upkeep runs on its own, without a scrape: it folds histogram samples into
+/// their buckets (which a server nobody scrapes otherwise keeps, one per request) and, in
+/// the same pass, reads the process's resident memory.
+#[tokio::test]
+async fn metrics_upkeep_runs_without_a_scrape() {
+    let app = spawn().await;
+    let resident = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = app.get("/metrics", None).await.text().await.expect("text");
+        if let Some(bytes) = resident(&text) {
+            assert!(bytes > 1e6, "resident memory {bytes} bytes");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upkeep within 5 s:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn metrics_need_the_token_when_one_is_configured() {
     let app = spawn_with(|v| {
