@@ -4,9 +4,7 @@
 //! `WWW-Authenticate`) and detail, so a FHIR client never meets another error format.
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fhir_r4::coded::Coded;
 use fhir_r4::codes::{IssueSeverity, IssueType};
@@ -58,15 +56,14 @@ pub fn outcome(status: StatusCode, diagnostics: &str) -> OperationOutcome {
     }
 }
 
-fn is_fhir(path: &str) -> bool {
+pub fn is_fhir(path: &str) -> bool {
     path == PREFIX || path.starts_with(&format!("{PREFIX}/"))
 }
 
-/// The layer: problem+json under `/api/v2/fhir` becomes an `OperationOutcome`.
-pub async fn rewrite_errors(req: Request, next: Next) -> Response {
-    let fhir = is_fhir(req.uri().path());
-    let res = next.run(req).await;
-    if !fhir || res.status().as_u16() < 400 {
+/// The rewrite of an answer under `/api/v2/fhir` (see [`is_fhir`]): problem+json becomes
+/// an `OperationOutcome`.
+pub async fn rewrite_errors(res: Response) -> Response {
+    if res.status().as_u16() < 400 {
         return res;
     }
     let is_problem = res

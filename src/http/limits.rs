@@ -3,7 +3,7 @@
 //! general limits let requests through (credential endpoints have their own, stricter
 //! limits that never do).
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -30,17 +30,18 @@ fn exempt(path: &str) -> bool {
 /// document download, which has `UPLOAD_TIMEOUT_SECONDS` too. A declared
 /// `Content-Length` over the limit is refused at once; a body that turns out longer fails
 /// as it is read. Past its time a request is answered 503.
-pub async fn body_and_time(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn body_and_time(
+    state: &AppState,
+    route: Option<&str>,
+    req: Request,
+    next: Next,
+) -> Response {
     use axum::response::IntoResponse;
     let config = &state.config;
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
     let upload = req.method() == axum::http::Method::POST
-        && route.as_deref() == Some(crate::documents::routes::UPLOAD_ROUTE);
+        && route == Some(crate::documents::routes::UPLOAD_ROUTE);
     // A download authenticates the whole range before its first byte: as long as an upload.
-    let download = route.as_deref() == Some(crate::documents::routes::CONTENT_ROUTE);
+    let download = route == Some(crate::documents::routes::CONTENT_ROUTE);
     let (limit, time) = if upload {
         (
             usize::try_from(u64::from(config.max_upload_mb) * 1024 * 1024 + 64 * 1024)
@@ -70,13 +71,12 @@ pub async fn body_and_time(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
-pub async fn api_rate_limit(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The API-wide limits' decisions for a request (none for an exempt path), or the 429 that
+/// answers it. A valid access token's claims are left in the request's extensions, so that
+/// the handler does not verify the token again.
+pub async fn check_rate(state: &AppState, req: &mut Request) -> Result<Vec<Decision>, Response> {
     if exempt(req.uri().path()) {
-        return next.run(req).await;
+        return Ok(Vec::new());
     }
     let config = &state.config;
     let claims = req
@@ -117,13 +117,16 @@ pub async fn api_rate_limit(
         .limiter
         .check_all(state.redis.as_ref(), &checks, WhenRedisDown::Allow)
         .await;
-    if let Some(res) = Decision::rejection(&decisions) {
-        return res;
+    match Decision::rejection(&decisions) {
+        Some(res) => Err(res),
+        None => Ok(decisions),
     }
-    let mut res = next.run(req).await;
-    // A route with a stricter budget of its own (sign-in) reports that one.
+}
+
+/// The limits' headers on an answer, unless a route with a stricter budget of its own
+/// (sign-in) already reports that one.
+pub fn rate_headers(decisions: &[Decision], res: &mut Response) {
     if !res.headers().contains_key("ratelimit-policy") {
-        Decision::apply_headers(&decisions, res.headers_mut());
+        Decision::apply_headers(decisions, res.headers_mut());
     }
-    res
 }

@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::limits;
 use crate::error::{problem_response, problem_type, Problem, PROBLEM_JSON, REQUEST_ID};
+use crate::state::AppState;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -37,10 +39,39 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     res
 }
 
+/// Everything the stack does per matched route, as one layer (each `from_fn` layer clones
+/// the route beneath it for every request, so five of them cost five clones), outermost
+/// first: metrics, FHIR errors as `OperationOutcome`s, problem+json for every other error,
+/// the API-wide rate limit, then the body and time limits around the handler.
+pub async fn per_route(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let fhir = crate::fhir::outcome::is_fhir(req.uri().path());
+    let res = match limits::check_rate(&state, &mut req).await {
+        Err(rejection) => rejection,
+        Ok(decisions) => {
+            let mut res = limits::body_and_time(&state, route.as_deref(), req, next).await;
+            limits::rate_headers(&decisions, &mut res);
+            res
+        }
+    };
+    let res = problem_fallback(res);
+    let res = if fhir {
+        crate::fhir::outcome::rewrite_errors(res).await
+    } else {
+        res
+    };
+    record_metrics(&method, route.as_deref(), start, &res);
+    res
+}
+
 /// Rewrites any error response that is not already problem+json (framework rejections,
 /// 404/405 from the router, 413 from the body limit, the timeout) into one.
-pub async fn problem_fallback(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+fn problem_fallback(res: Response) -> Response {
     let status = res.status();
     if status.as_u16() < 400 {
         return res;
@@ -102,21 +133,15 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
 }
 
 /// Counts requests and records latency by method, matched route and status.
-pub async fn record_metrics(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+fn record_metrics(method: &Method, route: Option<&str>, start: Instant, res: &Response) {
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.unwrap_or("unmatched").to_owned()),
+        ("status", res.status().as_u16().to_string()),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());
-    res
 }
 
 /// The 404 for paths no route serves.

@@ -66,19 +66,9 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::body_and_time,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
             state,
-            limits::api_rate_limit,
-        ))
-        .layer(axum::middleware::from_fn(middleware::problem_fallback))
-        // Outside every layer that answers an error: FHIR clients get OperationOutcomes.
-        .layer(axum::middleware::from_fn(
-            crate::fhir::outcome::rewrite_errors,
-        ))
-        .layer(axum::middleware::from_fn(middleware::record_metrics));
+            middleware::per_route,
+        ));
     if let Some(hsts) = hsts {
         router = router.layer(hsts);
     }
