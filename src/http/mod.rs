@@ -29,9 +29,11 @@ use tracing::Level;
 use crate::health;
 use crate::state::AppState;
 
-/// Wraps the assembled routes in the middleware stack: request id → trace → CORS →
-/// compression → security headers → metrics → problem fallback → rate limit → timeout →
-/// body limits (outermost first).
+/// Wraps the assembled routes in the middleware stack, outermost first: around the router
+/// as a whole, request id → CORS → compression → security headers; then, for the route
+/// matched, trace → metrics → FHIR outcomes → problem fallback → rate limit → timeout →
+/// body limits. A layer added with `Router::layer` wraps every route and runs (and clones
+/// what it wraps) per request, so only what needs the matched route's template is one.
 pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
     let config = state.config.clone();
     let cors = cors_layer(&config.allowed_origins);
@@ -60,18 +62,6 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         // Server errors are already logged where they arise, with their cause.
         .on_failure(DefaultOnFailure::new().level(Level::DEBUG));
 
-    // Router::layer wraps what is already there, so the last layer added runs first.
-    let mut router = router
-        .fallback(middleware::not_found)
-        .with_state(state.clone())
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            middleware::per_route,
-        ));
-    if let Some(hsts) = hsts {
-        router = router.layer(hsts);
-    }
     let security = ServiceBuilder::new()
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -93,12 +83,24 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ));
-    router
-        .layer(security)
-        .layer(compression_layer())
-        .layer(cors)
-        .layer(trace)
+    // Router::layer wraps what is already there, so the last layer added runs first.
+    let routed = router
+        .fallback(middleware::not_found)
+        .with_state(state.clone())
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::per_route,
+        ))
+        .layer(trace);
+    let whole = ServiceBuilder::new()
         .layer(axum::middleware::from_fn(middleware::request_id))
+        .layer(cors)
+        .layer(compression_layer())
+        .layer(security)
+        .option_layer(hsts)
+        .service(routed);
+    Router::new().fallback_service(whole)
 }
 
 /// Gzip for bodies worth it: below a kilobyte (a single patient, a problem document) the
