@@ -10,7 +10,7 @@ use axum::Router;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::http::query::{reject_undeclared, StrictQuery};
+use crate::http::query::StrictQuery;
 use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 use crate::{
@@ -69,9 +69,6 @@ pub fn app(state: AppState) -> Router {
         .into();
     // Every documented route refuses a query parameter it does not declare.
     let strict = StrictQuery::from_document(&doc);
-    let api = api.layer(axum::middleware::from_fn(move |req, next| {
-        reject_undeclared(strict.clone(), req, next)
-    }));
     let metrics_on_api_port = state.config.metrics_port.is_none();
 
     let mut router = api
@@ -98,5 +95,5 @@ pub fn app(state: AppState) -> Router {
         router = router.route("/metrics", get(health::metrics));
     }
 
-    http::with_middleware(router, state)
+    http::with_middleware(router, state, strict)
 }

@@ -1,6 +1,7 @@
 //! Cross-cutting request handling: request ids, problem+json for every error the
 //! framework or a layer produces, and per-route metrics.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -8,7 +9,10 @@ use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use metrics::{Label, SharedString};
+
 use super::limits;
+use super::query::StrictQuery;
 use crate::error::{problem_response, problem_type, Problem, PROBLEM_JSON, REQUEST_ID};
 use crate::state::AppState;
 
@@ -39,22 +43,38 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     res
 }
 
+/// What [`per_route`] needs: the application's state and the query parameters each
+/// documented route declares.
+#[derive(Clone)]
+pub struct PerRoute {
+    pub state: AppState,
+    pub strict: StrictQuery,
+}
+
 /// Everything the stack does per matched route, as one layer (each `from_fn` layer clones
-/// the route beneath it for every request, so five of them cost five clones), outermost
+/// the route beneath it for every request, so six of them cost six clones), outermost
 /// first: metrics, FHIR errors as `OperationOutcome`s, problem+json for every other error,
-/// the API-wide rate limit, then the body and time limits around the handler.
-pub async fn per_route(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// the API-wide rate limit, the strict query check, then the body and time limits around
+/// the handler.
+pub async fn per_route(
+    State(PerRoute { state, strict }): State<PerRoute>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let route = req
+    let route: Option<Arc<str>> = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(|p| Arc::from(p.as_str()));
     let fhir = crate::fhir::outcome::is_fhir(req.uri().path());
     let res = match limits::check_rate(&state, &mut req).await {
         Err(rejection) => rejection,
         Ok(decisions) => {
-            let mut res = limits::body_and_time(&state, route.as_deref(), req, next).await;
+            let mut res = match strict.check(&req) {
+                Some(refused) => refused,
+                None => limits::body_and_time(&state, route.as_deref(), req, next).await,
+            };
             limits::rate_headers(&decisions, &mut res);
             res
         }
@@ -65,7 +85,7 @@ pub async fn per_route(State(state): State<AppState>, mut req: Request, next: Ne
     } else {
         res
     };
-    record_metrics(&method, route.as_deref(), start, &res);
+    record_metrics(&method, route, start, &res);
     res
 }
 
@@ -133,15 +153,41 @@ fn problem_fallback(res: Response) -> Response {
 }
 
 /// Counts requests and records latency by method, matched route and status.
-fn record_metrics(method: &Method, route: Option<&str>, start: Instant, res: &Response) {
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route.unwrap_or("unmatched").to_owned()),
-        ("status", res.status().as_u16().to_string()),
+fn record_metrics(method: &Method, route: Option<Arc<str>>, start: Instant, res: &Response) {
+    // Labels borrowed from static strings or shared by reference count, so that the two
+    // series' keys are built without copying them.
+    let method: SharedString = match *method {
+        Method::GET => "GET".into(),
+        Method::POST => "POST".into(),
+        Method::PUT => "PUT".into(),
+        Method::PATCH => "PATCH".into(),
+        Method::DELETE => "DELETE".into(),
+        Method::HEAD => "HEAD".into(),
+        Method::OPTIONS => "OPTIONS".into(),
+        ref other => other.as_str().to_owned().into(),
+    };
+    let route: SharedString = route.map_or("unmatched".into(), Into::into);
+    let labels = vec![
+        Label::new("method", method),
+        Label::new("route", route),
+        Label::new("status", status_label(res.status())),
     ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
+    metrics::counter!("http_requests_total", labels.clone()).increment(1);
+    metrics::histogram!("http_request_duration_seconds", labels)
         .record(start.elapsed().as_secs_f64());
+}
+
+/// A status code as a label, without an allocation for the codes the API answers with.
+fn status_label(status: StatusCode) -> SharedString {
+    const CODES: [&str; 22] = [
+        "200", "201", "202", "204", "304", "400", "401", "403", "404", "405", "406", "409", "412",
+        "413", "415", "422", "428", "429", "500", "502", "503", "504",
+    ];
+    let code = status.as_str();
+    match CODES.iter().find(|c| **c == code) {
+        Some(c) => (*c).into(),
+        None => code.to_owned().into(),
+    }
 }
 
 /// The 404 for paths no route serves.
@@ -163,5 +209,16 @@ mod tests {
         assert!(acceptable_request_id(&HeaderValue::from_static("<script>")).is_none());
         let long = "a".repeat(129);
         assert!(acceptable_request_id(&HeaderValue::from_str(&long).expect("ascii")).is_none());
+    }
+
+    #[test]
+    fn status_labels_are_the_codes() {
+        for status in [
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::IM_A_TEAPOT,
+        ] {
+            assert_eq!(status_label(status).as_ref(), status.as_str());
+        }
     }
 }

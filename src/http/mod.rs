@@ -27,14 +27,15 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::health;
+use crate::http::query::StrictQuery;
 use crate::state::AppState;
 
 /// Wraps the assembled routes in the middleware stack, outermost first: around the router
 /// as a whole, request id → CORS → compression → security headers; then, for the route
-/// matched, trace → metrics → FHIR outcomes → problem fallback → rate limit → timeout →
-/// body limits. A layer added with `Router::layer` wraps every route and runs (and clones
+/// matched, trace → metrics → FHIR outcomes → problem fallback → rate limit → strict query
+/// → timeout → body limits. A layer added with `Router::layer` wraps every route and runs (and clones
 /// what it wraps) per request, so only what needs the matched route's template is one.
-pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
+pub fn with_middleware(router: Router<AppState>, state: AppState, strict: StrictQuery) -> Router {
     let config = state.config.clone();
     let cors = cors_layer(&config.allowed_origins);
     let hsts = (config.hsts_max_age > 0).then(|| {
@@ -89,7 +90,7 @@ pub fn with_middleware(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            middleware::PerRoute { state, strict },
             middleware::per_route,
         ))
         .layer(trace);

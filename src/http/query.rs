@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
@@ -122,22 +122,29 @@ impl<'de> Deserialize<'de> for ActionName {
     }
 }
 
-/// The query parameters each documented operation declares, by method and route.
+/// The query parameters one operation declares, by its method.
+type Declared = Vec<(Method, BTreeSet<String>)>;
+
+/// The query parameters each documented operation declares, by route and method.
 #[derive(Clone, Default)]
 pub struct StrictQuery {
-    declared: Arc<HashMap<(String, String), BTreeSet<String>>>,
+    declared: Arc<HashMap<String, Declared>>,
 }
 
 impl StrictQuery {
     /// From the served OpenAPI document.
     pub fn from_document(doc: &serde_json::Value) -> StrictQuery {
-        let mut declared = HashMap::new();
+        let mut declared: HashMap<String, Declared> = HashMap::new();
         if let Some(paths) = doc["paths"].as_object() {
             for (path, item) in paths {
                 let Some(item) = item.as_object() else {
                     continue;
                 };
                 for (method, op) in item {
+                    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    else {
+                        continue;
+                    };
                     let names = op["parameters"]
                         .as_array()
                         .map(|ps| {
@@ -147,7 +154,10 @@ impl StrictQuery {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    declared.insert((method.to_ascii_uppercase(), path.clone()), names);
+                    declared
+                        .entry(path.clone())
+                        .or_default()
+                        .push((method, names));
                 }
             }
         }
@@ -158,34 +168,38 @@ impl StrictQuery {
 
     /// The first parameter of `query` that `method route` does not declare, if any; routes
     /// the document does not describe are not checked.
-    pub fn undeclared(&self, method: &str, route: &str, query: &str) -> Option<String> {
-        let names = self.declared.get(&(method.to_owned(), route.to_owned()))?;
+    pub fn undeclared(&self, method: &Method, route: &str, query: &str) -> Option<String> {
+        let names = self
+            .declared
+            .get(route)?
+            .iter()
+            .find_map(|(m, names)| (m == method).then_some(names))?;
         form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| !names.contains(k.as_ref()))
             .map(|(k, _)| k.into_owned())
-            .find(|k| !names.contains(k))
     }
-}
 
-/// Middleware: a query parameter the route does not declare is a 400, and so is one
-/// holding U+0000 (as `ApiQuery` says it, on routes without one too).
-pub async fn reject_undeclared(strict: StrictQuery, req: Request, next: Next) -> Response {
-    if let (Some(query), Some(route)) = (req.uri().query(), req.extensions().get::<MatchedPath>()) {
+    /// A 400 for a query parameter the matched route does not declare, or for one holding
+    /// U+0000 (as `ApiQuery` says it, on routes without one too); `None` when the query is
+    /// acceptable or there is none.
+    pub fn check(&self, req: &Request) -> Option<Response> {
+        let query = req.uri().query()?;
+        let route = req.extensions().get::<MatchedPath>()?;
         let nul = form_urlencoded::parse(query.as_bytes())
             .find(|(k, v)| k.contains('\0') || v.contains('\0'));
         if let Some((name, _)) = nul {
-            return AppError::BadRequest(format!(
-                "invalid query parameters: `{}` {}",
-                name.replace('\0', "\\0"),
-                crate::http::extract::NUL_MESSAGE
-            ))
-            .into_response();
+            return Some(
+                AppError::BadRequest(format!(
+                    "invalid query parameters: `{}` {}",
+                    name.replace('\0', "\\0"),
+                    crate::http::extract::NUL_MESSAGE
+                ))
+                .into_response(),
+            );
         }
-        if let Some(name) = strict.undeclared(req.method().as_str(), route.as_str(), query) {
-            return AppError::BadRequest(format!("unknown query parameter `{name}`"))
-                .into_response();
-        }
+        let name = self.undeclared(req.method(), route.as_str(), query)?;
+        Some(AppError::BadRequest(format!("unknown query parameter `{name}`")).into_response())
     }
-    next.run(req).await
 }
 
 #[cfg(test)]
@@ -247,13 +261,21 @@ mod tests {
         let doc = serde_json::json!({"paths": {"/x/{id}": {"get": {"parameters": [
             {"in": "path", "name": "id"}, {"in": "query", "name": "limit"}]}}}});
         let strict = StrictQuery::from_document(&doc);
-        assert_eq!(strict.undeclared("GET", "/x/{id}", "limit=3"), None);
+        let get = Method::GET;
+        assert_eq!(strict.undeclared(&get, "/x/{id}", "limit=3"), None);
         assert_eq!(
             strict
-                .undeclared("GET", "/x/{id}", "limit=3&id=4")
+                .undeclared(&get, "/x/{id}", "limit=3&id=4")
                 .as_deref(),
             Some("id")
         );
-        assert_eq!(strict.undeclared("GET", "/other", "anything=1"), None);
+        // Percent-encoded names are compared decoded.
+        assert_eq!(strict.undeclared(&get, "/x/{id}", "l%69mit=3"), None);
+        assert_eq!(strict.undeclared(&get, "/other", "anything=1"), None);
+        // A method the document does not describe on a described path is not checked.
+        assert_eq!(
+            strict.undeclared(&Method::POST, "/x/{id}", "anything=1"),
+            None
+        );
     }
 }
