@@ -57,7 +57,8 @@ pub fn outcome(status: StatusCode, diagnostics: &str) -> OperationOutcome {
 }
 
 pub fn is_fhir(path: &str) -> bool {
-    path == PREFIX || path.starts_with(&format!("{PREFIX}/"))
+    path.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The rewrite of an answer under `/api/v2/fhir` (see [`is_fhir`]): problem+json becomes

@@ -33,8 +33,9 @@ use crate::state::AppState;
 /// Wraps the assembled routes in the middleware stack, outermost first: around the router
 /// as a whole, request id → CORS → compression → security headers; then, for the route
 /// matched, trace → metrics → FHIR outcomes → problem fallback → rate limit → strict query
-/// → timeout → body limits. A layer added with `Router::layer` wraps every route and runs (and clones
-/// what it wraps) per request, so only what needs the matched route's template is one.
+/// → timeout → body limits. A layer added with `Router::layer` wraps every route and runs
+/// (and clones what it wraps) per request, so only what needs the matched route's template
+/// is one.
 pub fn with_middleware(router: Router<AppState>, state: AppState, strict: StrictQuery) -> Router {
     let config = state.config.clone();
     let cors = cors_layer(&config.allowed_origins);
