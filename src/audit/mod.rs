@@ -273,38 +273,74 @@ pub struct Sealed {
     pub seals: i64,
     pub events: i64,
     pub transactions: u32,
-    /// The longest transaction, from its `BEGIN` to its `COMMIT`.
+    /// The longest transaction: its one statement, from sending it to its result (the
+    /// commit included).
     pub longest: Duration,
 }
 
 /// The longest sealing transaction since the process started, in microseconds.
 static LONGEST_SEAL_MICROS: AtomicU64 = AtomicU64::new(0);
 
+/// One sealing transaction's work, as `audit_seal_chunk` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    /// The clinic the next chunk starts at; `None` when the round is done.
+    pub next_clinic: Option<Uuid>,
+    pub seals: i32,
+    pub events: i32,
+    /// Another instance holds the sealing lock (it is sealing; this round ends).
+    pub busy: bool,
+}
+
+/// Seals one bounded chunk on `conn`, starting at clinic `from` (`None` for the first): a
+/// single statement, which [`seal`] sends outside an explicit transaction, so that the
+/// transaction is one round trip.
+///
+/// Its transaction commits without waiting for its WAL to reach the disk
+/// (`synchronous_commit = off`, for that transaction only), so that under a write load its
+/// commit is not queued behind everyone's flush. A seal is derived from events that are
+/// already durable: a crash that loses the last few seals loses nothing the next round
+/// cannot seal again, and PostgreSQL never keeps a later seal without the earlier ones.
+pub async fn seal_chunk(
+    conn: &mut sqlx::PgConnection,
+    settle: Duration,
+    from: Option<Uuid>,
+) -> Result<Chunk, sqlx::Error> {
+    let chunk = sqlx::query!(
+        r#"SELECT next_clinic, seals AS "seals!", events AS "events!", busy AS "busy!"
+           FROM set_config('synchronous_commit', 'off', true),
+                audit_seal_chunk(make_interval(secs => $1), $2, $3, $4, $5)"#,
+        settle.as_secs_f64(),
+        from,
+        SEAL_CHUNK_EVENTS,
+        SEAL_CHUNK_CLINICS,
+        SEAL_CHUNK_MILLIS
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Chunk {
+        next_clinic: chunk.next_clinic,
+        seals: chunk.seals,
+        events: chunk.events,
+        busy: chunk.busy,
+    })
+}
+
 /// Seals events older than `settle` into each clinic's hash chain, in transactions of at
 /// most [`SEAL_CHUNK_EVENTS`] events, [`SEAL_CHUNK_CLINICS`] clinics and about
-/// [`SEAL_CHUNK_MILLIS`] of work each, so that no transaction holds a minute of events. Safe to run on every instance: each transaction
+/// [`SEAL_CHUNK_MILLIS`] of work each ([`seal_chunk`], one statement each), so that no
+/// transaction holds a minute of events. Safe to run on every instance: each transaction
 /// takes a transaction-level advisory lock, and a round ends when another instance holds
 /// it (that one is sealing).
 pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
-    let secs = settle.as_secs_f64();
     let mut from: Option<Uuid> = None;
     let mut round = Sealed::default();
     loop {
-        let mut tx = db.unscoped_tx().await?;
+        let mut conn = db.autocommit().await?;
         let started = Instant::now();
-        let chunk = sqlx::query!(
-            r#"SELECT next_clinic, seals AS "seals!", events AS "events!", busy AS "busy!"
-               FROM audit_seal_chunk(make_interval(secs => $1), $2, $3, $4, $5)"#,
-            secs,
-            from,
-            SEAL_CHUNK_EVENTS,
-            SEAL_CHUNK_CLINICS,
-            SEAL_CHUNK_MILLIS
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let chunk = seal_chunk(&mut conn, settle, from).await?;
         let took = started.elapsed();
+        conn.done();
         metrics::histogram!("audit_seal_transaction_seconds").record(took.as_secs_f64());
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let longest = LONGEST_SEAL_MICROS

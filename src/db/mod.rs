@@ -145,6 +145,12 @@ impl Db {
         self.begin_scoped(&self.read, Some(clinic_id)).await
     }
 
+    /// A connection for one statement in a transaction of its own (see
+    /// [`pool::Autocommit`]), with no clinic: row-level security shows nothing.
+    pub async fn autocommit(&self) -> Result<pool::Autocommit, sqlx::Error> {
+        pool::Autocommit::acquire(&self.requests).await
+    }
+
     /// A transaction with no clinic: row-level security shows nothing. Used for the
     /// `SECURITY DEFINER` lookups that cross clinics by design (login, refresh).
     pub async fn unscoped_tx(&self) -> Result<Tx, sqlx::Error> {

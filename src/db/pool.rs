@@ -214,3 +214,39 @@ impl Drop for Tx {
         }
     }
 }
+
+/// A pooled connection lent for one statement outside an explicit transaction: PostgreSQL
+/// runs it in a transaction of its own, committed before its result comes back, so the
+/// whole transaction is one round trip. [`Autocommit::done`] gives the connection back in
+/// step; dropped without it (the statement failed or was abandoned midway), it is closed
+/// instead of reused.
+pub struct Autocommit {
+    conn: Object<Manager>,
+}
+
+impl Autocommit {
+    pub async fn acquire(pool: &Pool) -> Result<Autocommit, sqlx::Error> {
+        let mut conn = connection(pool).await?;
+        conn.sound = false;
+        Ok(Autocommit { conn })
+    }
+
+    /// The statement has come back: the connection is idle and in step again.
+    pub fn done(mut self) {
+        self.conn.sound = true;
+    }
+}
+
+impl Deref for Autocommit {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn.raw
+    }
+}
+
+impl DerefMut for Autocommit {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn.raw
+    }
+}

@@ -2,7 +2,7 @@
 //! takes several, each within its bounds, the chain stays whole, and two instances sealing
 //! at once seal every event exactly once.
 
-use molar::audit::{seal, verify, SEAL_CHUNK_EVENTS};
+use molar::audit::{seal, seal_chunk, verify, SEAL_CHUNK_EVENTS};
 use molar::config::Config;
 use molar::db::Db;
 use std::time::Duration;
@@ -81,6 +81,74 @@ async fn a_backlog_is_sealed_in_bounded_transactions_and_the_chain_holds() {
     backlog(&mut admin, &small.clinic_id, 3, 0).await;
     assert_eq!(seal(&db, Duration::ZERO).await.expect("seal").events, 3);
     assert!(verify(&db).await.expect("verify").is_empty());
+    app.stop().await.expect("stop");
+}
+
+/// A sealing transaction commits without waiting for the disk, and only it: the setting is
+/// the transaction's own, so the pooled connection's next transaction waits again.
+#[tokio::test]
+async fn only_a_sealing_transaction_commits_without_waiting_for_the_disk() {
+    let app = spawn().await;
+    let clinic = app.register_clinic("Async").await;
+    let mut admin = app.admin_db().await;
+    backlog(&mut admin, &clinic.clinic_id, 5, 30).await;
+    let db = db_of(&app);
+    let setting = "SELECT current_setting('synchronous_commit')";
+
+    let mut tx = db.unscoped_tx().await.expect("begin");
+    let before: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("setting");
+    assert_eq!(before, "on");
+    let chunk = seal_chunk(&mut tx, Duration::ZERO, None)
+        .await
+        .expect("chunk");
+    assert!(chunk.events >= 5 && !chunk.busy, "{chunk:?}");
+    let during: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("setting");
+    assert_eq!(during, "off");
+    tx.commit().await.expect("commit");
+    let seals: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_seals WHERE clinic_id = $1::uuid")
+            .bind(&clinic.clinic_id)
+            .fetch_one(&mut admin)
+            .await
+            .expect("seals");
+    assert!(seals >= 1, "the chunk's seal committed");
+
+    let mut tx = db.unscoped_tx().await.expect("begin");
+    let after: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("setting");
+    assert_eq!(after, "on");
+    let pid = "SELECT pg_backend_pid()";
+    let used: i32 = sqlx::query_scalar(pid)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("pid");
+    tx.commit().await.expect("commit");
+
+    // A round seals each chunk in a transaction of its own, outside any the caller began,
+    // on the pool's connections (the most recently used first), and leaves the one it used
+    // in step, waiting again.
+    backlog(&mut admin, &clinic.clinic_id, 3, 0).await;
+    assert_eq!(seal(&db, Duration::ZERO).await.expect("seal").events, 3);
+    let mut tx = db.unscoped_tx().await.expect("begin");
+    let again: i32 = sqlx::query_scalar(pid)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("pid");
+    assert_eq!(again, used, "the connection the round used");
+    let after: String = sqlx::query_scalar(setting)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("setting");
+    assert_eq!(after, "on");
+    tx.rollback().await.expect("rollback");
     app.stop().await.expect("stop");
 }
 
