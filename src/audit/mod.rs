@@ -264,7 +264,7 @@ pub const SEAL_CHUNK_EVENTS: i32 = 1000;
 pub const SEAL_CHUNK_CLINICS: i32 = 200;
 /// About how long one sealing transaction hashes, in milliseconds: on a busy machine each
 /// transaction gets less done rather than taking longer.
-pub const SEAL_CHUNK_MILLIS: i32 = 2;
+pub const SEAL_CHUNK_MILLIS: i32 = 1;
 
 /// One sealing round: how many seals and events, in how many transactions, the longest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
