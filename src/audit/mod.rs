@@ -306,7 +306,8 @@ pub async fn seal_chunk(
     settle: Duration,
     from: Option<Uuid>,
 ) -> Result<Chunk, sqlx::Error> {
-    let chunk = sqlx::query!(
+    sqlx::query_as!(
+        Chunk,
         r#"SELECT next_clinic, seals AS "seals!", events AS "events!", busy AS "busy!"
            FROM set_config('synchronous_commit', 'off', true),
                 audit_seal_chunk(make_interval(secs => $1), $2, $3, $4, $5)"#,
@@ -317,13 +318,7 @@ pub async fn seal_chunk(
         SEAL_CHUNK_MILLIS
     )
     .fetch_one(conn)
-    .await?;
-    Ok(Chunk {
-        next_clinic: chunk.next_clinic,
-        seals: chunk.seals,
-        events: chunk.events,
-        busy: chunk.busy,
-    })
+    .await
 }
 
 /// Seals events older than `settle` into each clinic's hash chain, in transactions of at

@@ -37,6 +37,17 @@ async fn unsealed(admin: &mut sqlx::PgConnection) -> i64 {
     .expect("count")
 }
 
+/// The one value `sql` selects.
+async fn one<T>(conn: &mut sqlx::PgConnection, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 fn db_of(app: &TestApp) -> Db {
     let config = Config::from_map(app.vars.clone()).expect("config");
     Db::connect_lazy(&config, &server_url(&app.db_name), None).expect("db")
@@ -96,19 +107,13 @@ async fn only_a_sealing_transaction_commits_without_waiting_for_the_disk() {
     let setting = "SELECT current_setting('synchronous_commit')";
 
     let mut tx = db.unscoped_tx().await.expect("begin");
-    let before: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("setting");
+    let before: String = one(&mut tx, setting).await;
     assert_eq!(before, "on");
     let chunk = seal_chunk(&mut tx, Duration::ZERO, None)
         .await
         .expect("chunk");
     assert!(chunk.events >= 5 && !chunk.busy, "{chunk:?}");
-    let during: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("setting");
+    let during: String = one(&mut tx, setting).await;
     assert_eq!(during, "off");
     tx.commit().await.expect("commit");
     let seals: i64 =
@@ -120,16 +125,10 @@ async fn only_a_sealing_transaction_commits_without_waiting_for_the_disk() {
     assert!(seals >= 1, "the chunk's seal committed");
 
     let mut tx = db.unscoped_tx().await.expect("begin");
-    let after: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("setting");
+    let after: String = one(&mut tx, setting).await;
     assert_eq!(after, "on");
     let pid = "SELECT pg_backend_pid()";
-    let used: i32 = sqlx::query_scalar(pid)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("pid");
+    let used: i32 = one(&mut tx, pid).await;
     tx.commit().await.expect("commit");
 
     // A round seals each chunk in a transaction of its own, outside any the caller began,
@@ -138,15 +137,9 @@ async fn only_a_sealing_transaction_commits_without_waiting_for_the_disk() {
     backlog(&mut admin, &clinic.clinic_id, 3, 0).await;
     assert_eq!(seal(&db, Duration::ZERO).await.expect("seal").events, 3);
     let mut tx = db.unscoped_tx().await.expect("begin");
-    let again: i32 = sqlx::query_scalar(pid)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("pid");
+    let again: i32 = one(&mut tx, pid).await;
     assert_eq!(again, used, "the connection the round used");
-    let after: String = sqlx::query_scalar(setting)
-        .fetch_one(&mut *tx)
-        .await
-        .expect("setting");
+    let after: String = one(&mut tx, setting).await;
     assert_eq!(after, "on");
     tx.rollback().await.expect("rollback");
     app.stop().await.expect("stop");
