@@ -37,6 +37,15 @@ async fn unsealed(admin: &mut sqlx::PgConnection) -> i64 {
     .expect("count")
 }
 
+/// How many seals `clinic`'s chain has.
+async fn seals_of(admin: &mut sqlx::PgConnection, clinic: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_seals WHERE clinic_id = $1::uuid")
+        .bind(clinic)
+        .fetch_one(admin)
+        .await
+        .expect("seals")
+}
+
 /// The one value `sql` selects.
 async fn one<T>(conn: &mut sqlx::PgConnection, sql: &str) -> T
 where
@@ -75,12 +84,7 @@ async fn a_backlog_is_sealed_in_bounded_transactions_and_the_chain_holds() {
         .await
         .expect("largest seal");
     assert!(largest <= SEAL_CHUNK_EVENTS, "a seal of {largest} events");
-    let seals_of_big: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_seals WHERE clinic_id = $1::uuid")
-            .bind(&big.clinic_id)
-            .fetch_one(&mut admin)
-            .await
-            .expect("seals");
+    let seals_of_big = seals_of(&mut admin, &big.clinic_id).await;
     assert!(
         seals_of_big >= 3,
         "the backlog is chained over several seals"
@@ -116,12 +120,7 @@ async fn only_a_sealing_transaction_commits_without_waiting_for_the_disk() {
     let during: String = one(&mut tx, setting).await;
     assert_eq!(during, "off");
     tx.commit().await.expect("commit");
-    let seals: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_seals WHERE clinic_id = $1::uuid")
-            .bind(&clinic.clinic_id)
-            .fetch_one(&mut admin)
-            .await
-            .expect("seals");
+    let seals = seals_of(&mut admin, &clinic.clinic_id).await;
     assert!(seals >= 1, "the chunk's seal committed");
 
     let mut tx = db.unscoped_tx().await.expect("begin");
