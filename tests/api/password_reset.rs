@@ -88,13 +88,23 @@ async fn a_reset_link_arrives_works_once_and_ends_every_session() {
     assert_eq!(token.len(), 43);
 
     // The outbox keeps who and what, not the link.
+    // The sink has the message once the server sent it; the worker marks it delivered
+    // just after, in its own transaction (a bounded wait, so that a race fails, not hangs).
     let mut db = app.admin_db().await;
-    let (delivered, payload): (Option<chrono::DateTime<chrono::Utc>>, Value) =
-        sqlx::query_as("SELECT delivered_at, payload FROM outbox WHERE payload->>'subject' = $1")
-            .bind(SUBJECT)
-            .fetch_one(&mut db)
-            .await
-            .expect("outbox row");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (delivered, payload) = loop {
+        let (delivered, payload): (Option<chrono::DateTime<chrono::Utc>>, Value) = sqlx::query_as(
+            "SELECT delivered_at, payload FROM outbox WHERE payload->>'subject' = $1",
+        )
+        .bind(SUBJECT)
+        .fetch_one(&mut db)
+        .await
+        .expect("outbox row");
+        if delivered.is_some() || tokio::time::Instant::now() > deadline {
+            break (delivered, payload);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(delivered.is_some());
     assert_eq!(
         payload,
