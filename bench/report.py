@@ -885,6 +885,15 @@ included.
 """
 
 
+def pg_link(mode):
+    """How the server and pgbench reach PostgreSQL, in words."""
+    if mode == "disable":
+        return ("The server and pgbench reach PostgreSQL over loopback without TLS (`sslmode=disable`,\n"
+                "  as [DEPLOYMENT.md](DEPLOYMENT.md#7-connections-pool-sizing-and-pgbouncer) advises for a database on the same host).")
+    return (f"The server and pgbench reach PostgreSQL over loopback with `sslmode={mode}` (TLS when\n"
+            "  PostgreSQL offers it).")
+
+
 def five_xx(s):
     return sum(v for k, v in s["statuses"].items() if k.startswith("5"))
 
@@ -991,6 +1000,8 @@ def main():
         "molar": sh("grep -m1 '^version' Cargo.toml | cut -d'\"' -f2"),
         "oha": sh("bench/.cache/bin/oha --version"),
         "wrk": sh("wrk -v 2>&1 | head -1"),
+        # bench/run sets it for the server (sqlx reads it too), pgbench and psql alike.
+        "pg_sslmode": os.environ.get("PGSSLMODE", "prefer"),
     }
     read_frac = s["patient_read"]["rps"] / pg["read"]["tps"]
     list_frac = s["patient_list"]["rps"] / pg["list"]["tps"]
@@ -1103,6 +1114,7 @@ floor for a real deployment, not a ceiling.
   on a hundred of clinic 1's patients from run to run.
 - Server: release build, `ENVIRONMENT=production`, JSON logs at warn, `DB_POOL_SIZE=32`,
   Redis for rate limits and cache (limits raised so that they do not interfere).
+  {pg_link(machine.get("pg_sslmode", "prefer"))}
 - Load: `oha` (closed loop, and fixed rate with `--latency-correction` for the open-loop
   percentiles) and `wrk` with Lua scripts where each request carries a different body.
 
