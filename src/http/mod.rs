@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod etag;
 pub mod extract;
 pub mod idempotency;
+pub mod json;
 pub mod limits;
 pub mod middleware;
 pub mod pagination;
