@@ -1125,6 +1125,7 @@ bench/run                  # release build, services, one-time seed, every scena
 BENCH_SECONDS=10 bench/run # shorter scenarios
 BENCH_REPEATS=1 bench/run  # each fixed-rate scenario once (default: three times, median reported)
 BENCH_DOC_REPEATS=3 bench/run # 50 MB document uploads and downloads (default: five times, median reported)
+BENCH_PG_SSLMODE=prefer bench/run # PostgreSQL over TLS (default: disable, as on one host)
 bench/run --seed-only      # build and seed only
 ```
 

@@ -149,6 +149,7 @@ pub struct Patient {
     pub updated_at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
 pub struct PatientRow {
     id: Uuid,
     first_name: String,
@@ -171,60 +172,11 @@ pub struct PatientRow {
     updated_at: DateTime<Utc>,
 }
 
-/// [`PATIENT_COLUMNS`], a [`PatientRow`]'s columns for the patient list, whose statement is
-/// composed at run time (the macros' statements spell them out), and the list's decoding of
-/// them by position, from one list of names. A page decodes fifty rows of nineteen columns,
-/// and a column found by name costs a hash of its name for every value. Debug builds (every
-/// test) check each position's name as they decode it.
-macro_rules! patient_columns {
-    ($first:ident $(, $rest:ident)*) => {
-        const PATIENT_COLUMNS: &str = concat!(stringify!($first) $(, ", ", stringify!($rest))*);
-
-        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for PatientRow {
-            fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-                let mut at = 0;
-                Ok(PatientRow {
-                    $first: column(row, &mut at, stringify!($first))?,
-                    $($rest: column(row, &mut at, stringify!($rest))?,)*
-                })
-            }
-        }
-    };
-}
-
-patient_columns!(
-    id,
-    first_name,
-    last_name,
-    date_of_birth,
-    sex,
-    email,
-    phone,
-    address,
-    preferred_provider_id,
-    medical_alerts,
-    emergency_contact,
-    guardian,
-    responsible_party_id,
-    restricted,
-    care_team,
-    archived_at,
-    version,
-    created_at,
-    updated_at
-);
-
-/// The value at `at` (then the next position), which debug builds check is `name`'s.
-fn column<'r, T>(row: &'r sqlx::postgres::PgRow, at: &mut usize, name: &str) -> sqlx::Result<T>
-where
-    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-{
-    use sqlx::{Column, Row};
-    debug_assert_eq!(row.columns().get(*at).map(|c| c.name()), Some(name));
-    let value = row.try_get(*at);
-    *at += 1;
-    value
-}
+/// A [`PatientRow`]'s columns, for the patient list, whose statement is composed at run
+/// time; the macros' statements spell them out.
+const PATIENT_COLUMNS: &str = "id, first_name, last_name, date_of_birth, sex, email, phone, \
+    address, preferred_provider_id, medical_alerts, emergency_contact, guardian, \
+    responsible_party_id, restricted, care_team, archived_at, version, created_at, updated_at";
 
 impl From<PatientRow> for Patient {
     fn from(r: PatientRow) -> Patient {
