@@ -39,19 +39,49 @@ def oha_repeated(o, name):
         for code, n in r["statuses"].items():
             out["statuses"][code] = out["statuses"].get(code, 0) + n
     out["errors"] = sum(r["errors"] for r in runs)
-    out["repeats"] = [{"p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"]} for r in runs]
+    out["repeats"] = [{"p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"], **background(p[:-len(".json")])}
+                      for p, r in zip(paths, runs)]
     return out
 
 
-def repeats_note(s, labels):
+def background(stem):
+    """What ran beside one repetition (<stem>.bg, from bench/run's db_rest and background):
+    the machine's steal time, and the benchmark database's checkpoints and autovacuum or
+    autoanalyze runs; nothing when not recorded."""
+    path = f"{stem}.bg"
+    if not os.path.exists(path):
+        return {}
+    v = [float(x) for x in open(path).read().split()]
+    if len(v) != 8:
+        return {}
+    return {"steal_s": round((v[4] - v[0]) / v[7], 2), "checkpoints": int(v[5] - v[1]),
+            "autovacuums": int(v[6] - v[2])}
+
+
+def repeat_text(r):
+    """One repetition's p99, and what ran beside it when anything did."""
+    extra = [f"{r['checkpoints']} checkpoint(s)" if r.get("checkpoints") else "",
+             f"{r['autovacuums']} autovacuum/analyze run(s)" if r.get("autovacuums") else "",
+             f"{r['steal_s']} s stolen" if r.get("steal_s") else ""]
+    extra = [e for e in extra if e]
+    return f"{r['p99_ms']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def repeats_note(s, labels, pgt=None):
     """Every repetition of the fixed-rate scenarios, under the table of medians."""
     lines = [f"- {labels[k]}: p95 " + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
-             + "; p99 " + ", ".join(str(r["p99_ms"]) for r in v["repeats"])
+             + "; p99 " + ", ".join(repeat_text(r) for r in v["repeats"])
              for k, v in s.items() if "repeats" in v and k in labels]
+    lines += [f"- PostgreSQL alone, pgbench's {k} at the server's rate: p95 "
+              + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
+              + "; p99 " + ", ".join(repeat_text(r) for r in v["repeats"])
+              for k, v in (pgt or {}).items() if len(v.get("repeats", [])) > 1]
     if not lines:
         return ""
-    return ("\nThe fixed-rate scenarios run several times in a row; the table shows the median of\n"
-            "each figure, and every repetition's p95 and p99 (ms) follow:\n\n" + "\n".join(lines) + "\n")
+    return ("\nThe fixed-rate scenarios run several times in a row, the database brought to rest before\n"
+            "each (a VACUUM, a checkpoint, no autovacuum running); the table shows the median of each figure, and\n"
+            "every repetition's p95 and p99 (ms) follow, with what ran beside it when anything did:\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def wrk(path):
@@ -85,11 +115,11 @@ def pgbench(path):
 
 
 
-def pg_tail(o, script):
-    """Percentiles of pgbench's fixed-rate run of <script> from its per-transaction logs
+def pg_tail_once(d):
+    """Percentiles of one pgbench fixed-rate run (directory d) from its per-transaction logs
     (latency from the scheduled start), leaving out the first second; None without logs."""
     rows = []
-    for path in glob.glob(f"{o}/pgbench_{script}_fixed/pgbench_log.*"):
+    for path in glob.glob(f"{d}/pgbench_log.*"):
         for line in open(path):
             f = line.split()
             if len(f) >= 6 and f[2].isdigit():
@@ -102,6 +132,22 @@ def pg_tail(o, script):
         return None
     q = lambda p: round(v[min(len(v) - 1, int(len(v) * p))], 3)
     return {"transactions": len(v), "p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99)}
+
+
+def pg_tail(o, script):
+    """pgbench's fixed-rate runs of <script> (pgbench_<script>_fixed_r<i>, or one
+    pgbench_<script>_fixed): the median of each percentile, every repetition's kept."""
+    dirs = sorted(d for d in glob.glob(f"{o}/pgbench_{script}_fixed_r*") if os.path.isdir(d))
+    if not dirs:
+        return pg_tail_once(f"{o}/pgbench_{script}_fixed")
+    runs = [(d, t) for d in dirs if (t := pg_tail_once(d))]
+    if not runs:
+        return None
+    out = {"transactions": sum(t["transactions"] for _, t in runs)}
+    for k in ("p50_ms", "p95_ms", "p99_ms"):
+        out[k] = round(statistics.median(t[k] for _, t in runs), 3)
+    out["repeats"] = [{"p95_ms": t["p95_ms"], "p99_ms": t["p99_ms"], **background(d)} for d, t in runs]
+    return out
 
 
 def gaps(cpu, pg, s, seconds):
@@ -814,11 +860,13 @@ def sealing(o):
     out = {}
     path = f"{o}/seal_during_booking.txt"
     if os.path.exists(path):
-        m = re.search(r"sealed (\d+) event\(s\) in (\d+) seal\(s\), (\d+) transaction\(s\), the longest ([0-9.]+) ms",
-                      open(path).read())
+        m = re.search(r"sealed (\d+) event\(s\) in (\d+) seal\(s\), (\d+) transaction\(s\), the longest ([0-9.]+) ms"
+                      r"(?:, the first ([0-9.]+) ms)?", open(path).read())
         if m:
             out["booking"] = {"events": int(m[1]), "seals": int(m[2]), "transactions": int(m[3]),
                               "longest_ms": float(m[4])}
+            if m[5]:
+                out["booking"]["first_ms"] = float(m[5])
     # pgbench's per-transaction log: client, transaction, latency (µs), script, epoch, µs.
     # pgbench reads its clock lazily, so a short transaction's own latency can be logged as
     # 0; one client back to back, each transaction's time is the gap between consecutive
@@ -857,8 +905,9 @@ def sealing_section(seal):
     rows = []
     if "booking" in seal:
         b = seal["booking"]
+        first = f" (the first, on its new connection, {b['first_ms']} ms)" if "first_ms" in b else ""
         rows.append(f"| one round by a second process, halfway through the spread bookings | {b['events']} | "
-                    f"{b['transactions']} | {b['longest_ms']} ms |")
+                    f"{b['transactions']} | {b['longest_ms']} ms{first} |")
     if "run" in seal:
         r = seal["run"]
         rows.append(f"| the server's own rounds, every minute, over the whole run | – | {r['transactions']} | "
@@ -964,7 +1013,7 @@ def main():
         if requests is None:
             count = s[name]["rps"] * a_seconds
         elif requests == "at_rate":  # pgbench -R, its summary in a directory of its own
-            count = processed(f"{o}/{name}/summary.txt")
+            count = processed(f"{o}/{name}_r1/summary.txt") or processed(f"{o}/{name}/summary.txt")
         else:
             count = pg[requests]["tps"] * a_seconds
         cpu[name] = {
@@ -976,6 +1025,8 @@ def main():
             "busy_share": round(d[3] / (os.cpu_count() * a_seconds), 2),
             "switches_per_request": round(switches / count, 1) if switches is not None and count else None,
         }
+        if len(after) > 6:
+            cpu[name]["steal_cpu_s"] = round((after[6] - before[6]) / tick, 2)
     plan = search_plan(f"{o}/search_plan.txt")
     pgt = {k: v for k in ("read", "list", "search", "daysheet") if (v := pg_tail(o, k))}
     treatment = json.load(open(f"{o}/treatment.json")) if os.path.exists(f"{o}/treatment.json") else {}
@@ -1161,7 +1212,7 @@ errors of the load generator.
 | scenario | req/s | p50 | p95 | p99 | p99.9 | 5xx | errors | peak RSS (MB) | statuses |
 |---|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
-{repeats_note(s, labels)}
+{repeats_note(s, labels, pgt)}
 {doc_note}Start-up to ready: {a.startup_ms} ms. Idle RSS: {a.idle_rss_kb / 1024:.1f} MB.
 
 ## The database's ceiling

@@ -276,6 +276,9 @@ pub struct Sealed {
     /// The longest transaction: its one statement, from sending it to its result (the
     /// commit included).
     pub longest: Duration,
+    /// The first transaction, alone: on a connection that has not sealed before, it also
+    /// compiles the sealing function and plans its statements.
+    pub first: Duration,
 }
 
 /// The longest sealing transaction since the process started, in microseconds.
@@ -324,31 +327,38 @@ pub async fn seal_chunk(
 /// Seals events older than `settle` into each clinic's hash chain, in transactions of at
 /// most [`SEAL_CHUNK_EVENTS`] events, [`SEAL_CHUNK_CLINICS`] clinics and about
 /// [`SEAL_CHUNK_MILLIS`] of work each ([`seal_chunk`], one statement each), so that no
-/// transaction holds a minute of events. Safe to run on every instance: each transaction
-/// takes a transaction-level advisory lock, and a round ends when another instance holds
-/// it (that one is sealing).
+/// transaction holds a minute of events. The round's transactions run one after another on
+/// one connection, so that only its first can find the sealing function not yet compiled
+/// and planned there. Safe to run on every instance: each transaction takes a
+/// transaction-level advisory lock, and a round ends when another instance holds it (that
+/// one is sealing).
 pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
     let mut from: Option<Uuid> = None;
     let mut round = Sealed::default();
+    let mut conn = db.autocommit().await?;
     loop {
-        let mut conn = db.autocommit().await?;
         let started = Instant::now();
         let chunk = seal_chunk(&mut conn, settle, from).await?;
         let took = started.elapsed();
-        conn.done();
         metrics::histogram!("audit_seal_transaction_seconds").record(took.as_secs_f64());
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let longest = LONGEST_SEAL_MICROS
             .fetch_max(micros, Ordering::Relaxed)
             .max(micros);
         metrics::gauge!("audit_seal_transaction_longest_seconds").set(longest as f64 / 1e6);
+        if round.transactions == 0 {
+            round.first = took;
+        }
         round.transactions += 1;
         round.longest = round.longest.max(took);
         round.seals += i64::from(chunk.seals);
         round.events += i64::from(chunk.events);
         match chunk.next_clinic {
             Some(next) if !chunk.busy => from = Some(next),
-            _ => return Ok(round),
+            _ => {
+                conn.done();
+                return Ok(round);
+            }
         }
     }
 }
