@@ -71,7 +71,7 @@ def repeats_note(s, labels, pgt=None):
     """Every repetition of the fixed-rate scenarios, under the table of medians."""
     lines = [f"- {labels[k]}: p95 " + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
              + "; p99 " + ", ".join(repeat_text(r) for r in v["repeats"])
-             for k, v in s.items() if "repeats" in v and k in labels]
+             for k, v in s.items() if "repeats" in v and k in labels and k.endswith("_fixed")]
     lines += [f"- PostgreSQL alone, pgbench's {k} at the server's rate: p95 "
               + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
               + "; p99 " + ", ".join(repeat_text(r) for r in v["repeats"])
@@ -302,6 +302,55 @@ def perf_rows(o, name, key, who):
         if m and ((who == "postgres" and m.group(3) == "postgres") or (who == "server" and m.group(2) in tids)):
             agg[m.group(4)] = agg.get(m.group(4), 0) + int(m.group(1))
     return sorted(agg.items(), key=lambda kv: -kv[1])
+
+
+def cpu_entry(path, count, seconds):
+    """The CPU a scenario used (<name>.cpu: bench/run's cpu_snapshot before and after it), in
+    all and per request or transaction (count of them)."""
+    v = [float(x) for x in open(path).read().split()]
+    before, after = v[:len(v) // 2], v[len(v) // 2:]
+    tick = after[4]
+    switches = after[5] - before[5] if len(after) > 5 else None
+    d = [(after[i] - before[i]) / tick for i in range(4)]
+    out = {
+        "requests": count, "busy_cpu_s": round(d[3], 2), "server_cpu_s": round(d[0], 2), "postgres_cpu_s": round(d[1], 2),
+        "redis_cpu_s": round(d[2], 2), "other_cpu_s": round(d[3] - d[0] - d[1] - d[2], 2),
+        "server_ms_per_request": round(1000 * d[0] / count, 3) if count else None,
+        "postgres_ms_per_request": round(1000 * d[1] / count, 3) if count else None,
+        "other_ms_per_request": round(1000 * (d[3] - d[0] - d[1] - d[2]) / count, 3) if count else None,
+        "busy_share": round(d[3] / (os.cpu_count() * seconds), 2),
+        "switches_per_request": round(switches / count, 1) if switches is not None and count else None,
+    }
+    if len(after) > 6:
+        out["steal_cpu_s"] = round((after[6] - before[6]) / tick, 2)
+    return out
+
+
+def pgbench_repeated(o, script):
+    """pgbench's closed-loop run of <script> (pgbench_<script>_r<i>.txt, several in turn with
+    the server's, or one pgbench_<script>.txt): the median throughput and latency, every
+    repetition's throughput kept."""
+    paths = sorted(glob.glob(f"{o}/pgbench_{script}_r*.txt"))
+    if not paths:
+        return pgbench(f"{o}/pgbench_{script}.txt")
+    runs = [pgbench(p) for p in paths]
+    out = {"tps": statistics.median(r["tps"] for r in runs),
+           "latency_avg_ms": statistics.median(r["latency_avg_ms"] for r in runs if r["latency_avg_ms"] is not None),
+           "repeats": [round(r["tps"], 1) for r in runs]}
+    for r in runs:
+        if "failed" in r or "aborted" in r:
+            out["failed"], out["aborted"] = r.get("failed"), r.get("aborted")
+    return out
+
+
+def pairs_note(pg):
+    """How many closed-loop pairs of the read and the page ran, and their pgbench rates."""
+    reps = {k: pg[k]["repeats"] for k in ("read", "list") if k in pg and len(pg[k].get("repeats", [])) > 1}
+    if not reps:
+        return ""
+    return ("; the pairs ran " + str(len(next(iter(reps.values())))) + " times in turn, and the tables show the "
+            "median of each figure (pgbench's transactions per second in each: "
+            + "; ".join(f"{k} " + ", ".join(f"{t:,.0f}" for t in v) for k, v in reps.items()) + ")")
 
 
 def processed(path):
@@ -993,7 +1042,7 @@ def main():
     for name in s:
         if os.path.exists(f"{o}/{name}.rss"):
             s[name]["peak_rss_mb"] = round(rss(name), 1)
-    pg = {k: pgbench(f"{o}/pgbench_{k}.txt") for k in ["read", "list", "search", "daysheet", "complete", "pay"]
+    pg = {k: pgbench_repeated(o, k) for k in ["read", "list", "search", "daysheet", "complete", "pay"]
           if k in ("read", "list") or os.path.exists(f"{o}/pgbench_{k}.txt")}
     cpu = {}
     for name, requests in [("patient_read", None), ("patient_read_fixed", None), ("patient_list", None),
@@ -1002,31 +1051,32 @@ def main():
                            ("pgbench_daysheet", "daysheet"), ("pgbench_complete", "complete"),
                            ("pgbench_pay", "pay"), ("pgbench_read_fixed", "at_rate"),
                            ("pgbench_list_fixed", "at_rate"), ("pgbench_read_same", "at_rate")]:
-        path = f"{o}/{name}.cpu"
-        if not os.path.exists(path) or (requests not in (None, "at_rate") and requests not in pg):
+        if requests not in (None, "at_rate") and requests not in pg:
             continue
-        v = [float(x) for x in open(path).read().split()]
-        before, after = v[:len(v) // 2], v[len(v) // 2:]
-        tick = after[4]
-        switches = after[5] - before[5] if len(after) > 5 else None
-        d = [(after[i] - before[i]) / tick for i in range(4)]
+        # The closed-loop read and page run as pairs, several times in turn
+        # (<name>_r<i>.cpu, beside <name>_r<i>.json or pgbench_<script>_r<i>.txt): the
+        # median of each figure over the repetitions.
+        reps = sorted(glob.glob(f"{o}/{name}_r*.cpu")) if requests != "at_rate" else []
+        if reps:
+            runs = []
+            for path in reps:
+                stem = path[:-len(".cpu")]
+                count = (oha(f"{stem}.json")["rps"] if requests is None else pgbench(f"{stem}.txt")["tps"]) * a_seconds
+                runs.append(cpu_entry(path, count, a_seconds))
+            cpu[name] = {k: round(statistics.median(r[k] for r in runs), 3)
+                         for k in runs[0] if all(r.get(k) is not None for r in runs)}
+            cpu[name]["repeats"] = len(runs)
+            continue
+        path = f"{o}/{name}.cpu"
+        if not os.path.exists(path):
+            continue
         if requests is None:
             count = s[name]["rps"] * a_seconds
         elif requests == "at_rate":  # pgbench -R, its summary in a directory of its own
             count = processed(f"{o}/{name}_r1/summary.txt") or processed(f"{o}/{name}/summary.txt")
         else:
             count = pg[requests]["tps"] * a_seconds
-        cpu[name] = {
-            "requests": count, "busy_cpu_s": round(d[3], 2), "server_cpu_s": round(d[0], 2), "postgres_cpu_s": round(d[1], 2),
-            "redis_cpu_s": round(d[2], 2), "other_cpu_s": round(d[3] - d[0] - d[1] - d[2], 2),
-            "server_ms_per_request": round(1000 * d[0] / count, 3) if count else None,
-            "postgres_ms_per_request": round(1000 * d[1] / count, 3) if count else None,
-            "other_ms_per_request": round(1000 * (d[3] - d[0] - d[1] - d[2]) / count, 3) if count else None,
-            "busy_share": round(d[3] / (os.cpu_count() * a_seconds), 2),
-            "switches_per_request": round(switches / count, 1) if switches is not None and count else None,
-        }
-        if len(after) > 6:
-            cpu[name]["steal_cpu_s"] = round((after[6] - before[6]) / tick, 2)
+        cpu[name] = cpu_entry(path, count, a_seconds)
     plan = search_plan(f"{o}/search_plan.txt")
     pgt = {k: v for k in ("read", "list", "search", "daysheet") if (v := pg_tail(o, k))}
     treatment = json.load(open(f"{o}/treatment.json")) if os.path.exists(f"{o}/treatment.json") else {}
@@ -1174,7 +1224,7 @@ floor for a real deployment, not a ceiling.
 ```sh
 bench/run                  # release build, services, one-time seed, every scenario, report
 BENCH_SECONDS=10 bench/run # shorter scenarios
-BENCH_REPEATS=1 bench/run  # each fixed-rate scenario once (default: three times, median reported)
+BENCH_REPEATS=1 bench/run  # each fixed-rate scenario and closed-loop read and page pair once (default: three times, median reported)
 BENCH_DOC_REPEATS=3 bench/run # 50 MB document uploads and downloads (default: five times, median reported)
 BENCH_PG_SSLMODE=prefer bench/run # PostgreSQL over TLS (default: disable, as on one host)
 bench/run --seed-only      # build and seed only
@@ -1223,7 +1273,7 @@ force), running exactly the statements the server sends for one request
 (one simple query from the server, one pipeline from pgbench), the query with its audit
 insert in the same statement, and `COMMIT`. The read's and the page's pgbench runs follow
 the server's closed-loop runs of the same request at once, so that each pair sees the
-machine in one state.
+machine in one state{pairs_note(pg)}.
 
 | request | pgbench tps | server req/s | fraction |
 |---|---|---|---|
