@@ -79,8 +79,10 @@ def repeats_note(s, labels, pgt=None):
     if not lines:
         return ""
     return ("\nThe fixed-rate scenarios run several times in a row, the database brought to rest before\n"
-            "each (a VACUUM, a checkpoint, no autovacuum running); the table shows the median of each figure, and\n"
-            "every repetition's p95 and p99 (ms) follow, with what ran beside it when anything did:\n\n"
+            "each (a VACUUM, a checkpoint, no autovacuum running) and the server's after a second of the\n"
+            "same load, not measured (pgbench's first second is left out likewise); the table shows the\n"
+            "median of each figure, and every repetition's p95 and p99 (ms) follow, with what ran\n"
+            "beside it when anything did:\n\n"
             + "\n".join(lines) + "\n")
 
 
