@@ -2582,16 +2582,10 @@ CREATE INDEX appointments_calendar ON public.appointments USING btree (clinic_id
 CREATE INDEX appointments_patient ON public.appointments USING btree (clinic_id, patient_id, start_at);
 
 --
--- Name: audit_events_at; Type: INDEX; Schema: public; Owner: molar_owner
+-- Name: audit_events_default_at; Type: INDEX; Schema: public; Owner: molar_owner
 --
 
-CREATE INDEX audit_events_at ON ONLY public.audit_events USING btree (at);
-
---
--- Name: audit_events_default_at_idx; Type: INDEX; Schema: public; Owner: molar_owner
---
-
-CREATE INDEX audit_events_default_at_idx ON public.audit_events_default USING btree (at);
+CREATE INDEX audit_events_default_at ON public.audit_events_default USING btree (at);
 
 --
 -- Name: audit_events_patient; Type: INDEX; Schema: public; Owner: molar_owner
@@ -2862,12 +2856,6 @@ CREATE INDEX webhook_deliveries_by_subscription ON public.webhook_deliveries USI
 --
 
 CREATE INDEX working_hour_exceptions_day ON public.working_hour_exceptions USING btree (clinic_id, provider_id, on_date);
-
---
--- Name: audit_events_default_at_idx; Type: INDEX ATTACH; Schema: public; Owner: molar_owner
---
-
-ALTER INDEX public.audit_events_at ATTACH PARTITION public.audit_events_default_at_idx;
 
 --
 -- Name: audit_events_default_clinic_id_patient_id_at_idx; Type: INDEX ATTACH; Schema: public; Owner: molar_owner

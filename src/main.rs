@@ -373,12 +373,14 @@ async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
             let settle = server.state().config.request_timeout * 2;
             let round = molar::audit::seal(db, settle).await?;
             println!(
-                "sealed {} event(s) in {} seal(s), {} transaction(s), the longest {:.1} ms, the first {:.1} ms",
+                "sealed {} event(s) in {} seal(s), {} transaction(s), the longest {:.1} ms, the first {:.1} ms, \
+                 after a warm-up of {:.1} ms",
                 round.events,
                 round.seals,
                 round.transactions,
                 round.longest.as_secs_f64() * 1e3,
-                round.first.as_secs_f64() * 1e3
+                round.first.as_secs_f64() * 1e3,
+                round.warm_up.as_secs_f64() * 1e3
             );
             Ok(())
         }

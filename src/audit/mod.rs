@@ -273,12 +273,15 @@ pub struct Sealed {
     pub seals: i64,
     pub events: i64,
     pub transactions: u32,
-    /// The longest transaction: its one statement, from sending it to its result (the
-    /// commit included).
+    /// The longest transaction that sealed (the warm-up apart): its one statement, from
+    /// sending it to its result (the commit included).
     pub longest: Duration,
-    /// The first transaction, alone: on a connection that has not sealed before, it also
-    /// compiles the sealing function and plans its statements.
+    /// The round's first sealing transaction, alone.
     pub first: Duration,
+    /// The call that opens the round ([`warm_up`]): it seals nothing, and on a connection
+    /// that has not sealed before it is the one that compiles the sealing function, loads
+    /// the catalog entries of the audit partitions and plans the statements.
+    pub warm_up: Duration,
 }
 
 /// The longest sealing transaction since the process started, in microseconds.
@@ -309,6 +312,28 @@ pub async fn seal_chunk(
     settle: Duration,
     from: Option<Uuid>,
 ) -> Result<Chunk, sqlx::Error> {
+    chunk(conn, settle, from, SEAL_CHUNK_EVENTS).await
+}
+
+/// The sealing function called on `conn` to hash no event: it takes the sealing lock (and
+/// reports `busy` when another instance holds it), reads the first clinic's last seal and
+/// plans its events query with a limit of none. On a connection that has not sealed
+/// before, that is the costly part of the first call: compiling the function, loading the
+/// catalog entries of `audit_events`' partitions, planning. [`seal`] makes this call first,
+/// so that no transaction that hashes events also pays for it.
+pub async fn warm_up(
+    conn: &mut sqlx::PgConnection,
+    settle: Duration,
+) -> Result<Chunk, sqlx::Error> {
+    chunk(conn, settle, None, 0).await
+}
+
+async fn chunk(
+    conn: &mut sqlx::PgConnection,
+    settle: Duration,
+    from: Option<Uuid>,
+    max_events: i32,
+) -> Result<Chunk, sqlx::Error> {
     sqlx::query_as!(
         Chunk,
         r#"SELECT next_clinic, seals AS "seals!", events AS "events!", busy AS "busy!"
@@ -316,7 +341,7 @@ pub async fn seal_chunk(
                 audit_seal_chunk(make_interval(secs => $1), $2, $3, $4, $5)"#,
         settle.as_secs_f64(),
         from,
-        SEAL_CHUNK_EVENTS,
+        max_events,
         SEAL_CHUNK_CLINICS,
         SEAL_CHUNK_MILLIS
     )
@@ -328,24 +353,22 @@ pub async fn seal_chunk(
 /// most [`SEAL_CHUNK_EVENTS`] events, [`SEAL_CHUNK_CLINICS`] clinics and about
 /// [`SEAL_CHUNK_MILLIS`] of work each ([`seal_chunk`], one statement each), so that no
 /// transaction holds a minute of events. The round's transactions run one after another on
-/// one connection, so that only its first can find the sealing function not yet compiled
-/// and planned there. Safe to run on every instance: each transaction takes a
-/// transaction-level advisory lock, and a round ends when another instance holds it (that
-/// one is sealing).
+/// one connection, opened by a [`warm_up`] call that seals nothing, so that none of the
+/// transactions that hash events finds the sealing function not yet compiled and planned
+/// there. Safe to run on every instance: each transaction takes a transaction-level
+/// advisory lock, and a round ends when another instance holds it (that one is sealing).
 pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
     let mut from: Option<Uuid> = None;
     let mut round = Sealed::default();
     let mut conn = db.autocommit().await?;
+    let (warm, took) = timed(warm_up(&mut conn, settle)).await?;
+    round.warm_up = took;
+    if warm.busy {
+        conn.done();
+        return Ok(round);
+    }
     loop {
-        let started = Instant::now();
-        let chunk = seal_chunk(&mut conn, settle, from).await?;
-        let took = started.elapsed();
-        metrics::histogram!("audit_seal_transaction_seconds").record(took.as_secs_f64());
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let longest = LONGEST_SEAL_MICROS
-            .fetch_max(micros, Ordering::Relaxed)
-            .max(micros);
-        metrics::gauge!("audit_seal_transaction_longest_seconds").set(longest as f64 / 1e6);
+        let (chunk, took) = timed(seal_chunk(&mut conn, settle, from)).await?;
         if round.transactions == 0 {
             round.first = took;
         }
@@ -361,6 +384,23 @@ pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
             }
         }
     }
+}
+
+/// Runs one sealing transaction, `call`, and records its duration (the statement, from
+/// sending it to its result, the commit included) in the sealing metrics.
+async fn timed(
+    call: impl std::future::Future<Output = Result<Chunk, sqlx::Error>>,
+) -> Result<(Chunk, Duration), sqlx::Error> {
+    let started = Instant::now();
+    let chunk = call.await?;
+    let took = started.elapsed();
+    metrics::histogram!("audit_seal_transaction_seconds").record(took.as_secs_f64());
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    let longest = LONGEST_SEAL_MICROS
+        .fetch_max(micros, Ordering::Relaxed)
+        .max(micros);
+    metrics::gauge!("audit_seal_transaction_longest_seconds").set(longest as f64 / 1e6);
+    Ok((chunk, took))
 }
 
 /// Keeps monthly partitions three months ahead.

@@ -2,7 +2,7 @@
 //! takes several, each within its bounds, the chain stays whole, and two instances sealing
 //! at once seal every event exactly once.
 
-use molar::audit::{seal, seal_chunk, verify, SEAL_CHUNK_EVENTS};
+use molar::audit::{seal, seal_chunk, verify, warm_up, SEAL_CHUNK_EVENTS};
 use molar::config::Config;
 use molar::db::Db;
 use std::time::Duration;
@@ -96,6 +96,39 @@ async fn a_backlog_is_sealed_in_bounded_transactions_and_the_chain_holds() {
     backlog(&mut admin, &small.clinic_id, 3, 0).await;
     assert_eq!(seal(&db, Duration::ZERO).await.expect("seal").events, 3);
     assert!(verify(&db).await.expect("verify").is_empty());
+    app.stop().await.expect("stop");
+}
+
+/// The call that opens a round seals nothing, whatever has settled; the round after it
+/// seals everything.
+#[tokio::test]
+async fn the_call_that_opens_a_round_seals_nothing() {
+    let app = spawn().await;
+    let clinic = app.register_clinic("Warm").await;
+    let mut admin = app.admin_db().await;
+    backlog(&mut admin, &clinic.clinic_id, 5, 30).await;
+    let waiting = unsealed(&mut admin).await;
+    let seals = seals_of(&mut admin, &clinic.clinic_id).await;
+    let db = db_of(&app);
+
+    let mut tx = db.unscoped_tx().await.expect("begin");
+    let chunk = warm_up(&mut tx, Duration::ZERO).await.expect("warm-up");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        (chunk.seals, chunk.events, chunk.busy),
+        (0, 0, false),
+        "{chunk:?}"
+    );
+    assert_eq!(unsealed(&mut admin).await, waiting);
+    assert_eq!(seals_of(&mut admin, &clinic.clinic_id).await, seals);
+
+    let round = seal(&db, Duration::ZERO).await.expect("seal");
+    assert_eq!(round.events, waiting, "{round:?}");
+    assert!(
+        round.warm_up > Duration::ZERO && round.transactions >= 1,
+        "{round:?}"
+    );
+    assert_eq!(unsealed(&mut admin).await, 0);
     app.stop().await.expect("stop");
 }
 
