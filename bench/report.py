@@ -263,6 +263,10 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
         rows.append(("longest single sealing transaction under the booking load (the whole run's beside it)",
                      " / ".join(f"{seal[k]['longest_ms']} ms" for k in ("booking", "run") if k in seal), "< 20 ms",
                      seal["booking"]["longest_ms"] < 20))
+        b = seal["booking"]
+        if "longest_on_core_ms" in b:
+            rows.append(("beside it: that transaction on a core / waiting for one; the most any spent on a core",
+                         f"{b['longest_on_core_ms']} / {b['longest_waiting_ms']} ms; {b['most_on_core_ms']} ms", "–", None))
     rows.append(("peak RSS at 256 connections / idle", f"{peak_rss_mb} / {idle_rss_mb} MB", "< 64 / < 30 MB",
                  peak_rss_mb < 64 and idle_rss_mb < 30))
     return rows
@@ -912,7 +916,9 @@ def sealing(o):
     path = f"{o}/seal_during_booking.txt"
     if os.path.exists(path):
         m = re.search(r"sealed (\d+) event\(s\) in (\d+) seal\(s\), (\d+) transaction\(s\), the longest ([0-9.]+) ms"
-                      r"(?:, the first ([0-9.]+) ms)?(?:, after a warm-up of ([0-9.]+) ms)?", open(path).read())
+                      r"(?:, the first ([0-9.]+) ms)?(?:, after a warm-up of ([0-9.]+) ms)?"
+                      r"(?:; the longest spent ([0-9.]+) ms on a core and ([0-9.]+) ms waiting for one; "
+                      r"the most any spent on a core ([0-9.]+) ms)?", open(path).read())
         if m:
             out["booking"] = {"events": int(m[1]), "seals": int(m[2]), "transactions": int(m[3]),
                               "longest_ms": float(m[4])}
@@ -920,6 +926,9 @@ def sealing(o):
                 out["booking"]["first_ms"] = float(m[5])
             if m[6]:
                 out["booking"]["warm_up_ms"] = float(m[6])
+            if m[7]:
+                out["booking"].update(longest_on_core_ms=float(m[7]), longest_waiting_ms=float(m[8]),
+                                      most_on_core_ms=float(m[9]))
     # pgbench's per-transaction log: client, transaction, latency (µs), script, epoch, µs.
     # pgbench reads its clock lazily, so a short transaction's own latency can be logged as
     # 0; one client back to back, each transaction's time is the gap between consecutive
@@ -958,10 +967,15 @@ def sealing_section(seal):
     rows = []
     if "booking" in seal:
         b = seal["booking"]
-        first = f" (the first {b['first_ms']} ms)" if "first_ms" in b else ""
+        parts = []
+        if "longest_on_core_ms" in b:
+            parts.append(f"{b['longest_on_core_ms']} ms of it on a core and {b['longest_waiting_ms']} ms waiting for one; "
+                         f"no transaction more than {b['most_on_core_ms']} ms on a core")
+        if "first_ms" in b:
+            parts.append(f"the first {b['first_ms']} ms")
         if "warm_up_ms" in b:
-            first = (f" (the first {b['first_ms']} ms, after the call that opens the round on its new "
-                     f"connection and seals nothing: {b['warm_up_ms']} ms)")
+            parts.append(f"the call that opens the round on its new connection, sealing nothing, {b['warm_up_ms']} ms")
+        first = f" ({'; '.join(parts)})" if parts else ""
         rows.append(f"| one round by a second process, halfway through the spread bookings | {b['events']} | "
                     f"{b['transactions']} | {b['longest_ms']} ms{first} |")
     if "run" in seal:
@@ -985,7 +999,9 @@ sent outside an explicit transaction, timed from sending it to its result, the c
 included. Each round opens with a call that seals nothing, so that on a connection that
 has not sealed before compiling and planning fall outside the transactions that hash
 events; the second process's round shows it apart, and the server's own rounds count it
-among their transactions.
+among their transactions. The second process (`molar audit seal --each`) also splits each
+transaction's time between its backend running on a core and waiting in the run queue for
+one (`/proc/<pid>/schedstat`).
 
 | sealing | events | transactions | longest |
 |---|---|---|---|

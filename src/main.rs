@@ -69,7 +69,12 @@ enum AuditCommand {
     /// each clinic whose events were changed, removed or inserted after sealing.
     Verify,
     /// Seal all events that have settled (normally done by the server every minute).
-    Seal,
+    Seal {
+        /// Print each transaction of the round, and, when PostgreSQL runs on this machine,
+        /// how much of its time its backend spent on a core and how much waiting for one.
+        #[arg(long)]
+        each: bool,
+    },
     /// Drop audit events older than the retention (AUDIT_RETENTION_MONTHS, default 72) as
     /// the owning role (MIGRATION_DATABASE_URL); the chain stays verifiable.
     Prune {
@@ -369,20 +374,103 @@ async fn audit(config: Config, command: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Prune { .. } => Ok(()),
-        AuditCommand::Seal => {
+        AuditCommand::Seal { each } => {
             let settle = server.state().config.request_timeout * 2;
-            let round = molar::audit::seal(db, settle).await?;
+            let mut split = SealSplit::default();
+            let round = if each {
+                molar::audit::seal_observed(db, settle, &mut |step| split.observe(step)).await?
+            } else {
+                molar::audit::seal(db, settle).await?
+            };
             println!(
                 "sealed {} event(s) in {} seal(s), {} transaction(s), the longest {:.1} ms, the first {:.1} ms, \
-                 after a warm-up of {:.1} ms",
+                 after a warm-up of {:.1} ms{}",
                 round.events,
                 round.seals,
                 round.transactions,
                 round.longest.as_secs_f64() * 1e3,
                 round.first.as_secs_f64() * 1e3,
-                round.warm_up.as_secs_f64() * 1e3
+                round.warm_up.as_secs_f64() * 1e3,
+                split.summary()
             );
             Ok(())
+        }
+    }
+}
+
+/// `molar audit seal --each`: prints each transaction of the round and, where the
+/// backend's scheduler statistics can be read (`/proc/<pid>/schedstat`, PostgreSQL on this
+/// machine), splits its time between running on a core and waiting in the run queue. A
+/// transaction's share is the difference from the reading after the one before it, the
+/// backend being idle in between.
+#[derive(Default)]
+struct SealSplit {
+    /// The last reading: nanoseconds on a core, nanoseconds waiting for one.
+    last: Option<(u64, u64)>,
+    transactions: u32,
+    /// The longest transaction that sealed: its time, on a core, waiting.
+    longest: Option<(std::time::Duration, u64, u64)>,
+    /// The most time any transaction that sealed spent on a core.
+    most_on_a_core: u64,
+}
+
+impl SealSplit {
+    fn schedstat(pid: i32) -> Option<(u64, u64)> {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if comm.trim() != "postgres" {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+        Some((fields.next()?.ok()?, fields.next()?.ok()?))
+    }
+
+    fn observe(&mut self, step: molar::audit::Step) {
+        let now = Self::schedstat(step.backend_pid);
+        let split = now.zip(self.last).map(|((cpu, wait), (cpu0, wait0))| {
+            (cpu.saturating_sub(cpu0), wait.saturating_sub(wait0))
+        });
+        self.last = now;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let what = if step.warm_up {
+            "warm-up".to_owned()
+        } else {
+            self.transactions += 1;
+            format!("transaction {}", self.transactions)
+        };
+        let mut line = format!(
+            "{what}: {:.1} ms, {} event(s) in {} seal(s)",
+            step.took.as_secs_f64() * 1e3,
+            step.chunk.events,
+            step.chunk.seals
+        );
+        if let Some((cpu, wait)) = split {
+            line.push_str(&format!(
+                "; {:.1} ms on a core, {:.1} ms waiting for one",
+                ms(cpu),
+                ms(wait)
+            ));
+            if !step.warm_up {
+                self.most_on_a_core = self.most_on_a_core.max(cpu);
+                if self.longest.is_none_or(|(took, _, _)| step.took > took) {
+                    self.longest = Some((step.took, cpu, wait));
+                }
+            }
+        }
+        println!("{line}");
+    }
+
+    /// What the round's summary line adds, when the split was measured.
+    fn summary(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        match self.longest {
+            Some((_, cpu, wait)) => format!(
+                "; the longest spent {:.1} ms on a core and {:.1} ms waiting for one; the most any spent on a core {:.1} ms",
+                ms(cpu),
+                ms(wait),
+                ms(self.most_on_a_core)
+            ),
+            None => String::new(),
         }
     }
 }

@@ -358,17 +358,67 @@ async fn chunk(
 /// there. Safe to run on every instance: each transaction takes a transaction-level
 /// advisory lock, and a round ends when another instance holds it (that one is sealing).
 pub async fn seal(db: &Db, settle: Duration) -> Result<Sealed, sqlx::Error> {
+    sealing_round(db, settle, None).await
+}
+
+/// One transaction of a sealing round, as [`seal_observed`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// The call that opens the round ([`warm_up`]), which seals nothing.
+    pub warm_up: bool,
+    pub chunk: Chunk,
+    /// From sending its statement to its result, the commit included.
+    pub took: Duration,
+    /// The PostgreSQL backend that ran it (the same for the whole round).
+    pub backend_pid: i32,
+}
+
+/// [`seal`], calling `observe` after each of the round's transactions, the warm-up
+/// included; for `molar audit seal --each`, which shows where each transaction's time went.
+pub async fn seal_observed(
+    db: &Db,
+    settle: Duration,
+    observe: &mut (dyn FnMut(Step) + Send),
+) -> Result<Sealed, sqlx::Error> {
+    sealing_round(db, settle, Some(observe)).await
+}
+
+async fn sealing_round(
+    db: &Db,
+    settle: Duration,
+    mut observe: Option<&mut (dyn FnMut(Step) + Send)>,
+) -> Result<Sealed, sqlx::Error> {
     let mut from: Option<Uuid> = None;
     let mut round = Sealed::default();
     let mut conn = db.autocommit().await?;
+    let backend_pid = match observe {
+        Some(_) => {
+            sqlx::query_scalar!(r#"SELECT pg_backend_pid() AS "pid!""#)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+        None => 0,
+    };
+    let mut report = |warm_up: bool, chunk: Chunk, took: Duration| {
+        if let Some(observe) = observe.as_mut() {
+            observe(Step {
+                warm_up,
+                chunk,
+                took,
+                backend_pid,
+            });
+        }
+    };
     let (warm, took) = timed(warm_up(&mut conn, settle)).await?;
     round.warm_up = took;
+    report(true, warm, took);
     if warm.busy {
         conn.done();
         return Ok(round);
     }
     loop {
         let (chunk, took) = timed(seal_chunk(&mut conn, settle, from)).await?;
+        report(false, chunk, took);
         if round.transactions == 0 {
             round.first = took;
         }

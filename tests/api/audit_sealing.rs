@@ -132,6 +132,68 @@ async fn the_call_that_opens_a_round_seals_nothing() {
     app.stop().await.expect("stop");
 }
 
+/// `molar audit seal --each` prints the warm-up and each transaction of the round, with as
+/// many events as the round sealed.
+#[tokio::test]
+async fn the_cli_prints_each_transaction_of_a_round() {
+    let app = spawn().await;
+    let clinic = app.register_clinic("Each").await;
+    let mut admin = app.admin_db().await;
+    let many = SEAL_CHUNK_EVENTS + 10;
+    backlog(&mut admin, &clinic.clinic_id, many, 300).await;
+    let waiting = unsealed(&mut admin).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_molar"))
+        .args(["audit", "seal", "--each"])
+        .env_clear()
+        .envs(app.vars.iter())
+        .output()
+        .await
+        .expect("run molar audit seal --each");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    // The log (warnings about the test's configuration) may come first.
+    let warm_up = lines.iter().position(|l| l.starts_with("warm-up: "));
+    let first = lines.iter().position(|l| l.starts_with("transaction 1: "));
+    assert!(warm_up.is_some() && warm_up < first, "{stdout}");
+    assert!(
+        warm_up.is_some_and(|i| lines[i].contains(" 0 event(s) in 0 seal(s)")),
+        "the warm-up seals nothing: {stdout}"
+    );
+    let printed: i64 = lines
+        .iter()
+        .filter(|l| l.starts_with("transaction "))
+        .map(|l| {
+            let events = l.split(", ").nth(1).and_then(|e| e.split(' ').next());
+            events
+                .and_then(|e| e.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("{l}"))
+        })
+        .sum();
+    // The backlog only: the sign-up's own events are younger than the CLI's settle time.
+    assert_eq!(printed, i64::from(many), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("transaction "))
+            .count()
+            >= 2,
+        "more than one transaction's worth: {stdout}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("sealed {many} event(s)"))),
+        "{stdout}"
+    );
+    assert_eq!(unsealed(&mut admin).await, waiting - i64::from(many));
+    app.stop().await.expect("stop");
+}
+
 /// A sealing transaction commits without waiting for the disk, and only it: the setting is
 /// the transaction's own, so the pooled connection's next transaction waits again.
 #[tokio::test]
