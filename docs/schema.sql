@@ -164,6 +164,7 @@ CREATE TABLE public.audit_events (
     ip inet,
     outcome text NOT NULL,
     details jsonb,
+    ids uuid[],
     CONSTRAINT audit_events_action_check CHECK ((action ~ '^[a-z_]+\.[a-z_]+$'::text)),
     CONSTRAINT audit_events_outcome_check CHECK ((outcome = ANY (ARRAY['success'::text, 'failure'::text])))
 )
@@ -186,7 +187,7 @@ CREATE FUNCTION public.audit_event_digest(e public.audit_events) RETURNS bytea
         coalesce(e.user_id::text, ''), e.action, e.resource_type,
         coalesce(e.resource_id::text, ''), coalesce(e.patient_id::text, ''),
         coalesce(e.request_id, ''), coalesce(pg_catalog.host(e.ip), ''), e.outcome,
-        coalesce(e.details::text, '')), 'UTF8'))
+        coalesce(e.details::text, ''), e.ids::text), 'UTF8'))
 $$;
 
 ALTER FUNCTION public.audit_event_digest(e public.audit_events) OWNER TO molar_owner;
@@ -1164,6 +1165,7 @@ CREATE TABLE public.audit_events_default (
     ip inet,
     outcome text NOT NULL,
     details jsonb,
+    ids uuid[],
     CONSTRAINT audit_events_action_check CHECK ((action ~ '^[a-z_]+\.[a-z_]+$'::text)),
     CONSTRAINT audit_events_outcome_check CHECK ((outcome = ANY (ARRAY['success'::text, 'failure'::text])))
 );

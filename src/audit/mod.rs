@@ -46,6 +46,8 @@ pub struct Event {
     pub resource_id: Option<Uuid>,
     pub patient_id: Option<Uuid>,
     pub details: Option<Value>,
+    /// The records a list or search returned, in the order returned (the `ids` column).
+    pub ids: Option<Vec<Uuid>>,
 }
 
 impl Event {
@@ -56,6 +58,7 @@ impl Event {
             resource_id: None,
             patient_id: None,
             details: None,
+            ids: None,
         }
     }
 
@@ -73,19 +76,25 @@ impl Event {
         self.details = Some(details);
         self
     }
+
+    /// The ids a list or search returned.
+    pub fn ids(mut self, ids: Vec<Uuid>) -> Event {
+        self.ids = Some(ids);
+        self
+    }
 }
 
 /// A data-modifying CTE named `audit` that records one successful event per row of `FROM
 /// {from}`, for reads whose audit event travels in the same statement as the read itself.
 /// `action`, `resource_type` and the three expressions are SQL written in this crate, never
-/// input; the caller's context is bound at `$first`..`$first+4` by [`bind_context`].
+/// input (`ids` a `uuid[]`, the records the read returned); the caller's context is bound at `$first`..`$first+4` by [`bind_context`].
 pub fn cte(
     first: usize,
     action: &str,
     resource_type: &str,
     resource_id: &str,
     patient_id: &str,
-    details: &str,
+    ids: &str,
     from: &str,
 ) -> String {
     let n = |i: usize| first + i;
@@ -93,8 +102,8 @@ pub fn cte(
     // action, expressions and parameter numbers of that read; the reads are run-time too.
     format!(
         "audit AS (INSERT INTO audit_events \
-         (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
-         SELECT ${}, ${}, ${}, '{action}', '{resource_type}', {resource_id}, {patient_id}, ${}, ${}, 'success', {details} \
+         (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, ids) \
+         SELECT ${}, ${}, ${}, '{action}', '{resource_type}', {resource_id}, {patient_id}, ${}, ${}, 'success', {ids} \
          FROM {from})",
         n(0),
         n(1),
@@ -146,8 +155,8 @@ async fn insert(
     }
     sqlx::query!(
         "INSERT INTO audit_events \
-         (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details, ids) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         ctx.clinic_id,
         Uuid::now_v7(),
         ctx.user_id,
@@ -158,7 +167,8 @@ async fn insert(
         ctx.request_id.as_deref(),
         ctx.ip.map(ipnet_of),
         outcome.as_str(),
-        event.details
+        event.details,
+        event.ids.as_deref()
     )
     .execute(&mut **tx)
     .await
@@ -181,8 +191,8 @@ async fn insert_with_webhooks(
     );
     sqlx::query!(
         "WITH audit AS (INSERT INTO audit_events \
-           (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'success', $10)) \
+           (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details, ids) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'success', $10, $14)) \
          INSERT INTO outbox (clinic_id, id, topic, payload, give_up_at) \
          SELECT s.clinic_id, gen_random_uuid(), 'webhook', \
                 jsonb_build_object('subscription_id', s.id, 'event', $11::jsonb), \
@@ -201,7 +211,8 @@ async fn insert_with_webhooks(
         event.details,
         body,
         event_type,
-        crate::webhooks::family_pattern(event_type)
+        crate::webhooks::family_pattern(event_type),
+        event.ids.as_deref()
     )
     .execute(&mut **tx)
     .await

@@ -35,6 +35,8 @@ pub struct AuditEvent {
     ip: Option<String>,
     /// `success` or `failure`.
     outcome: String,
+    /// What else the event records; a list's or search's event names the records it
+    /// returned under `ids`, in the order returned.
     #[schema(value_type = Option<Object>)]
     details: Option<serde_json::Value>,
 }
@@ -95,7 +97,9 @@ pub async fn list_audit_events(
     let events = sqlx::query_as!(
         AuditEvent,
         "SELECT id, at, user_id, action, resource_type, resource_id, patient_id, request_id, \
-                host(ip) AS ip, outcome, details \
+                host(ip) AS ip, outcome, \
+                CASE WHEN ids IS NULL THEN details \
+                     ELSE coalesce(details, '{}'::jsonb) || jsonb_build_object('ids', to_jsonb(ids)) END AS details \
          FROM audit_events \
          WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
            AND ($3::text IS NULL OR action = $3) \

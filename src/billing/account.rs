@@ -100,12 +100,7 @@ pub async fn ledger(
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids })),
-    )
-    .await?;
+    audit::record(&mut tx, &caller.audit(), event().ids(ids)).await?;
     tx.commit().await?;
     Ok(Json(
         state

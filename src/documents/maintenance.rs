@@ -196,15 +196,17 @@ pub async fn purge(db: &Db, docs: &Documents, before: DateTime<Utc>) -> anyhow::
             )
             .execute(&mut *tx)
             .await?;
+            let purged = ids.len() as u64;
             audit::record(
                 &mut tx,
                 &system(clinic),
                 Event::new("document.purge", "document")
-                    .details(serde_json::json!({ "ids": ids, "deleted_before": before })),
+                    .ids(ids)
+                    .details(serde_json::json!({ "deleted_before": before })),
             )
             .await?;
             tx.commit().await?;
-            total += ids.len() as u64;
+            total += purged;
         }
     }
     Ok(total)

@@ -103,12 +103,7 @@ pub async fn list_documents(
     let mut tx = crate::patients::begin_on(&state, &caller, id, Permission::DocumentsRead).await?;
     let docs = super::list(&mut tx, id, &kinds, before, pagination::overfetch(limit)).await?;
     let ids: Vec<Uuid> = docs.iter().take(limit as usize).map(|d| d.id).collect();
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids })),
-    )
-    .await?;
+    audit::record(&mut tx, &caller.audit(), event().ids(ids)).await?;
     tx.commit().await?;
     Ok(Json(
         state

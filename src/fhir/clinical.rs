@@ -166,7 +166,9 @@ pub async fn search_procedures(
     audit::record(
         &mut tx,
         &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids, "via": "fhir" })),
+        event()
+            .ids(ids)
+            .details(serde_json::json!({ "via": "fhir" })),
     )
     .await?;
     tx.commit().await?;
@@ -285,7 +287,9 @@ pub async fn search_conditions(
     audit::record(
         &mut tx,
         &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids, "via": "fhir" })),
+        event()
+            .ids(ids)
+            .details(serde_json::json!({ "via": "fhir" })),
     )
     .await?;
     tx.commit().await?;

@@ -259,7 +259,9 @@ pub async fn search_patients(
     audit::record(
         &mut tx,
         &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids, "via": "fhir" })),
+        event()
+            .ids(ids)
+            .details(serde_json::json!({ "via": "fhir" })),
     )
     .await?;
     tx.commit().await?;

@@ -206,7 +206,9 @@ pub async fn search_appointments(
     audit::record(
         &mut tx,
         &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids, "via": "fhir" })),
+        event()
+            .ids(ids)
+            .details(serde_json::json!({ "via": "fhir" })),
     )
     .await?;
     tx.commit().await?;

@@ -57,12 +57,7 @@ pub async fn list_notes(
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids })),
-    )
-    .await?;
+    audit::record(&mut tx, &caller.audit(), event().ids(ids)).await?;
     tx.commit().await?;
     Ok(Json(NoteList {
         items: rows.into_iter().map(Note::from).collect(),

@@ -119,10 +119,7 @@ pub async fn list_patients(
                     "patient",
                     "NULL",
                     "NULL",
-                    &format!(
-                        "jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id) \
-                         FROM (SELECT id FROM page LIMIT {limit}) shown), '[]'::jsonb))"
-                    ),
+                    &format!("ARRAY(SELECT id FROM page LIMIT {limit})"),
                     "(SELECT 1) AS one"
                 ),
             );
@@ -157,9 +154,9 @@ pub async fn list_patients(
                  FROM patient_search($1, $2, $3, $4, $5) s \
                  JOIN patients p ON p.id = s.id), \
                  audit AS (INSERT INTO audit_events \
-                 (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, details) \
+                 (clinic_id, id, user_id, action, resource_type, resource_id, patient_id, request_id, ip, outcome, ids) \
                  SELECT $6, $7, $8, 'patient.search', 'patient', NULL, NULL, $9, $10, 'success', \
-                 jsonb_build_object('ids', coalesce((SELECT jsonb_agg(id ORDER BY n) FROM page WHERE n < $5), '[]'::jsonb)) \
+                 ARRAY(SELECT id FROM page WHERE n < $5 ORDER BY n) \
                  FROM (SELECT 1) AS one) \
                  SELECT * FROM page ORDER BY n",
                 q,

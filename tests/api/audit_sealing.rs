@@ -1,6 +1,6 @@
 //! Sealing the audit trail in bounded transactions: a backlog larger than one transaction
 //! takes several, each within its bounds, the chain stays whole, and two instances sealing
-//! at once seal every event exactly once.
+//! at once seal every event exactly once. A list's event is sealed with the ids it returned.
 
 use molar::audit::{seal, seal_chunk, verify, warm_up, SEAL_CHUNK_EVENTS};
 use molar::config::Config;
@@ -269,5 +269,69 @@ async fn two_instances_sealing_at_once_seal_each_event_once() {
     .expect("overlaps");
     assert_eq!(duplicates, 0, "no event in two seals");
     assert!(verify(&a).await.expect("verify").is_empty());
+    app.stop().await.expect("stop");
+}
+
+/// A list's audit event keeps the ids it returned in a column of their own: the audit API
+/// shows them under `details.ids`, in the order returned, the seal covers them, and an edit
+/// of them, even by the owning role, breaks the chain.
+#[tokio::test]
+async fn the_ids_a_list_returned_are_shown_sealed_and_guarded() {
+    let app = spawn().await;
+    let owner = app.register_clinic("Listed").await;
+    for (first, last) in [("Ada", "Lovelace"), ("Ben", "Okri"), ("Cleo", "Laine")] {
+        app.patient(&owner.access, first, last).await;
+    }
+    let page: serde_json::Value = app
+        .get("/api/v2/patients?limit=2", Some(&owner.access))
+        .await
+        .json()
+        .await
+        .expect("page");
+    let shown: Vec<serde_json::Value> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
+    assert_eq!(shown.len(), 2);
+    let events: serde_json::Value = app
+        .get(
+            "/api/v2/audit-events?action=patient.list",
+            Some(&owner.access),
+        )
+        .await
+        .json()
+        .await
+        .expect("events");
+    assert_eq!(
+        events["items"][0]["details"],
+        serde_json::json!({ "ids": shown }),
+        "{events}"
+    );
+
+    let db = db_of(&app);
+    seal(&db, Duration::ZERO).await.expect("seal");
+    assert!(verify(&db).await.expect("verify").is_empty());
+    // Someone with the owning role's credentials drops an id from the record.
+    let mut owner_db = <sqlx::PgConnection as sqlx::Connection>::connect(&owner_url(&app.db_name))
+        .await
+        .expect("owner connection");
+    let mut tx = sqlx::Connection::begin(&mut owner_db).await.expect("begin");
+    sqlx::query("SELECT set_config('app.clinic_id', $1, true)")
+        .bind(&owner.clinic_id)
+        .execute(&mut *tx)
+        .await
+        .expect("scope");
+    let changed =
+        sqlx::query("UPDATE audit_events SET ids = ids[1:1] WHERE action = 'patient.list'")
+            .execute(&mut *tx)
+            .await
+            .expect("owner edits the ids");
+    assert_eq!(changed.rows_affected(), 1);
+    tx.commit().await.expect("commit");
+    let broken = verify(&db).await.expect("verify");
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!(broken[0].clinic_id.to_string(), owner.clinic_id);
     app.stop().await.expect("stop");
 }

@@ -773,7 +773,7 @@ async fn reads_are_audited_and_a_restricted_record_stays_closed() {
     let (status, rid) = get("Patient?name=erika".into(), dentist.clone()).await;
     assert_eq!(status, StatusCode::OK);
     let mut db = app.admin_db().await;
-    let ids: Value = sqlx::query_scalar("SELECT details->'ids' FROM audit_events WHERE request_id = $1 AND action = 'patient.search'")
+    let ids: Value = sqlx::query_scalar("SELECT to_jsonb(ids) FROM audit_events WHERE request_id = $1 AND action = 'patient.search'")
         .bind(&rid)
         .fetch_one(&mut db)
         .await

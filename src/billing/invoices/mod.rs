@@ -209,7 +209,7 @@ pub async fn list_invoices(
     .await?;
     let invoices = assemble(&mut tx, rows).await?;
     let ids: Vec<Uuid> = invoices.iter().map(|i| i.id).collect();
-    let mut e = event().details(serde_json::json!({ "ids": ids }));
+    let mut e = event().ids(ids);
     if let Some(patient) = p.patient_id {
         e = e.patient(patient);
     }

@@ -473,7 +473,7 @@ pub async fn list_payments(
     .await?;
     let payments = assemble(&mut tx, rows).await?;
     let ids: Vec<Uuid> = payments.iter().map(|p| p.id).collect();
-    let mut e = event().details(serde_json::json!({ "ids": ids }));
+    let mut e = event().ids(ids);
     if let Some(patient) = p.patient_id {
         e = e.patient(patient);
     }

@@ -110,7 +110,7 @@ pub async fn list_appointments(
     audit::record(
         &mut tx,
         &caller.audit(),
-        Event::new("appointment.list", "appointment").details(serde_json::json!({ "ids": ids })),
+        Event::new("appointment.list", "appointment").ids(ids),
     )
     .await?;
     tx.commit().await?;

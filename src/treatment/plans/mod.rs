@@ -349,12 +349,7 @@ pub async fn list_plans(
         plans.push(assemble(&mut tx, row).await?);
     }
     let ids: Vec<Uuid> = plans.iter().map(|p| p.id).collect();
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids })),
-    )
-    .await?;
+    audit::record(&mut tx, &caller.audit(), event().ids(ids)).await?;
     tx.commit().await?;
     Ok(Json(state.cursors.page(
         plans,

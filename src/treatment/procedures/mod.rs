@@ -236,12 +236,7 @@ pub async fn list_procedures(
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    audit::record(
-        &mut tx,
-        &caller.audit(),
-        event().details(serde_json::json!({ "ids": ids })),
-    )
-    .await?;
+    audit::record(&mut tx, &caller.audit(), event().ids(ids)).await?;
     tx.commit().await?;
     let items: Vec<Procedure> = rows
         .into_iter()
