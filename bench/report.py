@@ -475,7 +475,21 @@ The functions (self time) that differ most:
 
 | function | through the server | through pgbench | difference |
 |---|---|---|---|
-{rows("sym", 25)}"""
+{rows("sym", 25)}
+
+The parser (`base_yyparse`, `core_yylex`) and the planning of the begin's statement are the
+server's alone: it sends `BEGIN`, the two settings and the session check as one simple
+query, which PostgreSQL parses and plans on every request, where pgbench sends them
+prepared, in one pipeline. sqlx 0.8 has no pipeline of prepared statements, and the
+prepared form without one costs a round trip more (`BEGIN`, then the `SELECT`). Measured
+apart through pgbench, the begin as one simple query cost PostgreSQL from 0.00 to 0.04 ms
+more per request than the prepared pipeline, in three pairs of runs ("sixteenth session"
+in [bench/history.md](bench/history.md)). **Proposed, not built:** a pipelined begin, `BEGIN`
+and the prepared settings-and-check statement written together under one `Sync`, which
+needs either a pipeline in sqlx or a small extension of its connection; the design's
+transaction-local clinic setting and session check stay as they are. The rest of the
+closed-loop difference is the rate ("What a request costs": at one rate the two cost
+PostgreSQL about the same)."""
 
 
 def search_profile(o, cpu, s, pg, pgt):
