@@ -87,7 +87,8 @@ impl Event {
 /// A data-modifying CTE named `audit` that records one successful event per row of `FROM
 /// {from}`, for reads whose audit event travels in the same statement as the read itself.
 /// `action`, `resource_type` and the three expressions are SQL written in this crate, never
-/// input (`ids` a `uuid[]`, the records the read returned); the caller's context is bound at `$first`..`$first+4` by [`bind_context`].
+/// input (`ids` a `uuid[]`, the records the read returned); the caller's context is bound
+/// at `$first`..`$first+4` by [`bind_context`].
 pub fn cte(
     first: usize,
     action: &str,
