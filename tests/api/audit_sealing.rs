@@ -314,22 +314,13 @@ async fn the_ids_a_list_returned_are_shown_sealed_and_guarded() {
     seal(&db, Duration::ZERO).await.expect("seal");
     assert!(verify(&db).await.expect("verify").is_empty());
     // Someone with the owning role's credentials drops an id from the record.
-    let mut owner_db = <sqlx::PgConnection as sqlx::Connection>::connect(&owner_url(&app.db_name))
-        .await
-        .expect("owner connection");
-    let mut tx = sqlx::Connection::begin(&mut owner_db).await.expect("begin");
-    sqlx::query("SELECT set_config('app.clinic_id', $1, true)")
-        .bind(&owner.clinic_id)
-        .execute(&mut *tx)
-        .await
-        .expect("scope");
+    let mut owner_db = app.owner_db_in(&owner.clinic_id).await;
     let changed =
         sqlx::query("UPDATE audit_events SET ids = ids[1:1] WHERE action = 'patient.list'")
-            .execute(&mut *tx)
+            .execute(&mut owner_db)
             .await
             .expect("owner edits the ids");
     assert_eq!(changed.rows_affected(), 1);
-    tx.commit().await.expect("commit");
     let broken = verify(&db).await.expect("verify");
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert_eq!(broken[0].clinic_id.to_string(), owner.clinic_id);

@@ -1034,24 +1034,15 @@ async fn the_hash_chain_detects_an_edit_made_by_the_owner_role() {
     assert!(molar::audit::verify(&db).await.expect("verify").is_empty());
 
     // Someone with the owning role's credentials rewrites history.
-    let mut owner_db = <sqlx::PgConnection as sqlx::Connection>::connect(&owner_url(&app.db_name))
-        .await
-        .expect("owner connection");
-    let mut tx = sqlx::Connection::begin(&mut owner_db).await.expect("begin");
-    sqlx::query("SELECT set_config('app.clinic_id', $1, true)")
-        .bind(&owner.clinic_id)
-        .execute(&mut *tx)
-        .await
-        .expect("scope");
+    let mut owner_db = app.owner_db_in(&owner.clinic_id).await;
     let changed = sqlx::query(
         "UPDATE audit_events SET outcome = 'failure' WHERE action = 'auth.login' AND outcome = 'success' \
          AND at = (SELECT min(at) FROM audit_events WHERE action = 'auth.login')",
     )
-    .execute(&mut *tx)
+    .execute(&mut owner_db)
     .await
     .expect("owner edits an event");
     assert_eq!(changed.rows_affected(), 1);
-    tx.commit().await.expect("commit");
 
     let broken = molar::audit::verify(&db).await.expect("verify");
     assert_eq!(broken.len(), 1);

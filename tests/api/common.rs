@@ -341,6 +341,20 @@ impl TestApp {
             .expect("connect as the server role")
     }
 
+    /// A connection to this test's database as the role that owns the tables, in `clinic`
+    /// for the whole session: what someone holding the owner's credentials could do.
+    pub async fn owner_db_in(&self, clinic: &str) -> PgConnection {
+        let mut conn = PgConnection::connect(&owner_url(&self.db_name))
+            .await
+            .expect("connect as the owning role");
+        sqlx::query("SELECT set_config('app.clinic_id', $1, false)")
+            .bind(clinic)
+            .execute(&mut conn)
+            .await
+            .expect("scope the owner's connection");
+        conn
+    }
+
     /// Registers a clinic with an owner; returns (clinic id, owner email, access token).
     pub async fn register_clinic(&self, name: &str) -> Registered {
         let email = format!("owner-{}@example.test", uuid::Uuid::new_v4().simple());
