@@ -206,6 +206,79 @@ the database.
 The profile of the server during the closed-loop read is below ("Server profile")."""
 
 
+def in_process(o, seconds):
+    """The read's and the page's server CPU in process (bench/run's inproc_<req>_<depth>,
+    examples/in_process.rs): {req: {depth: figures}}."""
+    out = {}
+    for req in ("read", "list"):
+        for depth in ("trips", "calls", "router"):
+            stem = f"{o}/inproc_{req}_{depth}"
+            if not (os.path.exists(f"{stem}.json") and os.path.exists(f"{stem}.cpu")):
+                continue
+            d = json.loads(open(f"{stem}.json").read().strip().splitlines()[-1])
+            c = cpu_entry(f"{stem}.cpu", d["ok"] + d["other"], seconds)
+            out.setdefault(req, {})[depth] = {
+                "rate": round(d["rate"], 1), "server_ms_per_request": round(d["cpu_ms_per_request"], 3),
+                "postgres_ms_per_request": c["postgres_ms_per_request"],
+                "redis_ms_per_request": round(1000 * c["redis_cpu_s"] / c["requests"], 3) if c["requests"] else None,
+            }
+    return out
+
+
+def in_process_section(ip, cpu, seconds):
+    """Where the server's CPU per read and per page goes, from the in-process runs."""
+    if "read" not in ip or "patient_read" not in cpu:
+        return ""
+    names = {"trips": "the round trips alone (`trips`)", "calls": "the rate limit and the handler called (`calls`)",
+             "router": "the whole router (`router`)"}
+    rows = []
+    for req, label, closed in (("read", "patient read", "patient_read"), ("list", "page of 50", "patient_list")):
+        for depth, v in ip.get(req, {}).items():
+            rows.append(f"| {label} | {names[depth]} | {v['rate']} | {v['server_ms_per_request']} | "
+                        f"{v['postgres_ms_per_request']} | {v['redis_ms_per_request']} |")
+        if closed in cpu:
+            c = cpu[closed]
+            rows.append(f"| {label} | through HTTP, the closed loop above (median) | – | {c['server_ms_per_request']} | "
+                        f"{c['postgres_ms_per_request']} | – |")
+    r = ip["read"]
+    text = ""
+    if all(k in r for k in ("trips", "calls", "router")):
+        t, c, w = (r[k]["server_ms_per_request"] for k in ("trips", "calls", "router"))
+        h = cpu["patient_read"]["server_ms_per_request"]
+        text = f"""
+For a patient read, by difference: the round trips {t} ms, the handler's own work on top
+(the statement's row decoded, the patient to JSON) {c - t:.3f} ms, the router's layers
+(request id, tracing, timeout, limits, CORS, security headers, metrics, routing) {w - c:.3f} ms,
+and the HTTP connection (hyper, the sockets to oha) {h - w:.3f} ms. The round trips alone
+are {t / h:.0%} of the server's CPU per read: against the target of 0.18 ms they leave
+{0.18 - t:.3f} ms for everything else on this machine. Each difference compares two runs at
+their own rates, so it is approximate (a process woken less often spends less per request).
+"""
+    l = ip.get("list", {})
+    if all(k in l for k in ("calls", "router")) and "patient_list" in cpu:
+        c, w = l["calls"]["server_ms_per_request"], l["router"]["server_ms_per_request"]
+        h = cpu["patient_list"]["server_ms_per_request"]
+        text += f"""
+For a page of 50: the rate limit and the handler (the round trips, 51 rows decoded, 50
+patients to JSON) {c} ms, the router's layers with gzip on top {w - c:.3f} ms, and the HTTP
+connection {h - w:.3f} ms.
+"""
+    return f"""### Where the server's CPU per request goes
+
+The server's CPU per read and per page, measured again without the HTTP connection:
+`examples/in_process.rs` builds the server's own state from its configuration and sends the
+same requests, 32 at a time for {seconds} s, into its router in process, or calls the rate
+limit and the handler directly, or makes only the round trips a read makes (the rate
+limit's Redis call, the caller's begin with the session check, `SELECT 1`, the commit, with
+the access token checked once as the server does). The
+server's column is that process's CPU per request (user and system, every thread); the
+server it runs beside stays idle.
+
+| request | depth | req/s | server ms/req | PostgreSQL ms/req | Redis ms/req |
+|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n" + text
+
+
 def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
     """What a request costs the server and PostgreSQL, against the targets for them: rows
     of (figure, measured, target, met)."""
@@ -1117,6 +1190,7 @@ def main():
         else:
             count = pg[requests]["tps"] * a_seconds
         cpu[name] = cpu_entry(path, count, a_seconds)
+    ip = in_process(o, a_seconds)
     plan = search_plan(f"{o}/search_plan.txt")
     pgt = {k: v for k in ("read", "list", "search", "daysheet") if (v := pg_tail(o, k))}
     treatment = json.load(open(f"{o}/treatment.json")) if os.path.exists(f"{o}/treatment.json") else {}
@@ -1203,6 +1277,7 @@ def main():
         "documents": doc,
         "outbox": outbox,
         "sealing": seal,
+        "in_process": ip,
         "costs": [{"figure": f, "measured": m, "target": t, "met": ok} for f, m, t, ok in cost_rows],
         "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok, _ in targets],
     }
@@ -1340,6 +1415,8 @@ machine in use, and "switches" the machine's context switches per request.
 {tail(cpu, s, pgt)}
 
 {gaps(cpu, pg, s, a.seconds)}
+
+{in_process_section(ip, cpu, a.seconds)}
 
 ## Server profile
 
