@@ -279,6 +279,47 @@ server it runs beside stays idle.
 """ + "\n".join(rows) + "\n" + text
 
 
+def page_parts(o, seconds):
+    """PostgreSQL's CPU per transaction of the page's parts (bench/run's
+    pgbench_page_<part>_r<i>), the median over the rounds: {part: ms}."""
+    out = {}
+    for part in ("session", "read", "audit"):
+        ms = []
+        for path in sorted(glob.glob(f"{o}/pgbench_page_{part}_r*.cpu")):
+            count = pgbench(f"{path[:-len('.cpu')]}.txt")["tps"] * seconds
+            ms.append(cpu_entry(path, count, seconds)["postgres_ms_per_request"])
+        if ms:
+            out[part] = round(statistics.median(ms), 3)
+    return out
+
+
+def page_parts_section(parts, cpu):
+    """What the page's own SQL is made of, against its target."""
+    if len(parts) < 3 or "pgbench_list" not in cpu:
+        return ""
+    a, b, c = parts["session"], parts["read"], parts["audit"]
+    whole = cpu["pgbench_list"]["postgres_ms_per_request"]
+    floor = b + c - a
+    verdict = "more" if floor > 0.40 else "less"
+    return f"""### What the page's SQL is made of
+
+The page's own statements (`bench/list.sql`) cost PostgreSQL {whole} ms per page through
+pgbench (the median of the closed-loop pairs). Its parts, each through pgbench alone the
+same way (32 connections, `-M prepared`), the three in turn, the median of the rounds:
+
+| part | script | PostgreSQL ms per transaction | the part alone |
+|---|---|---|---|
+| the transaction: `BEGIN`, the settings and the session check, `COMMIT` | `bench/page_session.sql` | {a} | {a} |
+| the transaction and the page's 51 rows, read and sent as text | `bench/page_read.sql` | {b} | {b - a:.3f} |
+| the transaction and the audit event with its 50 ids, durably committed | `bench/page_audit.sql` | {c} | {c - a:.3f} |
+| the page and its audit event in one statement | `bench/list.sql` | {whole} | – |
+
+Each part is what the design asks of a page: the session check on every request, the
+rows, and the audit event that records which patients were shown. Measured apart they come
+to {floor:.3f} ms, {verdict} than the target of 0.40 ms for the whole page on this machine.
+"""
+
+
 def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
     """What a request costs the server and PostgreSQL, against the targets for them: rows
     of (figure, measured, target, met)."""
@@ -1191,6 +1232,7 @@ def main():
             count = pg[requests]["tps"] * a_seconds
         cpu[name] = cpu_entry(path, count, a_seconds)
     ip = in_process(o, a_seconds)
+    parts = page_parts(o, a_seconds)
     plan = search_plan(f"{o}/search_plan.txt")
     pgt = {k: v for k in ("read", "list", "search", "daysheet") if (v := pg_tail(o, k))}
     treatment = json.load(open(f"{o}/treatment.json")) if os.path.exists(f"{o}/treatment.json") else {}
@@ -1278,6 +1320,7 @@ def main():
         "outbox": outbox,
         "sealing": seal,
         "in_process": ip,
+        "page_parts": parts,
         "costs": [{"figure": f, "measured": m, "target": t, "met": ok} for f, m, t, ok in cost_rows],
         "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok, _ in targets],
     }
@@ -1353,8 +1396,11 @@ scenarios below, measures the database alone with `pgbench`, splits the CPU from
 and samples the machine with `perf`. After each run of payments it checks that the books
 add up ([posting a payment](#posting-a-payment)) and stops with an error when they do
 not. It writes `bench/results/latest.json` (plus a
-timestamped copy, which git ignores) and this file. After the one-time seed (about three
-and a half minutes) and the release build, a run takes about fourteen minutes.
+timestamped copy, which git ignores) and this file. It also builds
+`examples/in_process.rs`, which sends the server's requests into its router without an HTTP
+connection ([where the server's CPU per request goes](#where-the-servers-cpu-per-request-goes)).
+After the one-time seed (about three and a half minutes) and the release builds, a run
+takes about twenty minutes.
 
 To try a change before a full run, `bench/quick` (about a minute, on the seeded database)
 prints the server's and PostgreSQL's CPU per patient read and per page of 50, and the idle
@@ -1417,6 +1463,7 @@ machine in use, and "switches" the machine's context switches per request.
 {gaps(cpu, pg, s, a.seconds)}
 
 {in_process_section(ip, cpu, a.seconds)}
+{page_parts_section(parts, cpu)}
 
 ## Server profile
 
