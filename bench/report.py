@@ -386,13 +386,33 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
     return rows
 
 
-def costs_section(rows):
-    body = "\n".join(f"| {f} | {m} | {t} | {'–' if ok is None else 'yes' if ok else 'no'} |" for f, m, t, ok in rows)
-    return f"""Each request's CPU, from `/proc` over the closed-loop runs (see "Where the CPU goes"), and
-the figures that follow from it, against the targets for them:
+# The section of BENCHMARKS.md, computed from the same run, that shows why a figure of
+# "What a request costs" is where it is, by the figure's opening words.
+COST_WHY = [
+    ("PostgreSQL CPU per patient read", "[through the server and through pgbench](#postgresql-through-the-server-and-through-pgbench)"),
+    ("server CPU per patient read", "[the server's CPU per request](#where-the-servers-cpu-per-request-goes)"),
+    ("all CPU per read", "[the ceiling fraction](#why-the-ceiling-fraction-is-what-it-is)"),
+    ("server CPU per page", "[the server's CPU per request](#where-the-servers-cpu-per-request-goes)"),
+    ("PostgreSQL CPU per page of 50 through pgbench", "[the page's SQL](#what-the-pages-sql-is-made-of)"),
+    ("patient read, fraction", "[the ceiling fraction](#why-the-ceiling-fraction-is-what-it-is)"),
+    ("read p99", "[the fixed-rate tail](#why-the-fixed-rate-tail-varies)"),
+    ("longest single sealing", "[sealing the audit trail](#sealing-the-audit-trail)"),
+]
 
-| figure | measured | target | met |
-|---|---|---|---|
+
+def cost_why(figure):
+    return next((why for start, why in COST_WHY if figure.startswith(start)), "")
+
+
+def costs_section(rows):
+    body = "\n".join(f"| {f} | {m} | {t} | {'–' if ok is None else 'yes' if ok else 'no'} | "
+                     f"{cost_why(f) if ok is False else ''} |" for f, m, t, ok in rows)
+    return f"""Each request's CPU, from `/proc` over the closed-loop runs (see "Where the CPU goes"), and
+the figures that follow from it, against the targets for them. A missed figure's last
+column names the section, computed from this run, that shows why.
+
+| figure | measured | target | met | why, when missed |
+|---|---|---|---|---|
 {body}
 
 What was changed for these figures, and why those not met are where they are: "what a
@@ -1137,12 +1157,14 @@ one (`/proc/<pid>/schedstat`).
 """
 
 
-def pg_link(mode):
+def pg_link(mode, host):
     """How the server and pgbench reach PostgreSQL, in words."""
-    if mode == "disable":
-        return ("The server and pgbench reach PostgreSQL over loopback without TLS (`sslmode=disable`,\n"
+    if host.startswith("/"):
+        return (f"The server and pgbench reach PostgreSQL over its Unix socket (`host={host}`,\n"
                 "  as [DEPLOYMENT.md](DEPLOYMENT.md#7-connections-pool-sizing-and-pgbouncer) advises for a database on the same host).")
-    return (f"The server and pgbench reach PostgreSQL over loopback with `sslmode={mode}` (TLS when\n"
+    if mode == "disable":
+        return ("The server and pgbench reach PostgreSQL over loopback TCP without TLS (`sslmode=disable`).")
+    return (f"The server and pgbench reach PostgreSQL over loopback TCP with `sslmode={mode}` (TLS when\n"
             "  PostgreSQL offers it).")
 
 
@@ -1259,6 +1281,8 @@ def main():
         "wrk": sh("wrk -v 2>&1 | head -1"),
         # bench/run sets it for the server (sqlx reads it too), pgbench and psql alike.
         "pg_sslmode": os.environ.get("PGSSLMODE", "prefer"),
+        # Set by bench/run: PostgreSQL's socket directory, or a TCP host.
+        "pg_host": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
     }
     read_frac = s["patient_read"]["rps"] / pg["read"]["tps"]
     list_frac = s["patient_list"]["rps"] / pg["list"]["tps"]
@@ -1373,7 +1397,7 @@ floor for a real deployment, not a ceiling.
   on a hundred of clinic 1's patients from run to run.
 - Server: release build, `ENVIRONMENT=production`, JSON logs at warn, `DB_POOL_SIZE=32`,
   Redis for rate limits and cache (limits raised so that they do not interfere).
-  {pg_link(machine.get("pg_sslmode", "prefer"))}
+  {pg_link(machine.get("pg_sslmode", "prefer"), machine.get("pg_host", "127.0.0.1"))}
 - Load: `oha` (closed loop, and fixed rate with `--latency-correction` for the open-loop
   percentiles) and `wrk` with Lua scripts where each request carries a different body.
 
