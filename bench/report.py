@@ -240,6 +240,10 @@ def in_process_section(ip, cpu, seconds):
             c = cpu[closed]
             rows.append(f"| {label} | through HTTP, the closed loop above (median) | – | {c['server_ms_per_request']} | "
                         f"{c['postgres_ms_per_request']} | – |")
+    def more(x):
+        """A difference between two depths; below zero, the deeper run cost more at its rate."""
+        return f"{x:.3f} ms" if x >= 0 else f"nothing measurable ({x:.3f} ms: the run below it cost more at its own rate)"
+
     r = ip["read"]
     text = ""
     if all(k in r for k in ("trips", "calls", "router")):
@@ -247,11 +251,11 @@ def in_process_section(ip, cpu, seconds):
         h = cpu["patient_read"]["server_ms_per_request"]
         text = f"""
 For a patient read, by difference: the round trips {t} ms, the handler's own work on top
-(the statement's row decoded, the patient to JSON) {c - t:.3f} ms, the router's layers
-(request id, tracing, timeout, limits, CORS, security headers, metrics, routing) {w - c:.3f} ms,
-and the HTTP connection (hyper, the sockets to oha) {h - w:.3f} ms. The round trips alone
+(the statement's row decoded, the patient to JSON) {more(c - t)}, the router's layers
+(request id, tracing, timeout, limits, CORS, security headers, metrics, routing) {more(w - c)},
+and the HTTP connection (hyper, the sockets to oha) {more(h - w)}. The round trips alone
 are {t / h:.0%} of the server's CPU per read: against the target of 0.18 ms they leave
-{0.18 - t:.3f} ms for everything else on this machine. Each difference compares two runs at
+{f"{0.18 - t:.3f} ms" if t < 0.18 else "nothing"} for everything else on this machine. Each difference compares two runs at
 their own rates, so it is approximate (a process woken less often spends less per request).
 """
     l = ip.get("list", {})
@@ -260,8 +264,8 @@ their own rates, so it is approximate (a process woken less often spends less pe
         h = cpu["patient_list"]["server_ms_per_request"]
         text += f"""
 For a page of 50: the rate limit and the handler (the round trips, 51 rows decoded, 50
-patients to JSON) {c} ms, the router's layers with gzip on top {w - c:.3f} ms, and the HTTP
-connection {h - w:.3f} ms.
+patients to JSON) {c} ms, the router's layers with gzip on top {more(w - c)}, and the HTTP
+connection {more(h - w)}.
 """
     return f"""### Where the server's CPU per request goes
 
@@ -396,6 +400,7 @@ COST_WHY = [
     ("PostgreSQL CPU per page of 50 through pgbench", "[the page's SQL](#what-the-pages-sql-is-made-of)"),
     ("patient read, fraction", "[the ceiling fraction](#why-the-ceiling-fraction-is-what-it-is)"),
     ("read p99", "[the fixed-rate tail](#why-the-fixed-rate-tail-varies)"),
+    ("name search", "[a search's time](#where-a-searchs-time-goes)"),
     ("longest single sealing", "[sealing the audit trail](#sealing-the-audit-trail)"),
 ]
 
