@@ -1413,7 +1413,8 @@ bench/run                  # release build, services, one-time seed, every scena
 BENCH_SECONDS=10 bench/run # shorter scenarios
 BENCH_REPEATS=1 bench/run  # each fixed-rate scenario and closed-loop read and page pair once (default: three times, median reported)
 BENCH_DOC_REPEATS=3 bench/run # 50 MB document uploads and downloads (default: five times, median reported)
-BENCH_PG_SSLMODE=prefer bench/run # PostgreSQL over TLS (default: disable, as on one host)
+BENCH_PG_SSLMODE=prefer bench/run # PostgreSQL over TCP and TLS (default: disable, and its Unix socket when it has one, as on one host)
+BENCH_PG_HOST=127.0.0.1 bench/run # PostgreSQL over loopback TCP
 bench/run --seed-only      # build and seed only
 ```
 
