@@ -182,6 +182,19 @@ def gaps(cpu, pg, s, seconds, ip):
                   f"PostgreSQL, Redis and oha with the kernel took {rest:.3f} ms of it in this run, which leaves "
                   + (f"{needed:.3f} ms for the server (its target is 0.18 ms{trips_text})."
                      if needed > 0 else "nothing for the server."))
+    # The same arithmetic with PostgreSQL's cost per read as at pgbench's own rate: where
+    # pgbench held to the server's rate costs PostgreSQL as much or more per transaction as
+    # the server's reads did, the difference is the rate, not work the server adds.
+    at_rate = ""
+    if "pgbench_read_same" in cpu:
+        held = cpu["pgbench_read_same"]["postgres_ms_per_request"]
+        as_fast = per_tx / (per_req - pg_srv + pg_b)
+        at_rate = (f" PostgreSQL's CPU per transaction depends on the rate: held to the server's closed-loop "
+                   f"rate, pgbench's transactions cost it {held} ms each, "
+                   f"{'as much as or more than' if held >= pg_srv else 'less than'} the server's reads "
+                   f"({pg_srv} ms). Were PostgreSQL to spend on each read through the server what it spends "
+                   f"per transaction at pgbench's own rate ({pg_b} ms), the fraction by the same arithmetic "
+                   f"would be {as_fast:.0%}.")
     same_rate = ""
     if "patient_read_fixed" in cpu and "pgbench_read_fixed" in cpu:
         f, fb = cpu["patient_read_fixed"]["postgres_ms_per_request"], cpu["pgbench_read_fixed"]["postgres_ms_per_request"]
@@ -213,7 +226,7 @@ what the server, Redis and the HTTP load generator add next to the database, all
 same two cores: the server alone is {server_share:.0%} of the total. PostgreSQL itself
 spends {"more" if pg_srv > pg_b else "less"} CPU per request through the server ({pg_srv} ms)
 than per transaction through pgbench ({pg_b} ms): "PostgreSQL through the server and through
-pgbench" below compares the two function by function.{same_rate} {bound_text}{needs_text} On a deployment
+pgbench" below compares the two function by function.{same_rate} {bound_text}{needs_text}{at_rate} On a deployment
 where PostgreSQL has cores of its own, the server's share does not take throughput from
 the database.
 {list_text}
@@ -1209,7 +1222,7 @@ def sealing_section(seal):
     empties = [b[k]["max_ms"] for k in ("trivial", "trivial_write") if b.get(k)]
     if "longest_ms" in b and b["longest_ms"] >= 20 and empties and max(empties) >= 20:
         verdict = (f"\n\nThe longest sealing transaction ({b['longest_ms']} ms) missed its target of 20 ms, and "
-                   f"so did a transaction that does nothing, on one connection beside it ({max(empties)} ms): "
+                   f"so did the longest of the next-to-empty transactions on one connection beside it ({max(empties)} ms): "
                    "on this machine, under this load, a transaction's longest time is set by the scheduling "
                    "of the shared cores, not by the work in it."
                    + (f" The sealing transaction that took longest spent {b['longest_on_core_ms']} ms of it on a core."
