@@ -176,8 +176,7 @@ def gaps(cpu, pg, s, seconds, ip):
     rest = pg_srv + redis + r["other_ms_per_request"]
     needed = per_tx / 0.60 - rest
     trips = ip.get("read", {}).get("trips", {}).get("server_ms_per_request")
-    trips_text = (f"; in process, its round trips alone cost {trips} ms: "
-                  "[where the server's CPU per request goes](#where-the-servers-cpu-per-request-goes)") if trips else ""
+    trips_text = f"; in process, its round trips alone cost {trips} ms: {SERVER_CPU}" if trips else ""
     needs_text = (f" For a fraction of 60%, all CPU per read could be at most {per_tx / 0.60:.3f} ms; "
                   f"PostgreSQL, Redis and oha with the kernel took {rest:.3f} ms of it in this run, which leaves "
                   + (f"{needed:.3f} ms for the server (its target is 0.18 ms{trips_text})."
@@ -218,7 +217,7 @@ Every closed-loop run keeps both cores busy (the "busy" column is close to the
 by the CPU one request costs, load generator included. A patient read through the API
 costs {per_req:.2f} ms of CPU in all: the server {r['server_ms_per_request']} ms (HTTP,
 JSON, token check, rate limiter), PostgreSQL {r['postgres_ms_per_request']} ms,
-Redis {round(1000 * r['redis_cpu_s'] / (s['patient_read']['rps'] * seconds), 3)} ms, and oha with
+Redis {redis:.3f} ms, and oha with
 the kernel {r['other_ms_per_request']} ms. The same statements through pgbench cost
 {per_tx:.2f} ms per transaction (PostgreSQL {b['postgres_ms_per_request']} ms, the pgbench client and the kernel
 {b['other_ms_per_request']} ms). The fraction ({per_tx / per_req:.0%} by this arithmetic) is
@@ -583,7 +582,7 @@ of the two. {overlap}
         loaded = f"""
 The server's path keeps the machine busier at the same rate than PostgreSQL alone does
 (its own CPU, Redis's and oha's on the same two cores), and on two shared cores the tail
-follows how busy they are. So the read's statements ran through pgbench a third time at
+may follow how busy they are. So the read's statements ran through pgbench a third time at
 the same rate, with `bench/burn.py` keeping every core busy for the difference in short
 slices, as requests do:
 
