@@ -72,7 +72,11 @@ def repeats_note(s, labels, pgt=None):
     lines = [f"- {labels[k]}: p95 " + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
              + "; p99 " + ", ".join(repeat_text(r) for r in v["repeats"])
              for k, v in s.items() if "repeats" in v and k in labels and k.endswith("_fixed")]
-    names = {"read_loaded": "read with the machine as busy as through the server"}
+    names = {"read_loaded": "read with the machine as busy as through the server",
+             "read_trips": "read in as many round trips as through the server",
+             "read_trips_loaded": "read in as many round trips as through the server, the machine as busy",
+             "read_pipelined": "read with its transaction in one round trip",
+             "read_pipelined_loaded": "read with its transaction in one round trip, the machine as busy"}
     lines += [f"- PostgreSQL alone, pgbench's {names.get(k, k)} at the server's rate: p95 "
               + ", ".join(str(r["p95_ms"]) for r in v["repeats"])
               + "; p99 " + ", ".join(repeat_text(r) for r in v["repeats"])
@@ -350,6 +354,20 @@ to {floor:.3f} ms, {verdict} than the target of 0.40 ms for the whole page on th
 """
 
 
+# PostgreSQL's CPU per transaction of bench/read.sql through pgbench in run J, the run the
+# targets for a request's cost were set against: the machine's speed then.
+RUN_J_PGBENCH_READ_MS = 0.356
+
+
+def scaled_row(figure, ms, pgbench_read):
+    """A figure in ms of CPU as on run J's machine: scaled by how much more or less PostgreSQL
+    spent on the same pgbench transaction in this run than in run J."""
+    here = pgbench_read["postgres_ms_per_request"]
+    return (f"beside it: {figure} at run J's machine speed (pgbench's read cost PostgreSQL "
+            f"{RUN_J_PGBENCH_READ_MS} ms there, {here} ms here)",
+            f"{ms * RUN_J_PGBENCH_READ_MS / here:.3f} ms", "–", None)
+
+
 def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
     """What a request costs the server and PostgreSQL, against the targets for them: rows
     of (figure, measured, target, met)."""
@@ -361,6 +379,7 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
                      f"{ratio:.2f}× ({r['postgres_ms_per_request']} ÷ {b['postgres_ms_per_request']} ms)", "≤ 1.15×", ratio <= 1.15))
         rows.append(("server CPU per patient read", f"{r['server_ms_per_request']} ms", "≤ 0.18 ms",
                      r["server_ms_per_request"] <= 0.18))
+        rows.append(scaled_row("the same", r["server_ms_per_request"], b))
         per_req = (r["busy_cpu_s"] * 1000) / (s["patient_read"]["rps"] * seconds)
         per_tx = (b["busy_cpu_s"] * 1000) / (pg["read"]["tps"] * seconds)
         rows.append(("all CPU per read through the server ÷ pgbench's per transaction",
@@ -389,6 +408,8 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
         lb = cpu["pgbench_list"]
         rows.append(("PostgreSQL CPU per page of 50 through pgbench (the page's own SQL)",
                      f"{lb['postgres_ms_per_request']} ms", "≤ 0.40 ms", lb["postgres_ms_per_request"] <= 0.40))
+        if "pgbench_read" in cpu:
+            rows.append(scaled_row("the same", lb["postgres_ms_per_request"], cpu["pgbench_read"]))
     if "patient_list_fixed" in cpu and "pgbench_list_fixed" in cpu:
         l, lb = cpu["patient_list_fixed"], cpu["pgbench_list_fixed"]
         rows.append(("beside it: PostgreSQL CPU per page at the server's half rate, through the server / through pgbench",
@@ -399,10 +420,13 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
         t = s["patient_read_fixed"]["p99_ms"] / pgt["read"]["p99_ms"]
         rows.append(("read p99 at half rate ÷ PostgreSQL alone at that rate",
                      f"{t:.2f}× ({s['patient_read_fixed']['p99_ms']} ÷ {pgt['read']['p99_ms']} ms)", "≤ 1.3×", t <= 1.3))
-        if "read_loaded" in pgt:
-            u = s["patient_read_fixed"]["p99_ms"] / pgt["read_loaded"]["p99_ms"]
-            rows.append(("beside it: the same with the machine as busy during PostgreSQL alone as through the server",
-                         f"{u:.2f}× ({s['patient_read_fixed']['p99_ms']} ÷ {pgt['read_loaded']['p99_ms']} ms)", "–", None))
+        for key, label in (("read_loaded", "the machine as busy during PostgreSQL alone as through the server"),
+                           ("read_trips_loaded", "PostgreSQL alone in as many round trips as through the server, "
+                                                 "the machine as busy")):
+            if key in pgt:
+                u = s["patient_read_fixed"]["p99_ms"] / pgt[key]["p99_ms"]
+                rows.append((f"beside it: the same with {label}",
+                             f"{u:.2f}× ({s['patient_read_fixed']['p99_ms']} ÷ {pgt[key]['p99_ms']} ms)", "–", None))
     rows.append(("name search p95, 100,000-patient clinic, half rate", f"{s['search_fixed']['p95_ms']} ms", "< 20 ms",
                  s["search_fixed"]["p95_ms"] < 20))
     if "booking" in seal:
@@ -575,29 +599,64 @@ of the two. {overlap}
     lo_t = pgt.get("read_loaded")
     if lo_t and "read" in pgt and "patient_read_fixed" in s and "pgbench_read_loaded_fixed" in cpu \
             and "patient_read_fixed" in cpu and "pgbench_read_fixed" in cpu:
-        v, a = s["patient_read_fixed"], pgt["read"]
-        busy = (cpu["patient_read_fixed"]["busy_share"], cpu["pgbench_read_fixed"]["busy_share"],
-                cpu["pgbench_read_loaded_fixed"]["busy_share"])
+        v = s["patient_read_fixed"]
         ratio = v["p99_ms"] / lo_t["p99_ms"]
+        table = [("through the server", "patient_read_fixed", v),
+                 ("PostgreSQL alone", "pgbench_read_fixed", pgt["read"]),
+                 ("PostgreSQL alone, the machine as busy as through the server", "pgbench_read_loaded_fixed", lo_t),
+                 ("PostgreSQL alone, as many round trips as through the server", "pgbench_read_trips_fixed",
+                  pgt.get("read_trips")),
+                 ("the same, the machine as busy as through the server", "pgbench_read_trips_loaded_fixed",
+                  pgt.get("read_trips_loaded")),
+                 ("PostgreSQL alone, as many round trips but the transaction's in one (proposed)",
+                  "pgbench_read_pipelined_fixed", pgt.get("read_pipelined")),
+                 ("the same, the machine as busy as through the server", "pgbench_read_pipelined_loaded_fixed",
+                  pgt.get("read_pipelined_loaded"))]
         loaded = f"""
 The server's path keeps the machine busier at the same rate than PostgreSQL alone does
 (its own CPU, Redis's and oha's on the same two cores), and on two shared cores the tail
-may follow how busy they are. So the read's statements ran through pgbench a third time at
-the same rate, with `bench/burn.py` keeping every core busy for the difference in short
-slices, as requests do:
+may follow how busy they are. So the read's statements ran through pgbench again at the
+same rate, with `bench/burn.py` topping the machine up, in short slices as requests do,
+to the busy share `/proc/stat` counted through the server:
 
 | the read at {v['rps']}/s | machine busy | p50 / p95 / p99 (ms) |
 |---|---|---|
-| through the server | {busy[0]:.0%} | {v['p50_ms']} / {v['p95_ms']} / {v['p99_ms']} |
-| PostgreSQL alone | {busy[1]:.0%} | {a['p50_ms']} / {a['p95_ms']} / {a['p99_ms']} |
-| PostgreSQL alone, the machine as busy as through the server | {busy[2]:.0%} | {lo_t['p50_ms']} / {lo_t['p95_ms']} / {lo_t['p99_ms']} |
+""" + "\n".join(f"| {label} | {cpu[c]['busy_share']:.0%} | {t['p50_ms']} / {t['p95_ms']} / {t['p99_ms']} |"
+                for label, c, t in table if t and c in cpu) + f"""
 
 With the machine as busy, PostgreSQL alone's p99 is {lo_t['p99_ms']} ms, and the server's is
 {ratio:.2f}× that ({"within" if ratio <= 1.3 else "beyond"} the target's 1.3×): """ + (
-            "the tail the target compares is the load on the two cores that the server, Redis and "
-            "the load generator share with the database, not the server's path as such."
+            "what the target compares is the load that the server, Redis and the load generator "
+            "put on the two cores they share with the database, not the server's path as such."
             if ratio <= 1.3 else
             "the server's path adds to the tail more than its load on the two cores explains.") + "\n"
+        tr = pgt.get("read_trips_loaded")
+        if tr and "pgbench_read_trips_loaded_fixed" in cpu:
+            t_ratio = v["p99_ms"] / tr["p99_ms"]
+            loaded += f"""
+A read through the server is also more round trips than pgbench's: the server wakes ten
+times per request (oha to the server, the server to Redis for the rate limit and back, to
+PostgreSQL and back three times, back to oha), pgbench's read six times (three round trips).
+`bench/read_trips.sql` is the read with two `SELECT 1` round trips more, one for the rate
+limit's and one for the HTTP request's, at the same rate, alone and again with the machine
+as busy. With as many wake-ups and the machine as busy, PostgreSQL alone's p99 is
+{tr['p99_ms']} ms and the server's {t_ratio:.2f}× that: """ + (
+                "PostgreSQL alone, in as many round trips on two cores this busy, has as long a tail "
+                "as the server or longer, so a shorter tail needs fewer round trips per request (the "
+                "pipelined begin proposed in [PostgreSQL through the server and through pgbench]"
+                "(#postgresql-through-the-server-and-through-pgbench)), not less work in them."
+                if t_ratio <= 1.3 else
+                "the round trips do not account for the server's tail either.") + "\n"
+        pl = pgt.get("read_pipelined_loaded")
+        if tr and pl and "pgbench_read_pipelined_loaded_fixed" in cpu:
+            loaded += f"""
+`bench/read_pipelined.sql` sends the same with the read's transaction in one round trip
+(`BEGIN`, the settings with the session check, the statement and `COMMIT` under one
+`Sync`, as proposed below), the other two kept: two round trips and four wake-ups fewer.
+With the machine as busy its p99 is {pl['p99_ms']} ms against {tr['p99_ms']} ms with the
+transaction in three round trips ({pl['p99_ms'] / tr['p99_ms']:.2f}×), and its p50 {pl['p50_ms']} ms
+against {tr['p50_ms']} ms.
+"""
     parts = [f"{c.replace('patient_', '')}: {cpu[f]['busy_share']:.0%} busy, "
              f"{cpu[f]['switches_per_request']} context switches per request against "
              f"{cpu[c]['switches_per_request']} in the closed loop" for c, f in pairs]
@@ -679,7 +738,12 @@ more per request than the prepared pipeline, in three pairs of runs ("sixteenth 
 in [bench/history.md](bench/history.md)). **Proposed, not built:** a pipelined begin, `BEGIN`
 and the prepared settings-and-check statement written together under one `Sync`, which
 needs either a pipeline in sqlx or a small extension of its connection; the design's
-transaction-local clinic setting and session check stay as they are. The rest of the
+transaction-local clinic setting and session check stay as they are. Where a request's
+transaction is one statement (a read, a page), the statement and `COMMIT` can go under the
+same `Sync`: the session check raises when the session is no longer valid, which aborts
+the transaction before the statement runs, so a read becomes one round trip to PostgreSQL
+instead of three. [The fixed-rate tail](#why-the-fixed-rate-tail-varies) measures what the
+round trips cost the read's 99th percentile on this machine. The rest of the
 closed-loop difference is the rate ("What a request costs": at one rate the two cost
 PostgreSQL about the same)."""
 
@@ -1317,7 +1381,9 @@ def main():
                            ("pgbench_daysheet", "daysheet"), ("pgbench_complete", "complete"),
                            ("pgbench_pay", "pay"), ("pgbench_read_fixed", "at_rate"),
                            ("pgbench_list_fixed", "at_rate"), ("pgbench_read_same", "at_rate"),
-                           ("pgbench_read_loaded_fixed", "at_rate")]:
+                           ("pgbench_read_loaded_fixed", "at_rate"), ("pgbench_read_trips_fixed", "at_rate"),
+                           ("pgbench_read_trips_loaded_fixed", "at_rate"), ("pgbench_read_pipelined_fixed", "at_rate"),
+                           ("pgbench_read_pipelined_loaded_fixed", "at_rate")]:
         if requests not in (None, "at_rate") and requests not in pg:
             continue
         # The closed-loop read and page run as pairs, several times in turn
@@ -1347,7 +1413,8 @@ def main():
     ip = in_process(o, a_seconds)
     parts = page_parts(o, a_seconds)
     plan = search_plan(f"{o}/search_plan.txt")
-    pgt = {k: v for k in ("read", "list", "search", "daysheet", "read_loaded") if (v := pg_tail(o, k))}
+    pgt = {k: v for k in ("read", "list", "search", "daysheet", "read_loaded", "read_trips", "read_trips_loaded",
+                          "read_pipelined", "read_pipelined_loaded") if (v := pg_tail(o, k))}
     treatment = json.load(open(f"{o}/treatment.json")) if os.path.exists(f"{o}/treatment.json") else {}
     books = {k: json.load(open(f"{o}/{k}.check.json")) for k in ("pay", "pgbench_pay")
              if os.path.exists(f"{o}/{k}.check.json")}
