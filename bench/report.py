@@ -368,9 +368,10 @@ def scaled_row(figure, ms, pgbench_read):
             f"{ms * RUN_J_PGBENCH_READ_MS / here:.3f} ms", "–", None)
 
 
-def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
+def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds, ip=None):
     """What a request costs the server and PostgreSQL, against the targets for them: rows
-    of (figure, measured, target, met)."""
+    of (figure, measured, target, met); `ip`, the in-process runs (see [`in_process`])."""
+    ip = ip or {}
     rows = []
     if "patient_read" in cpu and "pgbench_read" in cpu:
         r, b = cpu["patient_read"], cpu["pgbench_read"]
@@ -380,6 +381,9 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
         rows.append(("server CPU per patient read", f"{r['server_ms_per_request']} ms", "≤ 0.18 ms",
                      r["server_ms_per_request"] <= 0.18))
         rows.append(scaled_row("the same", r["server_ms_per_request"], b))
+        if "router" in ip.get("read", {}):
+            rows.append(("beside it: the same without the HTTP connection (in process, the whole router)",
+                         f"{ip['read']['router']['server_ms_per_request']} ms", "–", None))
         per_req = (r["busy_cpu_s"] * 1000) / (s["patient_read"]["rps"] * seconds)
         per_tx = (b["busy_cpu_s"] * 1000) / (pg["read"]["tps"] * seconds)
         rows.append(("all CPU per read through the server ÷ pgbench's per transaction",
@@ -404,6 +408,9 @@ def costs(cpu, pg, s, pgt, seal, idle_rss_mb, peak_rss_mb, seconds):
         l = cpu["patient_list"]
         rows.append(("server CPU per page of 50", f"{l['server_ms_per_request']} ms", "≤ 0.45 ms",
                      l["server_ms_per_request"] <= 0.45))
+        if "router" in ip.get("list", {}):
+            rows.append(("beside it: the same without the HTTP connection (in process, the whole router)",
+                         f"{ip['list']['router']['server_ms_per_request']} ms", "–", None))
     if "pgbench_list" in cpu:
         lb = cpu["pgbench_list"]
         rows.append(("PostgreSQL CPU per page of 50 through pgbench (the page's own SQL)",
@@ -1486,7 +1493,7 @@ def main():
             ("A 200 MB document download raises the peak RSS by < 16 MB", f"{doc['download_200']['peak_rise_mb']} MB",
              doc["download_200"]["met"], DOCUMENTS),
         ]
-    cost_rows = costs(cpu, pg, s, pgt, seal, round(a.idle_rss_kb / 1024, 1), peak_read, a.seconds)
+    cost_rows = costs(cpu, pg, s, pgt, seal, round(a.idle_rss_kb / 1024, 1), peak_read, a.seconds, ip)
     stamp = a.at or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     result = {
         "at": stamp, "seconds_per_scenario": a.seconds, "machine": machine,
