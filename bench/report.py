@@ -747,9 +747,10 @@ and the prepared settings-and-check statement written together under one `Sync`,
 needs either a pipeline in sqlx or a small extension of its connection; the design's
 transaction-local clinic setting and session check stay as they are. Where a request's
 transaction is one statement (a read, a page), the statement and `COMMIT` can go under the
-same `Sync`: the session check raises when the session is no longer valid, which aborts
-the transaction before the statement runs, so a read becomes one round trip to PostgreSQL
-instead of three. [The fixed-rate tail](#why-the-fixed-rate-tail-varies) measures what the
+same `Sync`: the session check raises when the session is no longer valid, and PostgreSQL
+then skips the rest up to the `Sync`, so the statement never runs for a revoked session
+(the connection rolls the failed transaction back before it returns to the pool), and a
+read becomes one round trip to PostgreSQL instead of three. [The fixed-rate tail](#why-the-fixed-rate-tail-varies) measures what the
 round trips cost the read's 99th percentile on this machine. The rest of the
 closed-loop difference is the rate ("What a request costs": at one rate the two cost
 PostgreSQL about the same)."""
