@@ -5,7 +5,7 @@
 //! review at `GET /break-glass`. Grants are append-only: one that expires stops counting.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -70,7 +70,9 @@ pub struct BreakGlassGrant {
     params(PatientPath),
     request_body = BreakGlassRequest,
     responses(
-        (status = 201, description = "The grant: the record is open to the caller until `expires_at`", body = BreakGlassGrant),
+        (status = 201, description = "The grant: the record is open to the caller until `expires_at`. \
+            `Location` is the review list for this patient and caller, the grant first", body = BreakGlassGrant,
+            headers(("Location" = String))),
         (status = 403, description = "Role lacks clinical.read", body = Problem),
         (status = 404, description = "No such patient in your clinic, or an archived one", body = Problem),
         (status = 409, description = "The patient is not restricted, or the caller is on the care team: the record is open without breaking the glass", body = Problem),
@@ -189,7 +191,17 @@ pub async fn break_glass(
         expires_at: grant.expires_at,
         live: true,
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    // A grant has no address of its own: it is reviewed in the list, where this filter
+    // shows it first (newest first).
+    let location = format!(
+        "/api/v2/break-glass?patient_id={id}&user_id={}",
+        caller.user_id
+    );
+    let mut res = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -347,6 +347,12 @@ async fn breaking_the_glass_opens_the_record_audits_notifies_and_is_listed_for_r
     );
     let reason = "Emergency: swelling, care team away";
     let res = v.break_glass(&v.outsider.access, reason).await;
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .expect("a Location on the 201")
+        .to_owned();
     let grant = expect_json(res, StatusCode::CREATED).await;
     assert_eq!(grant["patient_id"], json!(v.patient));
     assert_eq!(grant["user_id"], json!(v.outsider.user_id));
@@ -410,6 +416,13 @@ async fn breaking_the_glass_opens_the_record_audits_notifies_and_is_listed_for_r
     assert_eq!(page["items"].as_array().expect("items").len(), 1);
     assert_eq!(page["items"][0]["id"], grant["id"]);
     assert_eq!(page["items"][0]["live"], json!(true));
+    // The 201's Location is where the grant is reviewed, first.
+    let at_location = expect_json(
+        v.app.get(&location, Some(&v.owner.access)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(at_location["items"][0]["id"], grant["id"]);
     let filtered = expect_json(
         v.app
             .get(
