@@ -69,8 +69,8 @@ def repeat_text(r):
 
 # The read's statements through pgbench at the server's half rate (pgbench_<key>_fixed in
 # bench/run), each variant's label: alone, with the machine as busy as through the server,
-# in as many round trips as through the server (bench/read_trips.sql), and with the
-# transaction in one round trip (bench/read_pipelined.sql).
+# in as many round trips as through the server (read_trips), and with the transaction in
+# one round trip (read_pipelined); bench/run makes both from bench/read.sql.
 READ_TAILS = {
     "read": "",
     "read_loaded": "the machine as busy as through the server",
@@ -645,9 +645,9 @@ With the machine as busy, PostgreSQL alone's p99 is {lo_t['p99_ms']} ms, and the
             t_ratio = v["p99_ms"] / tr["p99_ms"]
             loaded += f"""
 A read through the server is also more round trips than pgbench's: five against three, so
-a process is woken ten times per request against six (`bench/read_trips.sql` counts them).
-That script is the read with two `SELECT 1` round trips more, standing for the rate
-limit's and the HTTP request's, run at the same rate alone and with the machine as busy.
+a process is woken ten times per request against six (`bench/run` counts them). So
+`bench/run` also sends `bench/read.sql` between two `SELECT 1` round trips, standing for the
+rate limit's and the HTTP request's, at the same rate alone and with the machine as busy.
 With as many wake-ups and the machine as busy, PostgreSQL alone's p99 is {tr['p99_ms']} ms
 and the server's {t_ratio:.2f}× that: """ + (
                 "PostgreSQL alone, in as many round trips on two cores this busy, has as long a tail "
@@ -657,7 +657,7 @@ and the server's {t_ratio:.2f}× that: """ + (
         pl = pgt.get("read_pipelined_loaded")
         if tr and pl and "pgbench_read_pipelined_loaded_fixed" in cpu:
             loaded += f"""
-`bench/read_pipelined.sql` is the same with the read's transaction in one round trip, as
+Then it sends the same with the read's transaction in one round trip, as
 [proposed below](#postgresql-through-the-server-and-through-pgbench), the two extra round
 trips kept: two round trips and four wake-ups fewer. With the machine as busy its p99 in
 this run is {pl['p99_ms']} ms against {tr['p99_ms']} ms with the transaction in three round
